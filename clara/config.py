@@ -1,0 +1,314 @@
+"""Configuration: frozen dataclasses, YAML presets, dotted command-line overrides.
+
+    cfg = load_config("configs/tiny-cpu.yaml", ["train.lr=3e-4", "model.lora.r=8"])
+
+An unknown key, a value of the wrong type, or an invalid value raises :class:`ConfigError`
+naming the dotted key. Modes are enums. ``config_hash(cfg)`` is a stable digest of the
+resolved config; it is written with every run and checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from clara.errors import ConfigError
+
+
+class Precision(str, enum.Enum):
+    FP32 = "fp32"
+    BF16 = "bf16"
+
+
+class Backend(str, enum.Enum):
+    """How training is distributed: one process, torchrun DDP, or DeepSpeed ZeRO."""
+
+    SINGLE = "single"
+    DDP = "ddp"
+    DEEPSPEED = "deepspeed"
+
+
+class BackboneKind(str, enum.Enum):
+    HF = "hf"  # a Hugging Face model directory
+    GGUF = "gguf"  # a GGUF file, dequantised by transformers' gguf_file= loader
+    TINY = "tiny"  # the random-init test backbone (mechanics only, never quality)
+
+
+class LRSchedule(str, enum.Enum):
+    CONSTANT = "constant"
+    LINEAR = "linear"
+    COSINE = "cosine"
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+    def __post_init__(self):
+        _check(self.r >= 1, "model.lora.r", f"must be >= 1, got {self.r}")
+        _check(0.0 <= self.dropout < 1.0, "model.lora.dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "out/backbones/tiny"  # directory (hf, tiny) or .gguf file
+    kind: BackboneKind = BackboneKind.TINY
+    chunk_len: int = 256  # document tokens per compressed chunk
+    compression_rate: int = 16  # m = chunk_len // compression_rate memory vectors
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def __post_init__(self):
+        _check(self.compression_rate >= 1, "model.compression_rate", "must be >= 1")
+        _check(
+            self.chunk_len % self.compression_rate == 0,
+            "model.chunk_len",
+            f"{self.chunk_len} is not a multiple of model.compression_rate={self.compression_rate}",
+        )
+
+    @property
+    def num_mem_tokens(self) -> int:
+        return self.chunk_len // self.compression_rate
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: LRSchedule = LRSchedule.CONSTANT
+    max_steps: int = 100
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    precision: Precision = Precision.FP32
+    seed: int = 0
+    log_every: int = 10
+    save_every: int = 50  # steps between checkpoints; 0 = only at the end
+    keep_checkpoints: int = 2
+    max_bad_steps: int = 5  # consecutive NaN/inf steps before aborting
+    backend: Backend = Backend.SINGLE
+    deepspeed_config: str = "configs/ds_zero2.json"
+    tensorboard: bool = False
+
+    def __post_init__(self):
+        _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        _check(self.max_steps >= 1, "train.max_steps", "must be >= 1")
+        _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _check(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
+        _check(self.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0 (0 disables clipping)")
+        _check(self.max_bad_steps >= 1, "train.max_bad_steps", "must be >= 1")
+        _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train_file: str = ""
+    eval_file: str = ""
+    skip_bad_records: bool = False
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    seed: int = 0
+    entities: int = 300
+    candidates: int = 20
+
+    def __post_init__(self):
+        _check(self.entities >= 10, "world.entities", "must be >= 10")
+        _check(self.candidates >= 2, "world.candidates", "must be >= 2")
+
+
+@dataclass(frozen=True)
+class ClaraConfig:
+    out_dir: str = "out/run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    world: WorldConfig = field(default_factory=WorldConfig)
+
+
+def _check(ok: bool, key: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {problem}")
+
+
+# ---------------------------------------------------------------- dict <-> dataclass
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML value to the annotated type ``tp`` or raise naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"config key '{key}': bad value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, prefix=key + ".")
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        allowed = [m.value for m in tp]
+        if isinstance(value, tp):
+            return value
+        if value not in allowed:
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {allowed}")
+        return tp(value)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list, got {type(value).__name__}")
+        (item_tp, *_rest) = typing.get_args(tp)
+        return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"config key '{key}': unsupported type {tp}")
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict; unknown keys are errors."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key '{prefix}{unknown[0]}' (known under '{prefix or '<top>'}': {', '.join(sorted(names))})"
+        )
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"config section '{prefix or '<top>'}': {e}") from None
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain-YAML view of a config (enums as their values, tuples as lists)."""
+
+    def conv(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, enum.Enum):
+            return v.value
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(cfg)
+
+
+def config_hash(cfg: Any) -> str:
+    """Stable 16-hex digest of the resolved config."""
+    blob = json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- loading
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=3e-4"`` -> (["train", "lr"], 3e-4). Values are parsed as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key.path=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{text}': empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), _yaml_floats(value)
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    data = json.loads(json.dumps(data))  # deep copy
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{text}': '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+_SCI_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _yaml_floats(obj: Any) -> Any:
+    """YAML 1.1 leaves '3e-4' (no dot) as a string; convert such scalars to floats."""
+    if isinstance(obj, dict):
+        return {k: _yaml_floats(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_yaml_floats(v) for v in obj]
+    if isinstance(obj, str) and _SCI_FLOAT.match(obj):
+        return float(obj)
+    return obj
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({e})".replace("\n", " ")) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return _yaml_floats(data)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), cls: type = ClaraConfig) -> Any:
+    """YAML preset (optional) + dotted overrides -> frozen, validated config."""
+    data = load_yaml(path) if path else {}
+    data = apply_overrides(data, list(overrides))
+    return from_dict(cls, data)
+
+
+def save_resolved(cfg: Any, directory: str | Path) -> str:
+    """Write ``config.yaml`` (resolved) and return its hash."""
+    from clara.fileio import atomic_write_text
+
+    h = config_hash(cfg)
+    text = f"# config hash: {h}\n" + yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    atomic_write_text(Path(directory) / "config.yaml", text)
+    return h

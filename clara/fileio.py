@@ -1,0 +1,123 @@
+"""Atomic writes and checksummed manifests.
+
+Nothing the project writes is ever half-written: files go to a temporary sibling and are
+renamed into place; directories are assembled under a temporary name and renamed whole.
+A ``manifest.json`` lists the sha256 of every file so corruption is detected on load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from clara.errors import CheckpointError
+
+MANIFEST = "manifest.json"
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[Any]:
+    """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with open(tmp, mode, encoding=None if "b" in mode else encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_file(path, "w") as f:
+        f.write(text)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory; on success it is renamed to ``path`` (replacing it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, trash / "old")
+            os.replace(tmp, path)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_manifest(directory: str | os.PathLike, extra: dict | None = None) -> dict:
+    """Write ``manifest.json`` with the sha256 and size of every file under ``directory``."""
+    directory = Path(directory)
+    files = {}
+    for p in sorted(directory.rglob("*")):
+        if p.is_file() and p.name != MANIFEST:
+            rel = p.relative_to(directory).as_posix()
+            files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+    manifest = {"files": files, **(extra or {})}
+    atomic_write_json(directory / MANIFEST, manifest)
+    return manifest
+
+
+def verify_manifest(directory: str | os.PathLike) -> dict:
+    """Check every file listed in ``manifest.json``; raise naming the first bad file."""
+    directory = Path(directory)
+    mpath = directory / MANIFEST
+    if not mpath.is_file():
+        raise CheckpointError(f"{directory}: no {MANIFEST}; the directory is incomplete or not a checkpoint")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        files = manifest["files"]
+    except (ValueError, KeyError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{mpath}: unreadable manifest ({e})") from None
+    for rel, info in files.items():
+        p = directory / rel
+        if not p.is_file():
+            raise CheckpointError(f"{p}: listed in {MANIFEST} but missing")
+        if p.stat().st_size != info["bytes"]:
+            raise CheckpointError(f"{p}: size {p.stat().st_size} != {info['bytes']} in {MANIFEST} (truncated?)")
+        if sha256_file(p) != info["sha256"]:
+            raise CheckpointError(f"{p}: sha256 mismatch with {MANIFEST} (file is corrupt)")
+    return manifest

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, baselines, benchmarks, logit lens, plots."""

@@ -1,0 +1,1 @@
+"""Stage 2: joint retrieval-generation training; agentic RL."""

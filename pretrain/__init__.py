@@ -1,0 +1,1 @@
+"""Stage 1: guided data synthesis and Salient Compressor Pretraining (SCP)."""

@@ -1,0 +1,30 @@
+"""DESIGN §1: stage folders are importable only under the `clara` namespace."""
+
+import subprocess
+import sys
+import tempfile
+
+
+def _run_outside_checkout(code: str) -> subprocess.CompletedProcess:
+    # A Python started in the repo root would see kernels/ as a top-level package.
+    with tempfile.TemporaryDirectory() as cwd:
+        return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_no_top_level_kernels_or_eval_package():
+    r = _run_outside_checkout(
+        "import importlib.util as u\n"
+        "for name in ('kernels', 'eval', 'pretrain', 'joint'):\n"
+        "    assert u.find_spec(name) is None, name\n"
+        "import clara.kernels, clara.eval, clara.pretrain, clara.joint\n"
+        "print('ok', clara.kernels.__file__)\n"
+    )
+    assert r.returncode == 0, r.stderr
+    assert "ok" in r.stdout
+    assert "/kernels/__init__.py" in r.stdout
+
+
+def test_cli_help_lists_commands():
+    r = subprocess.run([sys.executable, "-m", "clara.cli", "--help"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "COMMAND" in r.stdout
