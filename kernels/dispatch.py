@@ -1,0 +1,261 @@
+"""Backend choice, input checks and the public entry points for the kernels.
+
+Triton runs on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` (tests).
+``backend="auto"`` picks Triton on CUDA and the plain-torch reference on CPU; an explicit
+``backend=`` ("triton", "torch", or "faiss" for the bank search) overrides the choice.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import logging
+import os
+
+import torch
+
+from clara.errors import ClaraError
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+DEFAULT_EPS = 1e-8
+# The packed (score, index) keys of the Triton top-k keep the index in 31 bits.
+MAX_BANK_ROWS = 2**31 - 2
+
+
+class KernelInputError(ClaraError, ValueError):
+    """Bad kernel input (shape, dtype, device, k); the message says what to change."""
+
+
+class Backend(str, enum.Enum):
+    """Which implementation runs a kernel call."""
+
+    AUTO = "auto"
+    TRITON = "triton"
+    TORCH = "torch"
+    FAISS = "faiss"
+
+
+def parse_backend(backend: Backend | str) -> Backend:
+    try:
+        return Backend(backend)
+    except ValueError:
+        choices = ", ".join(b.value for b in Backend)
+        raise KernelInputError(f"backend={backend!r} is unknown; use one of: {choices}") from None
+
+
+def triton_interpreting() -> bool:
+    """True when Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``).
+
+    Triton reads the variable when ``triton.language`` is first imported (its own library
+    functions are decorated then), so setting it later in a process has no effect; once
+    Triton is imported, the decoration of ``tl.sum`` is the ground truth.
+    """
+    import sys
+
+    if "triton.language" in sys.modules:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        return isinstance(sys.modules["triton.language"].standard.sum, InterpretedFunction)
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+def triton_usable(device: torch.device) -> bool:
+    """Triton can run on ``device``: CUDA compiled, or CPU through the interpreter."""
+    if triton_interpreting():
+        return device.type == "cpu"
+    return device.type == "cuda"
+
+
+@functools.cache
+def faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def check_dtype(name: str, t: torch.Tensor) -> None:
+    if t.dtype not in SUPPORTED_DTYPES:
+        raise KernelInputError(
+            f"{name} has dtype {t.dtype}; use float32, bfloat16 or float16 (cast with .float())"
+        )
+
+
+def check_same_device(**tensors: torch.Tensor) -> None:
+    devices = {name: t.device for name, t in tensors.items()}
+    if len(set(devices.values())) > 1:
+        where = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise KernelInputError(f"inputs are on different devices ({where}); move them to one device")
+
+
+def check_k(k: int, n: int, what: str = "candidates") -> None:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise KernelInputError(f"k must be an int, got {type(k).__name__}")
+    if k < 1:
+        raise KernelInputError(f"k={k} must be at least 1")
+    if k > n:
+        raise KernelInputError(f"k={k} exceeds the number of {what} N={n}; use k <= {n}")
+
+
+def contiguous(name: str, t: torch.Tensor) -> torch.Tensor:
+    """Kernels index rows by pointer arithmetic: make a dense copy, said out loud."""
+    if t.is_contiguous():
+        return t
+    log.debug("%s is not contiguous (strides %s): copying to a contiguous tensor", name, t.stride())
+    return t.contiguous()
+
+
+def resolve_backend(backend: Backend | str, device: torch.device, *, allow_faiss: bool) -> Backend:
+    """Turn ``auto`` into a concrete backend and check an explicit one can run on ``device``."""
+    choice = parse_backend(backend)
+    if choice is Backend.AUTO:
+        if device.type == "cuda":
+            return Backend.TRITON
+        # CPU: the chunked torch reference. faiss needs a normalised float32 copy of the bank
+        # per call, which measured 3x slower at N=10^6, D=576 (kernels/bench.py).
+        return Backend.TORCH
+    if choice is Backend.TRITON and not triton_usable(device):
+        raise KernelInputError(
+            f"backend='triton' cannot run on {device}: it needs CUDA tensors (or CPU tensors "
+            "with TRITON_INTERPRET=1 set before triton is imported); use backend='auto' or 'torch'"
+        )
+    if choice is Backend.FAISS:
+        if not allow_faiss:
+            raise KernelInputError("backend='faiss' only serves cosine_topk; use 'auto', 'triton' or 'torch'")
+        if not faiss_available():
+            raise KernelInputError("backend='faiss' needs the faiss package (pip install faiss-cpu)")
+        if device.type != "cpu":
+            raise KernelInputError(f"backend='faiss' runs on CPU tensors, got {device}; use 'triton'")
+    return choice
+
+
+_JIT_CACHE: dict[tuple[object, bool], object] = {}
+
+
+def jit_kernel(fn):
+    """``triton.jit(fn)``, applied at first launch rather than at import.
+
+    Triton decides between compiling and interpreting when ``@triton.jit`` runs; deferring
+    our decoration keeps importing ``clara.kernels`` from importing triton at all.
+    """
+    key = (fn, triton_interpreting())
+    if key not in _JIT_CACHE:
+        import triton
+
+        _JIT_CACHE[key] = triton.jit(fn)
+    return _JIT_CACHE[key]
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def cosine_scores(
+    q: torch.Tensor,
+    docs: torch.Tensor,
+    *,
+    eps: float = DEFAULT_EPS,
+    backend: Backend | str = Backend.AUTO,
+) -> torch.Tensor:
+    """Batched cosine scores for training, differentiable w.r.t. ``q`` and ``docs``.
+
+    Args:
+        q: [B, D] queries (float32, bfloat16 or float16).
+        docs: [B, N, D] candidate documents per query, same dtype and device as ``q``.
+        eps: norms are clamped to at least ``eps`` (a zero vector scores 0, not NaN).
+        backend: "auto" (Triton on CUDA, torch on CPU), "triton" or "torch".
+
+    Returns:
+        s: [B, N] float32, ``s[b, n] = cos(q[b], docs[b, n])``; accumulation is in float32
+        for every input dtype. Non-contiguous inputs are copied to contiguous ones.
+    """
+    if q.dim() != 2 or docs.dim() != 3:
+        raise KernelInputError(
+            f"cosine_scores wants q [B, D] and docs [B, N, D], got q {tuple(q.shape)} and docs {tuple(docs.shape)}"
+        )
+    B, D = q.shape
+    if docs.shape[0] != B or docs.shape[2] != D:
+        raise KernelInputError(
+            f"docs {tuple(docs.shape)} does not match q {tuple(q.shape)}: expected [{B}, N, {D}]"
+        )
+    if B == 0 or D == 0 or docs.shape[1] == 0:
+        raise KernelInputError(f"empty input: q {tuple(q.shape)}, docs {tuple(docs.shape)}")
+    check_dtype("q", q)
+    check_dtype("docs", docs)
+    if q.dtype != docs.dtype:
+        raise KernelInputError(f"q is {q.dtype} but docs is {docs.dtype}; cast one to match")
+    check_same_device(q=q, docs=docs)
+    choice = resolve_backend(backend, q.device, allow_faiss=False)
+    if choice is Backend.TORCH:
+        from clara.kernels.reference import cosine_scores_reference
+
+        return cosine_scores_reference(q, docs, eps=eps)
+    from clara.kernels.triton_scores import CosineScoresFunction
+
+    return CosineScoresFunction.apply(contiguous("q", q), contiguous("docs", docs), eps)
+
+
+def cosine_topk(
+    q: torch.Tensor,
+    bank: torch.Tensor,
+    k: int,
+    *,
+    inv_norms: torch.Tensor | None = None,
+    eps: float = DEFAULT_EPS,
+    backend: Backend | str = Backend.AUTO,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact cosine top-k of each query against a bank, for serving (no gradient).
+
+    Args:
+        q: [B, D] queries; float32, bfloat16 or float16.
+        bank: [N, D] rows to search (N up to 10^7); any supported dtype, same device as ``q``.
+        k: how many rows to return per query, 1 <= k <= N.
+        inv_norms: optional [N] precomputed ``1 / max(|bank[n]|, eps)``; saves the norm pass.
+        eps: norm clamp, as in :func:`cosine_scores`.
+        backend: "auto" (Triton on CUDA, the chunked torch reference on CPU), "triton",
+            "torch" or "faiss" (exact inner-product search on a normalised float32 copy).
+
+    Returns:
+        (values [B, k] float32, indices [B, k] int64), best first. Ties may be ordered
+        differently by different backends (the Triton path prefers the smaller row).
+    """
+    if q.dim() != 2 or bank.dim() != 2:
+        raise KernelInputError(
+            f"cosine_topk wants q [B, D] and bank [N, D], got q {tuple(q.shape)} and bank {tuple(bank.shape)}"
+        )
+    if q.shape[1] != bank.shape[1]:
+        raise KernelInputError(f"dimension mismatch: q has D={q.shape[1]} but bank rows have D={bank.shape[1]}")
+    if q.shape[0] == 0 or q.shape[1] == 0:
+        raise KernelInputError(f"empty query batch q {tuple(q.shape)}")
+    check_k(k, bank.shape[0], what="bank rows")
+    if bank.shape[0] > MAX_BANK_ROWS:
+        raise KernelInputError(f"bank has {bank.shape[0]} rows; at most {MAX_BANK_ROWS} are supported, shard it")
+    check_dtype("q", q)
+    check_dtype("bank", bank)
+    tensors = {"q": q, "bank": bank}
+    if inv_norms is not None:
+        if inv_norms.shape != (bank.shape[0],):
+            raise KernelInputError(f"inv_norms has shape {tuple(inv_norms.shape)}, expected ({bank.shape[0]},)")
+        check_dtype("inv_norms", inv_norms)
+        tensors["inv_norms"] = inv_norms
+    check_same_device(**tensors)
+    choice = resolve_backend(backend, q.device, allow_faiss=True)
+    with torch.no_grad():
+        if choice is Backend.FAISS:
+            from clara.kernels.reference import cosine_topk_faiss
+
+            return cosine_topk_faiss(q, bank, k, inv_norms=inv_norms, eps=eps)
+        if choice is Backend.TORCH:
+            from clara.kernels.reference import cosine_topk_reference
+
+            return cosine_topk_reference(q, bank, k, inv_norms=inv_norms, eps=eps)
+        from clara.kernels.triton_topk import topk_triton
+
+        return topk_triton(contiguous("q", q), contiguous("bank", bank), k, inv_norms=inv_norms, eps=eps)
