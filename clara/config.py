@@ -69,6 +69,7 @@ class ModelConfig:
     chunk_len: int = 256  # document tokens per compressed chunk
     compression_rate: int = 16  # m = chunk_len // compression_rate memory vectors
     lora: LoraConfig = field(default_factory=LoraConfig)
+    rescale_memory: bool = True  # spliced memory vectors set to the token embeddings' mean RMS (DESIGN §11)
 
     def __post_init__(self):
         _check(self.compression_rate >= 1, "model.compression_rate", "must be >= 1")
@@ -125,10 +126,12 @@ class WorldConfig:
     seed: int = 0
     entities: int = 300
     candidates: int = 20
+    max_words: int = 180  # longest world document in words (real ones are ~45 words, ~75 SmolLM2 tokens)
 
     def __post_init__(self):
         _check(self.entities >= 10, "world.entities", "must be >= 10")
         _check(self.candidates >= 2, "world.candidates", "must be >= 2")
+        _check(self.max_words >= 60, "world.max_words", "must be >= 60")
 
 
 @dataclass(frozen=True)
