@@ -20,6 +20,8 @@ COMMAND_MODULES = (
     "clara.data_cli",  # clara data check
     "clara.backbone_cli",  # clara backbone convert|tiny
     "clara.eval.cli",  # clara eval ...
+    "clara.corpus_cli",  # clara corpus ingest
+    "clara.pretrain.cli",  # clara pretrain synth|train|instruct
     "clara.demo",  # clara demo
 )
 

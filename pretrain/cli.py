@@ -1,0 +1,88 @@
+"""`clara pretrain ...`: stage 1. `synth` here; `train` / `instruct` are added beside it."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "pretrain",
+        help="stage 1 (SCP): guided data synthesis and compressor pretraining",
+        description="Stage 1 — Salient Compressor Pretraining. Subcommands: synth (QA + paraphrase data "
+        "with verification).",
+    )
+    sub = p.add_subparsers(dest="pretrain_command", metavar="SUBCOMMAND")
+    register_synth(sub)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def register_synth(sub) -> None:
+    s = sub.add_parser(
+        "synth",
+        help="synthesise simple QA, complex QA and paraphrases per document, verified for fact coverage",
+        description="For each document: list its facts, write simple QA (one fact per pair), complex QA and a "
+        "paraphrase; then verify and regenerate — pairs are asked for facts no pair covers yet, up to "
+        "--max-rounds rounds; documents below --threshold coverage are dropped (OUT.dropped.jsonl). Kept "
+        "documents become a 'qa' and a 'paraphrase' pretrain record in OUT, appended and fsynced per "
+        "document; re-running skips documents already done. A summary goes to OUT.summary.json.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--docs", help="documents JSONL ({id,title,text} or {id,contents}; world 'facts' used if present)")
+    src.add_argument("--world-fresh", type=int, metavar="N", help="synthesise from N fresh world documents (never repeat)")
+    s.add_argument("--world-seed", type=int, default=1,
+                   help="seed of the fresh-document stream (use another seed than the evaluation world)")
+    s.add_argument("--teacher", default="world", choices=("world", "hf", "openai"),
+                   help="world: exact from structured facts; hf: local transformers model; openai: HTTP endpoint")
+    s.add_argument("--out", required=True, help="output pretrain records JSONL (appended; resumable)")
+    s.add_argument("--threshold", type=float, default=0.9, help="least fraction of facts covered by QA to keep a document")
+    s.add_argument("--max-rounds", type=int, default=10, help="most regeneration rounds for uncovered facts")
+    s.add_argument("--limit", type=int, default=None, help="stop after this many input documents")
+    s.add_argument("--model", help="hf: backbone folder (clara backbone convert --out DIR); openai: model name")
+    s.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="openai: endpoint base URL (…/v1)")
+    s.add_argument("--api-key-env", default="OPENAI_API_KEY", help="openai: environment variable holding the API key")
+    s.add_argument("--workers", type=int, default=4, help="openai: documents (and requests) in flight at once")
+    s.add_argument("--timeout", type=float, default=60.0, help="openai: seconds per request before it is retried")
+    s.add_argument("--retries", type=int, default=5, help="openai: retries per request on 429/5xx/timeouts")
+    s.add_argument("--max-new-tokens", type=int, default=384, help="hf/openai: longest reply in tokens")
+    s.set_defaults(func=run_synth)
+
+
+def _teacher(args):
+    from clara.errors import ConfigError
+    from clara.pretrain.teachers import make_teacher
+
+    if args.teacher == "world":
+        return make_teacher("world")
+    if not args.model:
+        raise ConfigError(f"--teacher {args.teacher} needs --model (hf: a backbone folder; openai: the model name)")
+    if args.teacher == "hf":
+        return make_teacher("hf", model=args.model, max_new_tokens=args.max_new_tokens)
+    return make_teacher("openai", base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
+                        workers=args.workers, timeout=args.timeout, max_retries=args.retries,
+                        max_new_tokens=args.max_new_tokens)  # fmt: skip
+
+
+def run_synth(args) -> int:
+    from itertools import islice
+    from pathlib import Path
+
+    from clara.pretrain.synth import fresh_world_documents, read_documents, summary_path, synthesize
+
+    if args.world_fresh is not None:
+        docs, total = fresh_world_documents(args.world_fresh, args.world_seed), args.world_fresh
+    else:
+        docs, total = read_documents(args.docs), None
+    if args.limit is not None:
+        docs, total = islice(docs, args.limit), min(args.limit, total or args.limit)
+    teacher = _teacher(args)
+    try:
+        s = synthesize(docs, teacher, args.out, threshold=args.threshold, max_rounds=args.max_rounds, total=total)
+    finally:
+        teacher.close()
+    print(f"synth ({s['teacher']}) -> {args.out}: kept {s['kept']}, dropped {s['dropped']}, "
+          f"already done {s['skipped_already_done']}, errors {s['errors']}; {s['pairs_per_doc']:.1f} pairs/doc "
+          f"({s['simple_per_doc']:.1f} simple, {s['complex_per_doc']:.1f} complex), mean coverage "
+          f"{s['mean_coverage_kept']:.3f}, {s['docs_per_second']:.1f} docs/s; summary {summary_path(Path(args.out))}")  # fmt: skip
+    return 0
