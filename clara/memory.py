@@ -1,0 +1,101 @@
+"""Memory tokens: names, batching with left padding, and splicing memory into embeddings.
+
+Layouts (DESIGN §0, §3), all left-padded so the memory positions of an encoder input are
+always the last ``m`` columns and a generator prompt ends where generation starts:
+
+    encoder    [pad … pad | text tokens (≤ chunk_len) | <MEM0> … <MEM{m-1}>]
+    generator  [pad … pad | prompt with k·m <MEMSLOT> placeholders | answer tokens]
+
+Spliced memory is rescaled: each memory vector is set to the mean RMS of the base
+vocabulary's embedding rows (``embedding_rms``). Compressor states are ~45× larger than
+token embeddings (DESIGN §11); unscaled they swamp the prompt. Only the direction of a
+memory vector reaches the generator; scores (cosine) are scale-free anyway.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+MEM_TOKEN = "<MEM{}>"
+SLOT_TOKEN = "<MEMSLOT>"
+
+
+@dataclass(frozen=True)
+class MemoryTokens:
+    """Token ids of the memory tokens and of the generator's placeholder slot."""
+
+    mem_ids: tuple[int, ...]  # <MEM0> … <MEM{m-1}>
+    slot_id: int  # <MEMSLOT>: a generator position whose embedding is replaced by memory
+
+    @property
+    def num_mem(self) -> int:
+        return len(self.mem_ids)
+
+    @property
+    def all_ids(self) -> tuple[int, ...]:
+        return (*self.mem_ids, self.slot_id)
+
+
+def add_memory_tokens(tokenizer, num_mem: int) -> MemoryTokens:
+    """Register ``<MEM0>…<MEM{m-1}>`` and ``<MEMSLOT>`` as special tokens (idempotent)."""
+    names = [MEM_TOKEN.format(i) for i in range(num_mem)] + [SLOT_TOKEN]
+    tokenizer.add_tokens(names, special_tokens=True)  # never split by BPE, stable across versions
+    ids = tokenizer.convert_tokens_to_ids(names)
+    if len(set(ids)) != len(ids) or any(i is None or i == tokenizer.unk_token_id for i in ids):
+        raise RuntimeError(f"tokenizer did not give distinct ids to the memory tokens: {ids}")
+    return MemoryTokens(mem_ids=tuple(ids[:-1]), slot_id=ids[-1])
+
+
+def pad_id_of(tokenizer) -> int:
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    return tokenizer.eos_token_id
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token-id rows -> (input_ids [B, T], attention_mask [B, T])."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
+def position_ids_for(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that start at 0 on each row's first real token (left padding)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+
+
+def embedding_rms(embed_weight: torch.Tensor, num_rows: int | None = None) -> float:
+    """Mean over vocabulary rows of each row's RMS: the scale spliced memory is set to."""
+    rows = embed_weight[:num_rows] if num_rows else embed_weight  # (V, H)
+    return rows.detach().float().pow(2).mean(-1).sqrt().mean().item()
+
+
+def rescale_to_rms(x: torch.Tensor, target_rms: float, eps: float = 1e-6) -> torch.Tensor:
+    """Scale each vector along the last dim to RMS ``target_rms`` (differentiable)."""
+    rms = x.pow(2).mean(-1, keepdim=True).add(eps).sqrt()  # (..., 1)
+    return x * (target_rms / rms)
+
+
+def splice_memory(
+    inputs_embeds: torch.Tensor, input_ids: torch.Tensor, slot_id: int, memory: torch.Tensor
+) -> torch.Tensor:
+    """Replace the ``slot_id`` positions of each row, in order, with that row's memory vectors.
+
+    inputs_embeds (B, T, H), input_ids (B, T), memory (B, S, H) where every row holds exactly
+    S slots. Out-of-place, so gradients reach ``memory`` (and the embeddings elsewhere).
+    """
+    B, S, H = memory.shape
+    is_slot = input_ids == slot_id  # (B, T)
+    counts = is_slot.sum(-1)
+    if not bool((counts == S).all()):
+        raise ValueError(f"each row must hold {S} memory slots, found {counts.tolist()}")
+    rows, cols = is_slot.nonzero(as_tuple=True)  # row-major: each row's slots in order
+    values = memory.reshape(B * S, H).to(inputs_embeds.dtype)  # (B·S, H)
+    return inputs_embeds.index_put((rows, cols), values)  # (B, T, H)

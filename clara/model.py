@@ -1,0 +1,399 @@
+"""ClaraModel: one causal-LM backbone, three LoRA adapters, memory tokens (DESIGN §0, §3).
+
+    model = ClaraModel.from_config(cfg.model)                 # tiny, HF dir or GGUF backbone
+    mem = model.compress(docs)                               # (B, m, H)  compressor adapter
+    q = model.encode_query(questions)                        # (B, m, H)  query adapter
+    loss = model.generator_loss(questions, mem[:, None], answers)   # mem blocks (B, k, m, H)
+    texts = model.generate(questions, mem[:, None], max_new_tokens=32)
+    model.save_adapters("out/run/adapters"); model.load_adapters("out/run/adapters")
+
+Every forward runs under one adapter (``with model.using("query"): …``); switching never
+changes which adapters are trained (see :mod:`clara.adapters`). The base weights are frozen;
+the trainable tensors are the LoRA weights of the trained adapters and ``mem_embed``, the
+embeddings of ``<MEM0>…<MEM{m-1}>`` kept as their own parameter so no row of the base
+embedding matrix ever receives a gradient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from clara.adapters import ADAPTERS, AdapterSet
+from clara.config import BackboneKind, LoraConfig, ModelConfig, to_dict
+from clara.errors import CheckpointError
+from clara.generation import SamplingParams, finish_text, generate_from_embeds
+from clara.memory import (
+    SLOT_TOKEN,
+    add_memory_tokens,
+    embedding_rms,
+    left_pad,
+    pad_id_of,
+    position_ids_for,
+    rescale_to_rms,
+    splice_memory,
+)
+
+log = logging.getLogger(__name__)
+
+MODEL_INFO = "clara_model.json"
+MEM_EMBED_FILE = "memory_tokens.safetensors"
+
+
+class ClaraModel(nn.Module):
+    def __init__(
+        self,
+        lm: nn.Module,
+        tokenizer,
+        *,
+        chunk_len: int,
+        num_mem: int,
+        lora: LoraConfig,
+        backbone_hash: str = "",
+        rescale_memory: bool = True,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.chunk_len = chunk_len
+        self.backbone_hash = backbone_hash
+        self.rescale_memory = rescale_memory
+        # where the backbone came from (set by from_config; recorded with saved adapters)
+        self.backbone_path = str(getattr(lm.config, "_name_or_path", ""))
+        self.backbone_kind = ""
+        base_rows = lm.get_input_embeddings().weight.shape[0]
+        self.tokens = add_memory_tokens(tokenizer, num_mem)
+        # the fixed scale spliced memory is set to: mean RMS of the backbone's own token rows
+        self.embed_rms = embedding_rms(lm.get_input_embeddings().weight, base_rows)
+        self.mem_embed = nn.Parameter(self._init_mem_embed(lm, num_mem, seed))  # (m, H)
+        if len(tokenizer) > base_rows:
+            _grow_vocab(lm, len(tokenizer), base_rows)
+        self.adapters = AdapterSet(lm, lora)  # freezes every base weight
+        self.peft_model = self.adapters.peft  # registered, so .parameters()/.to()/.train() reach it
+        self.pad_id = pad_id_of(tokenizer)
+        self.eos_ids = _eos_ids(lm, tokenizer)
+
+    @staticmethod
+    def _init_mem_embed(lm, num_mem: int, seed: int) -> torch.Tensor:
+        """Mean token embedding plus noise of the per-dimension spread, seeded."""
+        rows = lm.get_input_embeddings().weight.detach().float()  # (V, H)
+        g = torch.Generator().manual_seed(seed)
+        noise = torch.randn(num_mem, rows.shape[1], generator=g)  # (m, H)
+        init = rows.mean(0) + noise * rows.std(0)
+        return init.to(device=rows.device, dtype=lm.get_input_embeddings().weight.dtype)
+
+    @classmethod
+    def from_config(cls, model_cfg: ModelConfig, backbone_dir: str | Path | None = None, seed: int = 0) -> ClaraModel:
+        """Load the backbone named by ``model_cfg`` (or ``backbone_dir``) and attach the adapters."""
+        from clara.backbone import backbone_hash, load_backbone
+
+        path = Path(backbone_dir or model_cfg.backbone)
+        lm, tok = load_backbone(path, model_cfg.kind)
+        model = cls(
+            lm, tok,
+            chunk_len=model_cfg.chunk_len,
+            num_mem=model_cfg.num_mem_tokens,
+            lora=model_cfg.lora,
+            backbone_hash=backbone_hash(path),
+            rescale_memory=model_cfg.rescale_memory,
+            seed=seed,
+        )
+        model.backbone_path, model.backbone_kind = str(path), BackboneKind(model_cfg.kind).value
+        return model
+
+    # ------------------------------------------------------------------ basics
+
+    @property
+    def lm(self) -> nn.Module:
+        """The causal LM with LoRA layers; its forward runs the active adapter."""
+        return self.adapters.lm
+
+    @property
+    def num_mem(self) -> int:
+        return self.tokens.num_mem
+
+    @property
+    def hidden_size(self) -> int:
+        return self.mem_embed.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.mem_embed.device
+
+    def using(self, adapter: str | None) -> contextlib.AbstractContextManager:
+        """Context in which forwards run under ``adapter`` (None: the bare backbone)."""
+        return self.adapters.using(adapter)
+
+    def set_trainable(self, adapters: Iterable[str], mem_embed: bool = True) -> None:
+        """Train exactly these adapters (and the memory-token embeddings unless mem_embed=False)."""
+        self.adapters.set_trainable(adapters)
+        self.mem_embed.requires_grad_(mem_embed)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.lm.get_input_embeddings()(input_ids)  # (B, T, H)
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    # ------------------------------------------------------------------ encoders
+
+    def encode(
+        self, texts: Sequence[str], adapter: str, *, return_text_mean: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Text (≤ chunk_len tokens) + m memory tokens -> last-layer states at the memory positions.
+
+        Returns mem (B, m, H); with ``return_text_mean`` also the mean state over the text
+        tokens (B, H), used by SCP's alignment term.
+        """
+        m = self.num_mem
+        rows = [self._ids(t)[: self.chunk_len] + list(self.tokens.mem_ids) for t in texts]
+        ids, mask = left_pad(rows, self.pad_id)  # (B, T)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        embeds = self._embed(ids)  # (B, T, H)
+        mem_in = self.mem_embed.to(embeds.dtype).expand(len(rows), m, -1)  # (B, m, H)
+        embeds = torch.cat([embeds[:, :-m], mem_in], dim=1)  # memory tokens are the last m columns
+        with self.using(adapter):
+            hidden = self.lm.get_decoder()(
+                inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids_for(mask)
+            ).last_hidden_state  # (B, T, H)
+        mem = hidden[:, -m:]  # (B, m, H)
+        if not return_text_mean:
+            return mem
+        text_mask = mask.clone()
+        text_mask[:, -m:] = 0
+        weights = text_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+        text_mean = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, H)
+        return mem, text_mean
+
+    def compress(self, texts: Sequence[str], adapter: str = "compressor", **kw):
+        """Documents -> memory (B, m, H) with the compressor adapter."""
+        return self.encode(texts, adapter, **kw)
+
+    def encode_query(self, questions: Sequence[str], adapter: str = "query", **kw):
+        """Questions -> query vectors (B, m, H) with the query adapter, in the space of ``compress``."""
+        return self.encode(questions, adapter, **kw)
+
+    # ------------------------------------------------------------------ generator
+
+    def prompt_ids(self, question: str, k: int) -> list[int]:
+        """Token ids of the generator prompt with ``k`` slots of m placeholders, ready to answer."""
+        slots = "".join(SLOT_TOKEN * self.num_mem + "\n" for _ in range(k))
+        content = f"Background:\n{slots}\nQuestion: {question}" if k else f"Question: {question}"
+        if getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+            )
+        else:
+            text = f"{content}\nAnswer:"
+        return self._ids(text)
+
+    def _answer_ids(self, answer: str, max_answer_len: int) -> list[int]:
+        prefix = "" if getattr(self.tokenizer, "chat_template", None) else " "
+        return self._ids(prefix + answer)[:max_answer_len] + [self.eos_ids[0]]
+
+    def _splice(self, ids: torch.Tensor, mem_blocks: torch.Tensor | None) -> torch.Tensor:
+        embeds = self._embed(ids)  # (B, T, H)
+        if mem_blocks is None or mem_blocks.shape[1] == 0:
+            return embeds
+        B, k, m, H = mem_blocks.shape
+        memory = mem_blocks.reshape(B, k * m, H)  # (B, k·m, H)
+        if self.rescale_memory:
+            memory = rescale_to_rms(memory, self.embed_rms)
+        return splice_memory(embeds, ids, self.tokens.slot_id, memory)
+
+    def _check_blocks(self, questions: Sequence[str], mem_blocks: torch.Tensor | None) -> int:
+        if mem_blocks is None:
+            return 0
+        if mem_blocks.dim() != 4 or mem_blocks.shape[0] != len(questions) or mem_blocks.shape[2:] != (
+            self.num_mem, self.hidden_size,
+        ):
+            raise ValueError(
+                f"mem_blocks must be (B={len(questions)}, k, m={self.num_mem}, H={self.hidden_size}), "
+                f"got {tuple(mem_blocks.shape)}"
+            )
+        return mem_blocks.shape[1]
+
+    def build_generator_inputs(
+        self, questions: Sequence[str], mem_blocks: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts with memory spliced in -> (inputs_embeds (B, T, H), attention_mask (B, T)), left-padded."""
+        k = self._check_blocks(questions, mem_blocks)
+        ids, mask = left_pad([self.prompt_ids(q, k) for q in questions], self.pad_id)
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        return self._splice(ids, mem_blocks), mask
+
+    def generator_loss(
+        self,
+        questions: Sequence[str],
+        mem_blocks: torch.Tensor | None,
+        answers: Sequence[str],
+        *,
+        adapter: str = "generator",
+        max_answer_len: int = 128,
+        reduction: str = "mean",
+    ) -> torch.Tensor:
+        """Next-token cross-entropy on the answer tokens (and the closing eos) only.
+
+        ``reduction="none"`` gives one mean loss per row (B,), e.g. for right-vs-wrong-memory ablations.
+        """
+        k = self._check_blocks(questions, mem_blocks)
+        prompts = [self.prompt_ids(q, k) for q in questions]
+        targets = [self._answer_ids(a, max_answer_len) for a in answers]
+        ids, mask = left_pad([p + t for p, t in zip(prompts, targets)], self.pad_id)  # (B, T)
+        labels = torch.full_like(ids, -100)
+        for i, t in enumerate(targets):
+            labels[i, ids.shape[1] - len(t) :] = torch.tensor(t)
+        ids, mask, labels = ids.to(self.device), mask.to(self.device), labels.to(self.device)
+        embeds = self._splice(ids, mem_blocks)  # (B, T, H)
+        with self.using(adapter):
+            hidden = self.lm.get_decoder()(
+                inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids_for(mask)
+            ).last_hidden_state  # (B, T, H)
+            # the state at t predicts token t+1; project only answer positions (vocab is large)
+            target = labels[:, 1:]  # (B, T-1)
+            keep = target != -100
+            logits = self.lm.get_output_embeddings()(hidden[:, :-1][keep])  # (N, V)
+        token_loss = nn.functional.cross_entropy(logits.float(), target[keep], reduction="none")  # (N,)
+        if reduction == "mean":
+            return token_loss.mean()
+        rows = keep.nonzero(as_tuple=True)[0]  # (N,) row of each answer token
+        per_row = torch.zeros(len(questions), device=self.device).index_add(0, rows, token_loss)
+        return per_row / keep.sum(1).clamp(min=1)  # (B,)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        questions: Sequence[str],
+        mem_blocks: torch.Tensor | None = None,
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+        adapter: str | None = "generator",
+    ) -> list[str]:
+        """Answer each question from its memory blocks (B, k, m, H); greedy when temperature=0."""
+        params = SamplingParams(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=tuple(stop),
+            seed=seed, eos_ids=self.eos_ids, banned_ids=self.tokens.all_ids,
+        )
+        embeds, mask = self.build_generator_inputs(questions, mem_blocks)
+        was_training = self.training
+        self.eval()
+        try:
+            with self.using(adapter):
+                rows = generate_from_embeds(self.lm, embeds, mask, params, decode=self._decode)
+        finally:
+            self.train(was_training)
+        return [finish_text(self._decode(r), params.stop) for r in rows]
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    # ------------------------------------------------------------------ save / load
+
+    def save_adapters(self, directory: str | Path) -> Path:
+        """Write the three PEFT adapter directories, tokenizer, memory embeddings and metadata."""
+        from safetensors.torch import save_file
+
+        from clara.fileio import atomic_dir, atomic_write_json, write_manifest
+
+        directory = Path(directory)
+        with atomic_dir(directory) as tmp:
+            self.adapters.save(tmp)
+            self.tokenizer.save_pretrained(str(tmp / "tokenizer"))
+            save_file({"mem_embed": self.mem_embed.detach().cpu().contiguous()}, str(tmp / MEM_EMBED_FILE))
+            atomic_write_json(tmp / MODEL_INFO, self._info())
+            write_manifest(tmp, {"kind": "clara_adapters"})
+        log.info("adapters saved to %s", directory)
+        return directory
+
+    def _info(self) -> dict:
+        cfg = self.adapters.peft.peft_config[ADAPTERS[0]]
+        return {
+            "backbone_hash": self.backbone_hash,
+            "backbone": self.backbone_path,
+            "backbone_kind": self.backbone_kind,
+            "adapters": list(self.adapters.names),
+            "num_mem": self.num_mem,
+            "chunk_len": self.chunk_len,
+            "hidden_size": self.hidden_size,
+            "vocab_size": len(self.tokenizer),
+            "mem_ids": list(self.tokens.mem_ids),
+            "slot_id": self.tokens.slot_id,
+            "embed_rms": self.embed_rms,
+            "rescale_memory": self.rescale_memory,
+            "lora": to_dict(LoraConfig(r=cfg.r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                                       target_modules=tuple(sorted(cfg.target_modules)))),
+        }
+
+    def load_adapters(self, directory: str | Path) -> None:
+        """Load adapters saved by :meth:`save_adapters`; refuse ones trained on another backbone."""
+        from safetensors.torch import load_file
+
+        from clara.fileio import verify_manifest
+
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise CheckpointError(f"{directory}: no such adapter directory")
+        verify_manifest(directory)
+        info = json.loads((directory / MODEL_INFO).read_text(encoding="utf-8"))
+        if info["backbone_hash"] != self.backbone_hash:
+            raise CheckpointError(
+                f"{directory}: adapters were trained on backbone {info['backbone_hash']} ({info.get('backbone')}) "
+                f"but this model's backbone is {self.backbone_hash} ({self.backbone_path}); "
+                "set model.backbone to the backbone the adapters were trained on"
+            )
+        ours = self._info()
+        for key in ("num_mem", "hidden_size", "mem_ids", "slot_id"):
+            if info[key] != ours[key]:
+                raise CheckpointError(
+                    f"{directory}/{MODEL_INFO}: {key}={info[key]} but this model has {ours[key]}; "
+                    "set model.chunk_len/model.compression_rate to match the checkpoint"
+                )
+        self.adapters.load(directory)
+        mem = load_file(str(directory / MEM_EMBED_FILE))["mem_embed"]
+        with torch.no_grad():
+            self.mem_embed.copy_(mem.to(self.mem_embed.dtype))
+        log.info("adapters loaded from %s", directory)
+
+
+def _grow_vocab(lm, new_rows: int, base_rows: int) -> None:
+    """Resize the (possibly tied) embeddings; new rows = mean base row, so every build is identical.
+
+    Memory positions never read these rows (``mem_embed`` and spliced memory replace them);
+    they matter only as output logits, where generation bans them.
+    """
+    lm.resize_token_embeddings(new_rows, mean_resizing=False)
+    with torch.no_grad():
+        for emb in {id(e): e for e in (lm.get_input_embeddings(), lm.get_output_embeddings()) if e is not None}.values():
+            emb.weight[base_rows:] = emb.weight[:base_rows].mean(0)
+
+
+def _eos_ids(lm, tokenizer) -> tuple[int, ...]:
+    """End-of-sequence ids: the tokenizer's eos first, then any the generation config adds."""
+    ids = [tokenizer.eos_token_id]
+    extra = getattr(getattr(lm, "generation_config", None), "eos_token_id", None)
+    ids += extra if isinstance(extra, list) else [extra]
+    return tuple(dict.fromkeys(i for i in ids if i is not None))
+
+
+def load_clara_model(
+    adapters_dir: str | Path, model_cfg: ModelConfig, backbone_dir: str | Path | None = None
+) -> ClaraModel:
+    """Build a model from ``model_cfg`` and load trained adapters into it (checks the backbone)."""
+    model = ClaraModel.from_config(model_cfg, backbone_dir)
+    model.load_adapters(adapters_dir)
+    return model
+
+

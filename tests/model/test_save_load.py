@@ -1,0 +1,86 @@
+"""Adapters round-trip exactly, are standard PEFT directories, and refuse a different backbone."""
+
+import json
+
+import pytest
+import torch
+
+from clara.errors import CheckpointError
+
+DOCS = ["Kalo was born in Venra and studied physics.", "The museum of Mira is 300 years old."]
+QUESTIONS = ["Where was Kalo born?", "How old is the museum?"]
+
+
+def outputs(model):
+    with torch.no_grad():
+        mem = model.compress(DOCS)
+        q = model.encode_query(QUESTIONS)
+        loss = model.generator_loss(QUESTIONS, mem[:, None], ["Venra", "300 years"], reduction="none")
+    text = model.generate(QUESTIONS, mem[:, None], max_new_tokens=6)
+    return mem, q, loss, text
+
+
+def test_saved_and_reloaded_adapters_give_identical_outputs(model, make_model, tmp_path):
+    with torch.no_grad():
+        model.mem_embed.add_(0.1)  # memory-token embeddings are saved too
+    before = outputs(model)
+    model.save_adapters(tmp_path / "adapters")
+    fresh = make_model()
+    assert not torch.equal(outputs(fresh)[0], before[0])  # untrained adapters differ
+    fresh.load_adapters(tmp_path / "adapters")
+    after = outputs(fresh)
+    for a, b in zip(before[:3], after[:3]):
+        assert torch.equal(a, b)
+    assert before[3] == after[3]
+
+
+def test_each_adapter_is_a_standard_peft_directory(model, make_model, model_cfg, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model.save_adapters(tmp_path / "adapters")
+    info = json.loads((tmp_path / "adapters" / "clara_model.json").read_text())
+    assert info["backbone_hash"] == model.backbone_hash and info["num_mem"] == model.num_mem
+    assert (info["backbone"], info["backbone_kind"]) == (model_cfg.backbone, "tiny")  # enough to rebuild the model
+    for name in ("compressor", "query", "generator"):
+        sub = tmp_path / "adapters" / name
+        assert (sub / "adapter_config.json").is_file() and (sub / "adapter_model.safetensors").is_file()
+    # plain PEFT loads the generator onto the (resized) backbone and reproduces our forward
+    base = AutoModelForCausalLM.from_pretrained(make_model().lm.config._name_or_path)
+    base.resize_token_embeddings(info["vocab_size"], mean_resizing=False)
+    peft = PeftModel.from_pretrained(base, str(tmp_path / "adapters" / "generator"))
+    ids = model.tokenizer(QUESTIONS[0], return_tensors="pt")["input_ids"]
+    with torch.no_grad(), model.using("generator"):
+        ours = model.lm(input_ids=ids).logits
+    base_vocab = model.tokens.mem_ids[0]  # added rows differ (random init there): compare the real vocabulary
+    torch.testing.assert_close(peft(input_ids=ids).logits[..., :base_vocab], ours[..., :base_vocab])
+
+
+def test_adapters_from_another_backbone_are_refused(model, make_model, other_backbone, tmp_path):
+    model.save_adapters(tmp_path / "adapters")
+    other = make_model(other_backbone)
+    assert other.backbone_hash != model.backbone_hash
+    with pytest.raises(CheckpointError, match="trained on backbone .* set model.backbone"):
+        other.load_adapters(tmp_path / "adapters")
+
+
+def test_corrupt_or_missing_adapters_are_refused(model, make_model, tmp_path):
+    fresh = make_model()
+    with pytest.raises(CheckpointError, match="no such adapter directory"):
+        fresh.load_adapters(tmp_path / "nowhere")
+    model.save_adapters(tmp_path / "adapters")
+    weights = tmp_path / "adapters" / "query" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])  # truncated
+    with pytest.raises(CheckpointError, match="adapter_model.safetensors"):
+        fresh.load_adapters(tmp_path / "adapters")
+
+
+def test_mismatched_memory_count_is_refused(model, model_cfg, tmp_path):
+    import dataclasses
+
+    from clara.model import ClaraModel
+
+    model.save_adapters(tmp_path / "adapters")
+    other = ClaraModel.from_config(dataclasses.replace(model_cfg, compression_rate=4))  # m = 8
+    with pytest.raises(CheckpointError, match="num_mem"):
+        other.load_adapters(tmp_path / "adapters")
