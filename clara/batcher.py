@@ -1,0 +1,103 @@
+"""Micro-batching for the server: concurrent requests share one model call.
+
+Requests wait in a bounded asyncio queue; one worker takes the first, gathers more for up to
+``max_wait_ms`` or until ``max_batch``, and runs the batch function in an executor thread so
+the event loop keeps accepting requests. Every batcher of a server shares one single-thread
+executor: the model switches adapters by mutating itself, so its calls must not overlap.
+A full queue is refused at once (:class:`QueueFull`, HTTP 429) rather than growing latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Executor
+from typing import Any, Callable, Sequence
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """The request queue is at capacity; the client should retry later."""
+
+
+class MicroBatcher:
+    def __init__(
+        self, name: str, run_batch: Callable[[Sequence[Any]], Sequence[Any]], executor: Executor, *,
+        max_batch: int = 16, max_wait_ms: float = 5.0, queue_size: int = 256,
+    ):
+        if max_batch < 1 or queue_size < 1 or max_wait_ms < 0:
+            raise ValueError(f"{name}: max_batch={max_batch}, queue_size={queue_size} >= 1 and max_wait_ms >= 0")
+        self.name = name
+        self.run_batch = run_batch
+        self.executor = executor
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=queue_size)
+        self.batches = 0
+        self.items = 0
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._worker(), name=f"batcher-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def submit(self, item: Any) -> Any:
+        """Queue ``item``; return its result once its batch has run (raises QueueFull if full)."""
+        future = asyncio.get_running_loop().create_future()
+        try:
+            self.queue.put_nowait((item, future))
+        except asyncio.QueueFull:
+            raise QueueFull(f"{self.name} queue is full ({self.queue.maxsize} waiting); retry later") from None
+        return await future
+
+    async def _gather(self) -> list[tuple[Any, asyncio.Future]]:
+        batch = [await self.queue.get()]
+        deadline = time.monotonic() + self.max_wait
+        while len(batch) < self.max_batch:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self.queue.get(), left))
+            except asyncio.TimeoutError:
+                break
+        # whatever else is already waiting joins too, up to max_batch, at no extra wait
+        while len(batch) < self.max_batch and not self.queue.empty():
+            batch.append(self.queue.get_nowait())
+        return batch
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._gather()
+            live = [(item, fut) for item, fut in batch if not fut.done()]  # client may have gone
+            if not live:
+                continue
+            try:
+                results = await loop.run_in_executor(self.executor, self.run_batch, [item for item, _ in live])
+                if len(results) != len(live):
+                    raise RuntimeError(f"{self.name}: batch function returned {len(results)} results for {len(live)} items")
+            except Exception as e:  # noqa: BLE001 - delivered to every waiting request
+                log.exception("%s batch of %d failed", self.name, len(live))
+                for _, fut in live:
+                    if not fut.done():
+                        fut.set_exception(e)
+                continue
+            self.batches += 1
+            self.items += len(live)
+            for (_, fut), result in zip(live, results):
+                if fut.done():
+                    continue
+                if isinstance(result, Exception):  # one item's own error, not the batch's
+                    fut.set_exception(result)
+                else:
+                    fut.set_result(result)
