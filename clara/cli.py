@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "clara.eval.cli",  # clara eval ...
     "clara.corpus_cli",  # clara corpus ingest
     "clara.pretrain.cli",  # clara pretrain synth|train|instruct
+    "clara.joint.cli",  # clara joint
     "clara.index_cli",  # clara index build|add|verify
     "clara.serve_cli",  # clara serve
     "clara.demo",  # clara demo

@@ -134,6 +134,56 @@ class WorldConfig:
         _check(self.max_words >= 60, "world.max_words", "must be >= 60")
 
 
+class Scoring(str, enum.Enum):
+    """How a query and a candidate memory are compared (DESIGN §5)."""
+
+    FLATTENED = "flattened"  # cosine over the flattened m·H vectors
+    POOLED = "pooled"  # cosine over the mean-pooled H vectors
+
+
+@dataclass(frozen=True)
+class JointConfig:
+    """Stage 2 (``clara joint``): query reasoner + generator from the generator's loss alone."""
+
+    temperature: float = 0.02  # tau of the straight-through top-k relaxation
+    top_k: int = 5  # memories selected per question
+    candidates: int = 20  # N candidates per question (records must have at least this many)
+    scoring: Scoring = Scoring.FLATTENED
+    unfreeze_compressor: bool = False  # recompute candidate memory with gradient every step
+    cache_dir: str = ""  # candidate-memory cache; "" = <out_dir>/../memory-cache
+    init_adapters: str = ""  # SCP adapters dir (or run dir holding adapters/); "" = current compressor
+    world: str = ""  # world directory (questions/<split>.jsonl); used when data.train_file is empty
+    train_split: str = "train"
+    eval_split: str = "dev"
+    eval_every: int = 0  # steps between Recall@k evaluations on the dev subset; 0 = off
+    eval_limit: int = 64  # dev questions in each evaluation
+    max_answer_len: int = 32  # answer tokens in the loss
+
+    def __post_init__(self):
+        _check(self.temperature > 0, "joint.temperature", f"must be > 0, got {self.temperature}")
+        _check(self.top_k >= 1, "joint.top_k", "must be >= 1")
+        _check(self.candidates >= self.top_k, "joint.candidates", f"must be >= joint.top_k={self.top_k}")
+        _check(self.eval_every >= 0, "joint.eval_every", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class ScpConfig:
+    """Stage 1 (SCP, DESIGN §4): L = CE(generator(instruction, mem) -> target) + mse_weight * MSE."""
+
+    mse_weight: float = 0.1  # λ on MSE(mean_i mem_i, mean_t h_t)
+    data_types: tuple[str, ...] = ("qa", "paraphrase")  # which records train
+    max_target_tokens: int = 192  # target tokens per example (longer targets are cut)
+    fresh_seed: int = 1  # --world-fresh: seed of the fresh-document stream (not the eval world's)
+    instruct_k: int = 1  # `clara pretrain instruct`: documents (gold first) per question
+
+    def __post_init__(self):
+        _check(self.mse_weight >= 0, "scp.mse_weight", f"must be >= 0, got {self.mse_weight}")
+        bad = sorted(set(self.data_types) - {"qa", "paraphrase"})
+        _check(not bad and bool(self.data_types), "scp.data_types", f"must be a non-empty subset of qa,paraphrase; got {list(self.data_types)}")
+        _check(self.max_target_tokens >= 1, "scp.max_target_tokens", "must be >= 1")
+        _check(self.instruct_k >= 1, "scp.instruct_k", "must be >= 1")
+
+
 @dataclass(frozen=True)
 class ClaraConfig:
     out_dir: str = "out/run"
@@ -141,6 +191,8 @@ class ClaraConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     world: WorldConfig = field(default_factory=WorldConfig)
+    scp: ScpConfig = field(default_factory=ScpConfig)
+    joint: JointConfig = field(default_factory=JointConfig)
 
 
 def _check(ok: bool, key: str, problem: str) -> None:

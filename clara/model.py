@@ -17,6 +17,7 @@ embedding matrix ever receives a gradient.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -301,6 +302,18 @@ class ClaraModel(nn.Module):
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     # ------------------------------------------------------------------ save / load
+
+    def compressor_hash(self) -> str:
+        """Identity of everything compressed memory depends on (16 hex): backbone, sizes, the
+        compressor LoRA weights and the memory-token embeddings. Memory caches and banks are
+        keyed by it, and a bank written by another compressor is refused."""
+        h = hashlib.sha256()
+        h.update(json.dumps([self.backbone_hash, self.chunk_len, self.num_mem, self.hidden_size]).encode())
+        tensors = [("mem_embed", self.mem_embed)] + sorted(self.adapters.state_dict("compressor").items())
+        for name, t in tensors:
+            h.update(name.encode())
+            h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def save_adapters(self, directory: str | Path) -> Path:
         """Write the three PEFT adapter directories, tokenizer, memory embeddings and metadata."""

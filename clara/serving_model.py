@@ -126,22 +126,7 @@ def parse_hashing_spec(spec: str) -> HashingModel:
 
 def compressor_hash(model) -> str:
     """Identity of the compressor that wrote memory: a bank from another compressor is refused."""
-    own = getattr(model, "compressor_hash", None)
-    if callable(own):
-        return own()
-    if isinstance(own, str):
-        return own
-    import torch
-
-    h = hashlib.sha256()
-    h.update(f"backbone={getattr(model, 'backbone_hash', '')};m={model.num_mem};"
-             f"chunk={getattr(model, 'chunk_len', '')}".encode())
-    state = model.adapters.state_dict("compressor")
-    for key in sorted(state):
-        h.update(key.encode())
-        h.update(state[key].detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
-    h.update(model.mem_embed.detach().to(torch.float32).cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    return model.compressor_hash()
 
 
 def _backbone_kind(backbone: Path) -> str:

@@ -35,6 +35,75 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--out", default=None, help="write full results (scores + every reply) to this JSON file")
     p.set_defaults(func=run_reading)
+    from clara.eval.retrieval_cli import register_retrieval
+
+    register_retrieval(sub)
+    register_compression(sub)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(t) for t in _csv(text)]
+
+
+def register_compression(sub) -> None:
+    p = sub.add_parser(
+        "compression",
+        help="answer held-out world questions from compressed memory only, vs wrong memory, raw text, closed book",
+        description="For held-out world entities, answer each document's single-hop questions from its compressed "
+        "memory only (generator adapter), from a wrong document's memory (ablation: equal scores mean the memory "
+        "is ignored), and with the bare backbone given the raw document text / nothing (closed book). Reports EM, "
+        "F1, Cover-EM, the mean pairwise cosine between compressed documents (near 1 = collapse) and the "
+        "teacher-forced target loss with right vs wrong memory. Several --model give a compression-rate sweep.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", action="append", required=True,
+                   help="run directory of `clara pretrain train` (or its adapters/ directory); repeat for a CR sweep")
+    p.add_argument("--world", required=True, help="world directory (from `clara world --out DIR`)")
+    p.add_argument("--cr", type=_ints, default=[], help="only these compression rates, e.g. 4,16,32,64,128,256; "
+                   "each must have a checkpoint among --model (each CR needs its own trained adapters)")
+    p.add_argument("--backbone", default=None, help="backbone directory, if not where the adapters were trained")
+    p.add_argument("--split", default="test_unseen", type=_csv, help="split(s): test_unseen holds entities never asked about in training")
+    p.add_argument("--types", default="single_hop", type=_csv, help="question types (single-document ones)")
+    p.add_argument("--limit", type=int, default=100, help="at most this many questions (0 = all)")
+    p.add_argument("--settings", default="memory,wrong_memory,raw_text,closed_book", type=_csv,
+                   help="any of memory, wrong_memory, raw_text, closed_book")
+    p.add_argument("--prompt", default="scp", choices=["scp", "direct"],
+                   help="scp: the SCP QA instruction with the reply forced to start 'Question: q\\nAnswer:'; "
+                   "direct: the question as is (after `clara pretrain instruct`)")
+    p.add_argument("--style", default="fewshot", choices=["plain", "terse", "system", "fewshot"],
+                   help="prompt style of the raw-text and closed-book baselines (see `clara eval reading`)")
+    p.add_argument("--batch-size", type=int, default=8, help="questions per batch")
+    p.add_argument("--max-new-tokens", type=int, default=16, help="greedy tokens per answer")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--out", default=None, help="write full results (scores + every reply) to this JSON file")
+    p.set_defaults(func=run_compression)
+
+
+def run_compression(args: argparse.Namespace) -> int:
+    import time
+
+    from clara.eval.compression import format_table, run_compression_eval
+    from clara.fileio import atomic_write_json
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    results = run_compression_eval(
+        args.model, args.world, crs=args.cr, backbone=args.backbone, splits=args.split, types=args.types,
+        limit=args.limit or None, settings=args.settings, prompt=args.prompt, style=args.style,
+        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+    )
+    first = results["runs"][0]
+    print(f"compression eval: {first['n']} questions on {first['documents']} documents from "
+          f"{','.join(results['splits'])} of {results['world']}, backbone {first['backbone']}, prompt {args.prompt}, "
+          f"{time.perf_counter() - start:.0f} s")
+    print(format_table(results))
+    if args.out:
+        atomic_write_json(args.out, results)
+        print(f"results written to {args.out}")
+    return 0
 
 
 def run_reading(args: argparse.Namespace) -> int:

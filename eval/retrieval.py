@@ -1,0 +1,177 @@
+"""Retrieval and answer evaluation on candidate lists (DESIGN §10).
+
+    records = load_eval_records(world="out/world-0", splits=["test"])
+    rankings = rank_with_query_model(model, records, cache)          # or a baseline's rankings
+    table = recall_by_type(rankings, records, ks=(1, 2, 3, 5))      # {type: {"n", "R@1", ...}}
+    answers = answer_eval(model, records, cache, rankings, k=5)      # EM/F1/Cover-EM normal + oracle
+
+A *ranking* is every candidate index of a record, best first. Recall@k = |gold ∩ top-k| /
+|gold| against ``pos_index``, averaged per question type and over all (``"all"``).
+*Oracle*: the gold documents are guaranteed among the k selected (each missing gold
+replaces the lowest-ranked non-gold pick); *normal*: the retriever's top-k as is.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any, Sequence
+
+from clara.errors import DataError
+from clara.eval.metrics import answer_scores, recall_at_k
+
+if TYPE_CHECKING:
+    from clara.joint.memory_cache import MemoryCache
+    from clara.model import ClaraModel
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KS = (1, 2, 3, 5)
+ALL = "all"
+
+
+def load_eval_records(
+    *,
+    world: str | None = None,
+    splits: Sequence[str] = ("test",),
+    data: str | None = None,
+    corpus: str | None = None,
+    candidates: str | None = None,
+    types: Sequence[str] | None = None,
+    limit: int | None = None,
+    kind: str = "eval",
+) -> list:
+    """Question records with candidates, from a world directory's splits or a JSONL file.
+
+    World questions carry ``doc_ids``, resolved against the world's ``documents.jsonl``.
+    """
+    from pathlib import Path
+
+    from clara.jsonl import read_records
+
+    if bool(world) == bool(data):
+        raise DataError("give exactly one of a world directory (--world) or a data file (--data)")
+    records = []
+    if world:
+        for split in splits:
+            path = Path(world) / "questions" / f"{split}.jsonl"
+            if not path.is_file():
+                raise DataError(f"{path}: no such split file; splits are train, dev, test, test_unseen")
+            records += read_records(path, kind, corpus=Path(world) / "documents.jsonl")
+    else:
+        records = read_records(data, kind, corpus=corpus, candidates=candidates)
+    if types:
+        records = [r for r in records if r.type in types]
+    records = records[:limit] if limit else records
+    if not records:
+        raise DataError(f"{world or data}: no questions selected (types {list(types or [])})")
+    return records
+
+
+def recall_by_type(
+    rankings: Sequence[Sequence[int]], records: Sequence, ks: Sequence[int] = DEFAULT_KS
+) -> dict[str, dict[str, float]]:
+    """Mean Recall@k per question type (records without ``pos_index`` are left out)."""
+    if len(rankings) != len(records):
+        raise ValueError(f"{len(rankings)} rankings for {len(records)} records")
+    sums: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for ranking, r in zip(rankings, records):
+        if not r.pos_index:
+            continue
+        for group in (r.type or "untyped", ALL):
+            sums[group]["n"] += 1
+            for k in ks:
+                sums[group][f"R@{k}"] += recall_at_k(ranking, r.pos_index, min(k, len(ranking)))
+    table = {}
+    for group in sorted(sums, key=lambda g: (g == ALL, g)):
+        n = sums[group]["n"]
+        table[group] = {"n": int(n), **{f"R@{k}": sums[group][f"R@{k}"] / n for k in ks}}
+    return table
+
+
+def format_recall_tables(tables: dict[str, dict[str, dict[str, float]]], ks: Sequence[int] = DEFAULT_KS) -> str:
+    """Markdown: one row per (retriever, question type)."""
+    head = "| retriever | type | n | " + " | ".join(f"R@{k}" for k in ks) + " |"
+    lines = [head, "|" + "---|" * (3 + len(ks))]
+    for name, table in tables.items():
+        for group, row in table.items():
+            cells = " | ".join(f"{row[f'R@{k}']:.3f}" for k in ks)
+            lines.append(f"| {name} | {group} | {row['n']} | {cells} |")
+    return "\n".join(lines)
+
+
+def oracle_selection(ranking: Sequence[int], pos_index: Sequence[int], k: int) -> list[int]:
+    """The top-k of ``ranking`` with every gold index guaranteed in (at most k golds)."""
+    picked = list(ranking[:k])
+    missing = [g for g in pos_index if g not in picked][:k]
+    for g in missing:
+        # replace the lowest-ranked pick that is not gold
+        for j in range(len(picked) - 1, -1, -1):
+            if picked[j] not in pos_index:
+                picked[j] = g
+                break
+    return picked
+
+
+def rank_with_query_model(
+    model: ClaraModel, records: Sequence, cache: MemoryCache, scoring: str = "flattened", batch_size: int = 16
+) -> list[list[int]]:
+    """Rank each record's candidates by cosine between the query adapter's memory and theirs."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from clara.joint.objective import candidate_scores
+
+    cache.fill(model, (d for r in records for d in r.candidates))
+    rankings: list[list[int]] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in tqdm(range(0, len(records), batch_size), desc="ranking", unit="batch", leave=False):
+                batch = records[start : start + batch_size]
+                for r in batch:  # candidate counts may differ between records: score one by one
+                    mem = cache.candidates([r], model.device)  # (1, N, m, H)
+                    query = model.encode_query([r.question])  # (1, m, H)
+                    scores = candidate_scores(query, mem, scoring)[0]  # (N,)
+                    rankings.append(torch.argsort(scores, descending=True, stable=True).tolist())
+    finally:
+        model.train(was_training)
+    return rankings
+
+
+def answer_eval(
+    model: ClaraModel,
+    records: Sequence,
+    cache: MemoryCache,
+    rankings: Sequence[Sequence[int]],
+    *,
+    k: int = 5,
+    settings: Sequence[str] = ("normal", "oracle"),
+    batch_size: int = 8,
+    max_new_tokens: int = 32,
+) -> dict[str, Any]:
+    """EM / F1 / Cover-EM of the generator reading the memory of the k selected candidates."""
+    import torch
+
+    from clara.eval.reading import extract_answer
+
+    golds = [list(r.answers) for r in records]
+    out: dict[str, Any] = {}
+    for setting in settings:
+        if setting not in ("normal", "oracle"):
+            raise ValueError(f"unknown setting {setting!r}; use normal or oracle")
+        preds = []
+        for start in range(0, len(records), batch_size):
+            batch = records[start : start + batch_size]
+            blocks = []
+            for r, ranking in zip(batch, rankings[start : start + batch_size]):
+                kk = min(k, len(r.candidates))
+                picks = oracle_selection(ranking, r.pos_index, kk) if setting == "oracle" else list(ranking[:kk])
+                mem = cache.candidates([r], model.device)[0]  # (N, m, H)
+                blocks.append(mem[torch.tensor(picks)])  # (k, m, H)
+            replies = model.generate([r.question for r in batch], torch.stack(blocks), max_new_tokens=max_new_tokens)
+            preds += [extract_answer(t) for t in replies]
+        out[setting] = answer_scores(preds, golds)
+        out[setting]["predictions"] = preds
+    return out

@@ -1,0 +1,75 @@
+"""`clara joint`: stage 2, joint retrieval–generation training from the generator's loss alone."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "joint",
+        help="stage 2: train the query reasoner and generator from the next-token loss alone",
+        description="Joint training (DESIGN §5). The query adapter starts as a copy of the compressor "
+        "adapter (joint.init_adapters: the SCP run's adapters; empty = the current, untrained compressor). "
+        "The compressor is frozen and candidate memory is compressed once into a memory-mapped cache "
+        "(joint.cache_dir, keyed by the compressor's hash, reused by later runs). Scores are cosines between "
+        "query and candidate memory; a straight-through top-k (joint.temperature, joint.top_k) selects the "
+        "memory the generator reads; only the answer's next-token loss trains. Data: data.train_file / "
+        "data.eval_file (joint records) or joint.world (a `clara world` directory). Writes checkpoints, "
+        "metrics.jsonl (Recall@k on dev every joint.eval_every steps), adapters/ and recall.json to out_dir.",
+        epilog="example: clara joint --config configs/smollm2.yaml joint.world=out/world-0 joint.eval_every=50",
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted config overrides, e.g. train.lr=3e-4 joint.top_k=5 joint.scoring=pooled")
+    p.add_argument("--config", "-c", default=None, help="YAML preset (configs/*.yaml); overrides apply on top")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest valid checkpoint in out_dir/checkpoints (exact: same weights "
+                   "and losses as an uninterrupted run)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from clara.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from clara.joint.train import run_joint
+
+    out = run_joint(cfg, resume=args.resume)
+    result = out["result"]
+    print(f"joint training: {result.step} steps, last loss {next((x for x in reversed(result.losses) if x is not None), float('nan')):.4f}, "
+          f"{result.bad_steps} skipped; adapters in {cfg.out_dir}/adapters")
+    for when in ("before", "after"):
+        scores = out[when]
+        if scores:
+            line = ", ".join(f"{k} {v:.3f}" for k, v in scores.items() if k.endswith("/all"))
+            print(f"dev Recall ({out['dev_questions']} questions) {when}: {line}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m clara.joint.cli joint ...``: the same command without the full `clara` parser."""
+    import logging
+    import os
+    import sys
+
+    from clara.errors import ClaraError
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    parser = argparse.ArgumentParser(prog="clara")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except ClaraError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

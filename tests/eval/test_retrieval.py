@@ -1,0 +1,39 @@
+"""Recall@k per question type, the oracle selection, and reading world questions as eval records."""
+
+import pytest
+
+from clara.eval.retrieval import ALL, load_eval_records, oracle_selection, recall_by_type
+from clara.records import Document, EvalRecord
+
+
+def rec(pos, qtype, n=5):
+    return EvalRecord(question="q", answers=("a",), candidates=tuple(Document(text=str(i)) for i in range(n)),
+                      pos_index=tuple(pos), type=qtype)
+
+
+def test_recall_by_type_averages_per_type_and_overall():
+    records = [rec([0], "single_hop"), rec([3], "single_hop"), rec([1, 4], "two_hop_linked")]
+    rankings = [[0, 1, 2, 3, 4], [0, 1, 2, 3, 4], [1, 0, 2, 3, 4]]
+    table = recall_by_type(rankings, records, ks=(1, 2, 5))
+    assert table["single_hop"] == {"n": 2, "R@1": 0.5, "R@2": 0.5, "R@5": 1.0}
+    assert table["two_hop_linked"] == {"n": 1, "R@1": 0.5, "R@2": 0.5, "R@5": 1.0}
+    assert table[ALL]["R@1"] == pytest.approx(1.5 / 3) and list(table)[-1] == ALL
+
+
+def test_oracle_selection_guarantees_gold_and_keeps_the_best_picks():
+    assert oracle_selection([4, 3, 2, 1, 0], [0], 3) == [4, 3, 0]
+    assert oracle_selection([4, 3, 2, 1, 0], [3], 3) == [4, 3, 2]  # already there: unchanged
+    assert sorted(oracle_selection([4, 3, 2, 1, 0], [0, 1], 2)) == [0, 1]
+
+
+def test_world_questions_become_records_with_resolved_candidates(tmp_path):
+    from clara.world import generate_world, write_world
+
+    world = write_world(generate_world(seed=0, entities=30, candidates=6), tmp_path / "w")
+    records = load_eval_records(world=str(world), splits=["train"], types=["single_hop"], limit=5)
+    assert len(records) == 5 and all(r.type == "single_hop" and len(r.candidates) == 6 for r in records)
+    assert all(r.candidates[r.pos_index[0]].id == r.gold_ids[0] for r in records)
+    from clara.errors import DataError
+
+    with pytest.raises(DataError, match="no such split"):
+        load_eval_records(world=str(world), splits=["nope"])

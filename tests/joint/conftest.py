@@ -1,0 +1,53 @@
+"""Fixtures for stage-2 tests: one tiny backbone and one small world per session."""
+
+import pytest
+import torch
+
+from clara.config import ClaraConfig, from_dict
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory):
+    from clara.backbone import build_tiny_backbone
+
+    return build_tiny_backbone(tmp_path_factory.mktemp("backbones") / "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def world_dir(tmp_path_factory):
+    from clara.world import generate_world, write_world
+
+    return write_world(generate_world(seed=0, entities=40, candidates=8), tmp_path_factory.mktemp("worlds") / "w")
+
+
+def joint_dict(backbone, world, out_dir, cache_dir, **train) -> dict:
+    """A tiny stage-2 config (m = 32 / 8 = 4 memory vectors, N = 8 candidates, k = 3) as a dict."""
+    return {
+        "out_dir": str(out_dir),
+        "model": {"backbone": str(backbone), "kind": "tiny", "chunk_len": 32, "compression_rate": 8,
+                  "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+        "train": {"lr": 1e-3, "max_steps": 2, "batch_size": 2, "save_every": 0, "log_every": 1, **train},
+        "joint": {"world": str(world), "candidates": 8, "top_k": 3, "eval_limit": 6},
+    }
+
+
+@pytest.fixture
+def joint_cfg(tiny_backbone, world_dir, tmp_path):
+    def make(**train) -> ClaraConfig:
+        return from_dict(ClaraConfig, joint_dict(tiny_backbone, world_dir, tmp_path / "run", tmp_path / "cache", **train))
+
+    return make
+
+
+def perturb_adapters(model, seed: int = 0, scale: float = 0.05) -> None:
+    """Non-zero LoRA weights everywhere (a fresh LoRA B is zero, which zeroes A's gradient)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name in model.adapters.names:
+            for p in model.adapters.parameters(name):
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
+@pytest.fixture
+def perturb():
+    return perturb_adapters
