@@ -32,8 +32,17 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow
 
+# Every speed claim is a ratio against a baseline measured in the same run; JSON in out/bench.
+SMOL := out/backbones/smollm2-135m-instruct
 bench: $(STAMP)
-	$(BIN)/python -m clara.eval.bench_all --out out/bench
+	mkdir -p out/bench
+	$(BIN)/clara backbone convert --out $(SMOL)
+	$(BIN)/clara world --seed 0 --entities 300 --out out/world-0
+	$(BIN)/python -m clara.kernels.bench --n 1000000 --reps 5 --json out/bench/kernels.json
+	$(BIN)/python -m clara.eval.bench_generation --backbone both --smollm2-dir $(SMOL) --threads 1 --reps 7 --out out/bench/generation.json
+	$(BIN)/python -m clara.eval.bench_scp --backbone $(SMOL) --kind hf --cr 16
+	$(BIN)/python -m clara.eval.bench_joint --config configs/smollm2.yaml joint.world=out/world-0 --steps 3 --out out/bench/joint.json
+	$(BIN)/python -m clara.eval.bench_serving --backbone smollm2 --smollm2-dir $(SMOL) --parts prefill,concurrency,build --out out/bench/serving.json
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

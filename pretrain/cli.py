@@ -1,4 +1,4 @@
-"""`clara pretrain ...`: stage 1. `synth` here; `train` / `instruct` are added beside it."""
+"""`clara pretrain ...`: stage 1 — `synth` (data), `train` (SCP), `instruct` (optional instruction tuning)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ def register(subparsers) -> None:
         "pretrain",
         help="stage 1 (SCP): guided data synthesis and compressor pretraining",
         description="Stage 1 — Salient Compressor Pretraining. Subcommands: synth (QA + paraphrase data "
-        "with verification).",
+        "with verification), train (the SCP objective), instruct (optional question + documents -> answer tuning).",
     )
     sub = p.add_subparsers(dest="pretrain_command", metavar="SUBCOMMAND")
     register_synth(sub)
+    register_train(sub)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -85,4 +86,67 @@ def run_synth(args) -> int:
           f"already done {s['skipped_already_done']}, errors {s['errors']}; {s['pairs_per_doc']:.1f} pairs/doc "
           f"({s['simple_per_doc']:.1f} simple, {s['complex_per_doc']:.1f} complex), mean coverage "
           f"{s['mean_coverage_kept']:.3f}, {s['docs_per_second']:.1f} docs/s; summary {summary_path(Path(args.out))}")  # fmt: skip
+    return 0
+
+
+def _add_run_args(s) -> None:
+    s.add_argument("config", nargs="?", default=None, help="YAML preset, e.g. configs/smollm2.yaml (defaults apply without one)")
+    s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=200 scp.mse_weight=0.1 model.compression_rate=4")
+    s.add_argument("--out", default=None, help="run directory (default: out_dir of the config)")
+    s.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in the run directory")
+    s.add_argument("--skip-bad-records", action="store_true", help="log and skip malformed input lines instead of stopping")
+    s.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+
+
+def register_train(sub) -> None:
+    s = sub.add_parser(
+        "train",
+        help="SCP: train compressor + generator to answer QA / paraphrase targets from memory only",
+        description="Salient Compressor Pretraining (DESIGN §4): L = CE(generator(instruction, mem) -> target) + "
+        "scp.mse_weight * MSE(mean of memory vectors, mean of the document's last-layer states). Trains the "
+        "compressor and generator adapters and the memory-token embeddings on the shared training loop "
+        "(checkpoints every train.save_every steps, exact --resume). Writes RUN/adapters, RUN/metrics.jsonl "
+        "(loss, ce, mse, mem_cos = mean pairwise cosine of the batch's memories) and RUN/config.yaml.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_run_args(s)
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="pretrain records JSONL (from `clara pretrain synth`, or the reference format "
+                     "{data_type, question, answers, docs})")
+    src.add_argument("--world-fresh", action="store_true", help="train on fresh world documents synthesised on the fly "
+                     "(seed scp.fresh_seed), each seen once: nothing can be memorised")
+    src.add_argument("--export-checkpoint", metavar="CKPT", help="train nothing: write the adapters of checkpoint CKPT "
+                     "(RUN/checkpoints/step-N, same config) to --out (e.g. of a run stopped early)")
+    s.set_defaults(func=run_train)
+
+
+def _load_cfg(args):
+    from clara.config import load_config
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return load_config(args.config, args.overrides)
+
+
+def run_train(args) -> int:
+    import time
+    from pathlib import Path
+
+    from clara.pretrain.scp import ADAPTERS_SUBDIR, train_scp
+
+    cfg = _load_cfg(args)
+    out = Path(args.out or cfg.out_dir)
+    if args.export_checkpoint:
+        from clara.pretrain.scp import export_checkpoint_adapters
+
+        print(f"adapters of {args.export_checkpoint} written to {export_checkpoint_adapters(cfg, args.export_checkpoint, out)}")
+        return 0
+    start = time.perf_counter()
+    r = train_scp(cfg, args.data, fresh=args.world_fresh, resume=args.resume, out_dir=out,
+                  skip_bad=args.skip_bad_records)
+    done = [x for x in r.losses if x is not None]
+    print(f"scp: {r.step} steps ({r.bad_steps} skipped) in {time.perf_counter() - start:.0f} s, "
+          f"last loss {done[-1] if done else float('nan'):.4f}; adapters {out / ADAPTERS_SUBDIR}, metrics {out / 'metrics.jsonl'}")
     return 0

@@ -1,0 +1,87 @@
+"""Benchmark: one SCP optimizer step vs a plain LoRA fine-tune step of the generator.
+
+The baseline trains the generator adapter on the *same target tokens* with the document as text
+in its prompt (no compressor, no memory). Repetitions of the two are interleaved so both see the
+same machine load; medians and their ratio come from one run.
+
+    python -m clara.eval.bench_scp --backbone out/backbones/smollm2-135m-instruct --kind hf --cr 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def _batch(n: int, seed: int = 11):
+    from clara.pretrain.scp import FreshExamples, QA_INSTRUCTION
+
+    fresh = FreshExamples(seed, 4 * n)
+    return [e for e in (fresh[i] for i in range(4 * n)) if e.instruction == QA_INSTRUCTION][:n]
+
+
+def bench(backbone: str, kind: str, cr: int, chunk_len: int, batch_size: int, reps: int, max_target: int) -> dict:
+    from clara.config import LoraConfig, ModelConfig
+    from clara.model import ClaraModel
+    from clara.pretrain.scp import scp_loss
+
+    cfg = ModelConfig(backbone=backbone, kind=kind, chunk_len=chunk_len, compression_rate=cr, lora=LoraConfig(r=16, alpha=32))
+    model = ClaraModel.from_config(cfg)
+    model.set_trainable(["compressor", "generator"])
+    batch = _batch(batch_size)
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-5)
+
+    def scp_step():
+        scp_loss(model, batch, 0.1, max_target)[0].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    text_prompts = [f"Background:\n{e.doc}\n\n{e.instruction}" for e in batch]
+
+    def lora_step():  # generator only, document as text, same targets
+        model.generator_loss(text_prompts, None, [e.target for e in batch], max_answer_len=max_target).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    times = {"scp": [], "lora_text": []}
+    for fn in (scp_step, lora_step):  # warm-up
+        fn()
+    for _ in range(reps):
+        for name, fn in (("scp", scp_step), ("lora_text", lora_step)):
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"backbone": backbone, "cr": cr, "num_mem": model.num_mem, "batch_size": batch_size, "reps": reps,
+            "threads": torch.get_num_threads(), "median_s": med, "ratio_scp_over_lora": med["scp"] / med["lora_text"],
+            "times": times}  # fmt: skip
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", required=True, help="backbone directory")
+    p.add_argument("--kind", default="hf", choices=["hf", "tiny"], help="backbone kind")
+    p.add_argument("--cr", type=int, default=16, help="compression rate (m = chunk_len / cr)")
+    p.add_argument("--chunk-len", type=int, default=256, help="document tokens per chunk")
+    p.add_argument("--batch-size", type=int, default=4, help="examples per step")
+    p.add_argument("--reps", type=int, default=5, help="interleaved repetitions of each step kind")
+    p.add_argument("--max-target", type=int, default=96, help="target tokens per example")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    r = bench(args.backbone, args.kind, args.cr, args.chunk_len, args.batch_size, args.reps, args.max_target)
+    print(json.dumps({k: v for k, v in r.items() if k != "times"}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,283 @@
+"""Compression evaluation (DESIGN §10, §11): can the generator answer from a document's memory alone?
+
+For held-out world entities (``test_unseen`` by default), each single-hop question is answered
+in four settings on the same backbone:
+
+- ``memory``        — the gold document compressed by the compressor; the generator sees only mem;
+- ``wrong_memory``  — another document's memory (the ablation of §11: equal to ``memory`` means
+                      the memory is ignored, whatever the loss says);
+- ``raw_text``      — the bare backbone with the document as text in its prompt (eval.reading);
+- ``closed_book``   — the bare backbone, question only.
+
+Beside the answer scores: the mean pairwise cosine between compressed documents (flattened and
+mean-pooled; near 1 is collapse), and the generator's teacher-forced loss on the QA target with
+the right and with a wrong memory (a graded signal that moves before EM does).
+
+With ``prompt="scp"`` (after SCP) the generator is asked the SCP QA instruction and its reply is
+forced to start ``Question: <q>\\nAnswer:`` — the exact format SCP trained; the answer is the rest
+of that line. With ``prompt="direct"`` (after ``clara pretrain instruct``) the question is asked as is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from clara.errors import CheckpointError, DataError
+from clara.eval.metrics import answer_scores, cover_em
+from clara.eval.reading import evaluate_reading, extract_answer, load_world_questions
+from clara.records import Document
+
+log = logging.getLogger(__name__)
+
+SETTINGS = ("memory", "wrong_memory", "raw_text", "closed_book")
+PROMPTS = ("scp", "direct")
+
+
+def document_text(doc: dict) -> str:
+    """The text SCP compressed for a world document: title line, then the article (as synth writes it)."""
+    return Document(text=doc["text"], title=doc.get("title", "")).as_text()
+
+
+def wrong_indices(doc_ids: Sequence[str]) -> list[int]:
+    """For each item, the nearest later item (cyclically) about a *different* document."""
+    n = len(doc_ids)
+    if len(set(doc_ids)) < 2:
+        raise DataError("the wrong-memory ablation needs questions about at least two different documents")
+    out = []
+    for i in range(n):
+        j = next(k % n for k in range(i + 1, i + n + 1) if doc_ids[k % n] != doc_ids[i])
+        out.append(j)
+    return out
+
+
+@torch.no_grad()
+def compress_all(model, texts: Sequence[str], batch_size: int = 8) -> torch.Tensor:
+    """Memory of every text (N, m, H), batched."""
+    was_training = model.training
+    model.eval()
+    try:
+        parts = [model.compress(list(texts[i : i + batch_size])) for i in
+                 tqdm(range(0, len(texts), batch_size), desc="compress", unit="batch")]  # fmt: skip
+    finally:
+        model.train(was_training)
+    return torch.cat(parts).float()  # (N, m, H)
+
+
+def memory_spread(mem: torch.Tensor) -> dict[str, float]:
+    """Mean pairwise cosine of distinct documents' memories (N, m, H): flattened (m·H), mean-pooled (H),
+    and flattened after removing the mean memory over documents (what differs between documents;
+    near 0 = documents spread, near 1 = collapsed; the raw cosine is high even untrained because
+    last-layer states share a large common direction)."""
+    from clara.pretrain.scp import mean_pairwise_cosine
+
+    return {"mem_cos": mean_pairwise_cosine(mem), "mem_cos_pooled": mean_pairwise_cosine(mem.mean(1, keepdim=True)),
+            "mem_cos_centered": mean_pairwise_cosine(mem - mem.mean(0, keepdim=True)),
+            "mem_between_share": _between_over_total(mem)}
+
+
+def _between_over_total(mem: torch.Tensor) -> float:
+    """Share of memory variance that differs between documents (0 = every document the same memory)."""
+    flat = mem.reshape(mem.shape[0], -1).float()  # (N, m·H)
+    between = (flat - flat.mean(0)).pow(2).mean()
+    total = flat.pow(2).mean()
+    return float(between / total.clamp(min=1e-12))
+
+
+@torch.no_grad()
+def generate_with_prefix(model, instructions: Sequence[str], prefixes: Sequence[str], mem: torch.Tensor,
+                         max_new_tokens: int = 16, stop: tuple[str, ...] = ("\n",)) -> list[str]:  # fmt: skip
+    """Greedy replies of the generator to ``instruction`` with mem (B, m, H), continuing a forced reply prefix."""
+    from clara.generation import SamplingParams, finish_text, generate_from_embeds
+    from clara.memory import left_pad
+
+    rows = [model.prompt_ids(ins, 1) + model._ids(pre) for ins, pre in zip(instructions, prefixes)]
+    ids, mask = left_pad(rows, model.pad_id)  # (B, T)
+    ids, mask = ids.to(model.device), mask.to(model.device)
+    embeds = model._splice(ids, mem[:, None].to(model.device))  # (B, T, H) with memory in the slots
+    params = SamplingParams(max_new_tokens=max_new_tokens, stop=stop, eos_ids=model.eos_ids,
+                            banned_ids=model.tokens.all_ids)  # fmt: skip
+    was_training = model.training
+    model.eval()
+    try:
+        with model.using("generator"):
+            out = generate_from_embeds(model.lm, embeds, mask, params, decode=model._decode)
+    finally:
+        model.train(was_training)
+    return [finish_text(model._decode(r), stop) for r in out]
+
+
+def answer_from_memory(model, questions: Sequence[str], mem: torch.Tensor, *, prompt: str = "scp",
+                       batch_size: int = 8, max_new_tokens: int = 16, desc: str = "memory") -> list[str]:  # fmt: skip
+    from clara.pretrain.scp import QA_INSTRUCTION
+
+    replies = []
+    for i in tqdm(range(0, len(questions), batch_size), desc=desc, unit="batch"):
+        qs, m = list(questions[i : i + batch_size]), mem[i : i + batch_size]
+        if prompt == "scp":
+            replies += generate_with_prefix(model, [QA_INSTRUCTION] * len(qs), [f"Question: {q}\nAnswer:" for q in qs],
+                                            m, max_new_tokens)  # fmt: skip
+        else:
+            replies += model.generate(qs, m[:, None], max_new_tokens=max_new_tokens, stop=("\n",))
+    return replies
+
+
+@torch.no_grad()
+def target_nll(model, questions: Sequence[str], answers: Sequence[str], mem: torch.Tensor, batch_size: int = 8) -> float:
+    """Mean teacher-forced loss of ``Question: q\\nAnswer: a`` given mem (N, m, H)."""
+    from clara.pretrain.scp import QA_INSTRUCTION
+
+    total = 0.0
+    for i in range(0, len(questions), batch_size):
+        qs, ans = questions[i : i + batch_size], answers[i : i + batch_size]
+        targets = [f"Question: {q}\nAnswer: {a}" for q, a in zip(qs, ans)]
+        per_row = model.generator_loss([QA_INSTRUCTION] * len(qs), mem[i : i + batch_size, None].to(model.device),
+                                       targets, reduction="none")  # (b,)  # fmt: skip
+        total += float(per_row.sum())
+    return total / max(len(questions), 1)
+
+
+def evaluate_compression(
+    model,
+    questions: Sequence[dict],
+    documents: dict[str, dict],
+    *,
+    settings: Sequence[str] = SETTINGS,
+    prompt: str = "scp",
+    style: str = "fewshot",
+    batch_size: int = 8,
+    max_new_tokens: int = 16,
+) -> dict[str, Any]:
+    """Scores per setting, memory spread and right/wrong-memory target loss for single-gold questions."""
+    unknown = set(settings) - set(SETTINGS)
+    if unknown or prompt not in PROMPTS:
+        raise ValueError(f"settings must be from {SETTINGS} (got {sorted(unknown)}), prompt from {PROMPTS}")
+    qs = [q for q in questions if len(q["gold_ids"]) == 1]
+    if len(qs) < 2:
+        raise DataError(f"compression eval needs at least 2 single-document questions, got {len(qs)}")
+    doc_ids = [q["gold_ids"][0] for q in qs]
+    wrong = wrong_indices(doc_ids)
+    unique = list(dict.fromkeys(doc_ids))
+    mem_unique = compress_all(model, [document_text(documents[d]) for d in unique], batch_size)  # (D, m, H)
+    where = {d: i for i, d in enumerate(unique)}
+    mem = mem_unique[[where[d] for d in doc_ids]]  # (N, m, H)
+    golds = [list(q["answers"]) for q in qs]
+    texts = [q["question"] for q in qs]
+    results: dict[str, Any] = {"n": len(qs), "documents": len(unique), "prompt": prompt, "settings": {},
+                               "num_mem": model.num_mem, "chunk_len": model.chunk_len, **memory_spread(mem_unique)}  # fmt: skip
+    records = [{"id": q["id"], "question": q["question"], "answers": g, "doc_id": d, "wrong_doc_id": doc_ids[w]}
+               for q, g, d, w in zip(qs, golds, doc_ids, wrong)]  # fmt: skip
+    for setting, m in (("memory", mem), ("wrong_memory", mem[wrong])):
+        if setting not in settings:
+            continue
+        replies = answer_from_memory(model, texts, m, prompt=prompt, batch_size=batch_size,
+                                     max_new_tokens=max_new_tokens, desc=setting)  # fmt: skip
+        preds = [extract_answer(r) for r in replies]
+        scores = answer_scores(preds, golds)
+        scores["raw_cover_em"] = sum(cover_em(r, g) for r, g in zip(replies, golds)) / len(replies)
+        results["settings"][setting] = scores
+        for rec, reply, pred in zip(records, replies, preds):
+            rec[setting] = {"reply": reply, "prediction": pred}
+    first = [g[0] for g in golds]
+    results["nll_right"] = target_nll(model, texts, first, mem, batch_size)
+    results["nll_wrong"] = target_nll(model, texts, first, mem[wrong], batch_size)
+    text_settings = [s for s, r in (("raw_text", "open_book"), ("closed_book", "closed_book")) if s in settings]
+    if text_settings:
+        names = {"raw_text": "open_book", "closed_book": "closed_book"}
+        with model.using(None):  # the bare backbone: the same weights the adapters sit on
+            reading = evaluate_reading(model.lm, model.tokenizer, qs, documents, style=style, batch_size=batch_size,
+                                       max_new_tokens=max_new_tokens, settings=[names[s] for s in text_settings])  # fmt: skip
+        for s in text_settings:
+            results["settings"][s] = reading["settings"][names[s]]
+            for rec, r in zip(records, reading["records"]):
+                rec[s] = r[names[s]]
+    results["settings"] = {s: results["settings"][s] for s in SETTINGS if s in results["settings"]}
+    results["records"] = records
+    return results
+
+
+# ---------------------------------------------------------------------------- checkpoints and the table
+
+
+def resolve_adapters(path: str | Path) -> Path:
+    """A run directory (holding adapters/) or an adapter directory itself."""
+    path = Path(path)
+    for cand in (path / "adapters", path):
+        if (cand / "clara_model.json").is_file():
+            return cand
+    raise CheckpointError(f"{path}: no clara_model.json here or in {path}/adapters; give a run directory of "
+                          "`clara pretrain train` or an adapter directory")  # fmt: skip
+
+
+def load_for_eval(path: str | Path, backbone: str | None = None):
+    """ClaraModel rebuilt from an adapter directory's own record (backbone, chunk_len, m, LoRA), adapters loaded."""
+    from clara.config import LoraConfig, ModelConfig, from_dict
+    from clara.model import ClaraModel
+
+    adapters = resolve_adapters(path)
+    info = json.loads((adapters / "clara_model.json").read_text(encoding="utf-8"))
+    if info["chunk_len"] % info["num_mem"]:
+        raise CheckpointError(f"{adapters}/clara_model.json: chunk_len {info['chunk_len']} is not a multiple of num_mem {info['num_mem']}")
+    cfg = ModelConfig(
+        backbone=backbone or info["backbone"], kind=info.get("backbone_kind") or "hf", chunk_len=info["chunk_len"],
+        compression_rate=info["chunk_len"] // info["num_mem"], lora=from_dict(LoraConfig, info["lora"]),
+        rescale_memory=info.get("rescale_memory", True),
+    )  # fmt: skip
+    model = ClaraModel.from_config(cfg)
+    model.load_adapters(adapters)
+    model.eval()
+    return model, cfg
+
+
+def run_compression_eval(
+    models: Sequence[str], world_dir: str, *, crs: Sequence[int] = (), backbone: str | None = None,
+    splits: Sequence[str] = ("test_unseen",), types: Sequence[str] = ("single_hop",), limit: int | None = 100,
+    **kw,
+) -> dict[str, Any]:  # fmt: skip
+    """Evaluate each checkpoint on the same questions; with ``crs``, only (and all of) those rates."""
+    questions, documents = load_world_questions(world_dir, splits, types, limit)
+    runs = []
+    seen_crs = set()
+    for path in models:
+        adapters = resolve_adapters(path)
+        info = json.loads((adapters / "clara_model.json").read_text(encoding="utf-8"))
+        cr = info["chunk_len"] // info["num_mem"]
+        if crs and cr not in crs:
+            log.info("%s: CR %d not in --cr, skipped", adapters, cr)
+            continue
+        model, cfg = load_for_eval(adapters, backbone)
+        res = evaluate_compression(model, questions, documents, **kw)
+        res.update({"model": str(adapters), "cr": cfg.compression_rate, "backbone": cfg.backbone,
+                    "backbone_hash": model.backbone_hash})  # fmt: skip
+        runs.append(res)
+        seen_crs.add(cr)
+        # the text baselines do not depend on the adapters: evaluate them once
+        kw = {**kw, "settings": [s for s in kw.get("settings", SETTINGS) if s in ("memory", "wrong_memory")]}
+    missing = sorted(set(crs) - seen_crs)
+    if missing:
+        raise CheckpointError(f"--cr {','.join(map(str, missing))}: no checkpoint among --model has that compression rate")
+    if not runs:
+        raise CheckpointError("no checkpoint to evaluate; pass --model RUN_OR_ADAPTER_DIR")
+    return {"world": str(world_dir), "splits": list(splits), "types": list(types), "runs": runs}
+
+
+def format_table(results: dict[str, Any]) -> str:
+    lines = ["| CR | setting | n | EM | F1 | Cover-EM | raw Cover-EM |", "|---|---|---|---|---|---|---|"]
+    for run in results["runs"]:
+        for setting, s in run["settings"].items():
+            lines.append(f"| {run['cr']} | {setting} | {s['n']} | {s['em']:.3f} | {s['f1']:.3f} | {s['cover_em']:.3f} | "
+                         f"{s.get('raw_cover_em', float('nan')):.3f} |")  # fmt: skip
+    lines.append("")
+    lines.append("| CR | m | mean pairwise cos (flat) | (pooled) | (centered) | between-doc var share | "
+                 "target NLL right mem | wrong mem |")
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for run in results["runs"]:
+        lines.append(f"| {run['cr']} | {run['num_mem']} | {run['mem_cos']:.4f} | {run['mem_cos_pooled']:.4f} | "
+                     f"{run['mem_cos_centered']:.4f} | {run['mem_between_share']:.4f} | "
+                     f"{run['nll_right']:.4f} | {run['nll_wrong']:.4f} |")  # fmt: skip
+    return "\n".join(lines)

@@ -1,0 +1,233 @@
+"""Stage 1 — Salient Compressor Pretraining (DESIGN §4): the objective and the recipe.
+
+    L = CE(generator(instruction, mem) -> target) + λ · MSE(mean_i mem_i, mean_t h_t)
+
+``mem`` (B, m, H) is the compressor's last-layer states at the m memory positions of a
+document; ``h_t`` its last-layer states at the document's own tokens. The generator sees only
+``mem`` (spliced into its prompt), never the text. QA target: every pair of the document as
+``Question: …\\nAnswer: …`` lines; paraphrase target: the rewritten document, asked for with one
+of several instruction templates. Compressor + generator LoRA and the memory-token embeddings
+train; the query adapter and every base weight stay frozen.
+
+    result = train_scp(cfg, data="data/synth.jsonl")          # or fresh=True: endless new documents
+    # out_dir/adapters is a standard adapter directory (ClaraModel.load_adapters)
+
+Data: a PretrainRecord JSONL (``clara pretrain synth``, project or reference format) or a
+stream of fresh world documents synthesised on the fly with the world teacher, so nothing can
+be memorised instead of compressed (DESIGN §7). The stream is a deterministic function of
+``scp.fresh_seed``: a resumed run regenerates exactly the documents the killed one would have seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from clara.config import ClaraConfig, ScpConfig
+from clara.errors import DataError
+from clara.records import DataType, PretrainRecord
+
+log = logging.getLogger(__name__)
+
+QA_INSTRUCTION = "Write questions and answers about the background, one fact each."
+PARAPHRASE_INSTRUCTIONS = (
+    "Rewrite the background in other words, keeping every fact.",
+    "Paraphrase the background.",
+    "Say the same as the background, in different words.",
+    "Restate every fact of the background in your own words.",
+)
+ADAPTERS_SUBDIR = "adapters"
+
+
+@dataclass(frozen=True)
+class ScpExample:
+    """One SCP sample: the document to compress, the generator's instruction and its target."""
+
+    doc: str
+    instruction: str
+    target: str
+
+
+def qa_target(pairs) -> str:
+    return "\n".join(f"Question: {p.question}\nAnswer: {p.answer}" for p in pairs)
+
+
+def _pick(options: Sequence[str], key: str) -> str:
+    """A template chosen by a stable hash of ``key``: the same record always gets the same one."""
+    return options[int(hashlib.sha256(key.encode()).hexdigest(), 16) % len(options)]
+
+
+def example_from_record(rec: PretrainRecord) -> ScpExample:
+    if rec.data_type is DataType.QA:
+        return ScpExample(rec.doc, QA_INSTRUCTION, qa_target(rec.pairs))
+    instruction = rec.instruction or _pick(PARAPHRASE_INSTRUCTIONS, rec.id or rec.doc)
+    return ScpExample(rec.doc, instruction, rec.paraphrase or "")
+
+
+def load_examples(path: str | Path, data_types: Sequence[str] = ("qa", "paraphrase"), skip_bad: bool = False) -> list[ScpExample]:
+    """SCP examples from a pretrain JSONL (project or reference format); records of other types are left out."""
+    from clara.jsonl import read_records
+
+    records = read_records(path, "pretrain", skip_bad=skip_bad)
+    examples = [example_from_record(r) for r in records if r.data_type.value in data_types]
+    examples = [e for e in examples if e.target.strip()]
+    if not examples:
+        raise DataError(f"{path}: no usable records of data_type {', '.join(data_types)} (empty targets are skipped)")
+    log.info("%s: %d SCP examples from %d records", path, len(examples), len(records))
+    return examples
+
+
+def _fresh_examples(seed: int, data_types: Sequence[str]) -> Iterator[ScpExample]:
+    """Endless examples from never-repeating world documents, synthesised by the world teacher."""
+    from clara.pretrain.synth import fresh_world_documents, result_records, synthesize_document
+    from clara.pretrain.teachers import make_teacher
+
+    teacher = make_teacher("world")
+    for doc in fresh_world_documents(1 << 62, seed):
+        result = synthesize_document(doc, teacher)
+        if not result.kept:
+            continue
+        for obj in result_records(result, teacher.name):
+            rec = PretrainRecord.from_json(obj, f"fresh document {doc.id}")
+            if rec.data_type.value in data_types:
+                yield example_from_record(rec)
+
+
+class FreshExamples(Sequence):
+    """A lazily grown, deterministic sequence of fresh-document examples (read in order, once each).
+
+    ``ResumableBatches`` needs random access; items are produced on first access and cached, so
+    a resumed run that asks for item i gets the same example the first run got.
+    """
+
+    def __init__(self, seed: int, length: int, data_types: Sequence[str] = ("qa", "paraphrase")):
+        self.seed, self.length = seed, length
+        self._stream = _fresh_examples(seed, tuple(data_types))
+        self._items: list[ScpExample] = []
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self.length))]
+        if not 0 <= i < self.length:
+            raise IndexError(i)
+        while len(self._items) <= i:
+            self._items.append(next(self._stream))
+        return self._items[i]
+
+
+# ---------------------------------------------------------------------------- the objective
+
+
+class ScpObjective(nn.Module):
+    """The SCP loss as a module, so DDP can wrap it (its forward is what the Trainer calls)."""
+
+    def __init__(self, model, mse_weight: float = 0.1, max_target_tokens: int = 192):
+        super().__init__()
+        self.model = model  # ClaraModel
+        self.mse_weight = mse_weight
+        self.max_target_tokens = max_target_tokens
+
+    def forward(self, batch: Sequence[ScpExample]) -> tuple[torch.Tensor, dict[str, float]]:
+        return scp_loss(self.model, batch, self.mse_weight, self.max_target_tokens)
+
+
+def scp_loss(model, batch: Sequence[ScpExample], mse_weight: float = 0.1, max_target_tokens: int = 192):
+    """``CE + λ·MSE`` on one batch -> (loss, metrics: ce, mse, mem_cos, tokens)."""
+    docs = [e.doc for e in batch]
+    mem, text_mean = model.compress(docs, return_text_mean=True)  # (B, m, H), (B, H)
+    mse = nn.functional.mse_loss(mem.mean(1).float(), text_mean.float())
+    ce = model.generator_loss(
+        [e.instruction for e in batch], mem[:, None], [e.target for e in batch], max_answer_len=max_target_tokens
+    )
+    loss = ce + mse_weight * mse if mse_weight else ce
+    with torch.no_grad():
+        cos = mean_pairwise_cosine(mem.detach())
+    tokens = sum(len(model.tokenizer(e.target, add_special_tokens=False)["input_ids"][:max_target_tokens]) for e in batch)
+    return loss, {"ce": float(ce.detach()), "mse": float(mse.detach()), "mem_cos": cos, "tokens": float(tokens)}
+
+
+def mean_pairwise_cosine(mem: torch.Tensor) -> float:
+    """Mean cosine between the flattened memories of different documents (B, m, H); near 1 = collapse."""
+    if mem.shape[0] < 2:
+        return float("nan")
+    flat = nn.functional.normalize(mem.reshape(mem.shape[0], -1).float(), dim=-1)  # (B, m·H)
+    sims = flat @ flat.T  # (B, B)
+    n = flat.shape[0]
+    return float((sims.sum() - sims.diagonal().sum()) / (n * (n - 1)))
+
+
+# ---------------------------------------------------------------------------- the recipe
+
+
+def build_scp_model(cfg: ClaraConfig):
+    """ClaraModel with compressor + generator (+ memory-token embeddings) trainable, the rest frozen."""
+    from clara.model import ClaraModel
+    from clara.training import seed_everything
+
+    seed_everything(cfg.train.seed)  # LoRA init draws from torch's RNG: same config, same start
+    model = ClaraModel.from_config(cfg.model, seed=cfg.train.seed)
+    model.set_trainable(["compressor", "generator"], mem_embed=True)
+    return model
+
+
+def scp_dataset(cfg: ClaraConfig, data: str | Path | None, fresh: bool, skip_bad: bool = False) -> Sequence[ScpExample]:
+    scp: ScpConfig = cfg.scp
+    if fresh:
+        t = cfg.train
+        n = t.max_steps * t.batch_size * t.grad_accum  # every example is seen exactly once
+        return FreshExamples(scp.fresh_seed, n, scp.data_types)
+    if not data:
+        raise DataError("SCP needs data: give --data FILE (from `clara pretrain synth`) or --world-fresh")
+    return load_examples(data, scp.data_types, skip_bad=skip_bad)
+
+
+def train_scp(
+    cfg: ClaraConfig,
+    data: str | Path | None = None,
+    *,
+    fresh: bool = False,
+    resume: bool = False,
+    out_dir: str | Path | None = None,
+    skip_bad: bool = False,
+    model=None,
+):
+    """Run SCP on the shared Trainer; writes checkpoints, metrics.jsonl and ``out_dir/adapters``.
+
+    ``model``: an already built ClaraModel (tests inspect it afterwards); default :func:`build_scp_model`.
+    """
+    from clara.training import ResumableBatches, Trainer
+
+    out = Path(out_dir or cfg.out_dir)
+    dataset = scp_dataset(cfg, data, fresh, skip_bad)
+    if model is None:
+        model = build_scp_model(cfg)
+    else:
+        model.set_trainable(["compressor", "generator"], mem_embed=True)
+    objective = ScpObjective(model, cfg.scp.mse_weight, cfg.scp.max_target_tokens)
+    # fresh documents arrive in a random order already and are read once; a file is reshuffled per epoch
+    batches = ResumableBatches(dataset, cfg.train.batch_size, list, seed=cfg.train.seed, shuffle=not fresh)
+    trainer = Trainer(objective, cfg.train, out, lambda m, batch: m(batch), batches, config_for_hash=cfg)
+    result = trainer.train(resume=resume)
+    if trainer.ctx.is_main:
+        model.save_adapters(out / ADAPTERS_SUBDIR)
+    return result
+
+
+def export_checkpoint_adapters(cfg: ClaraConfig, checkpoint: str | Path, out: str | Path) -> Path:
+    """Write the adapter directory of an SCP checkpoint (e.g. of a run stopped before its end)."""
+    from clara.training.checkpoint import load_checkpoint, load_trainable
+
+    checkpoint = Path(checkpoint)
+    model = build_scp_model(cfg)
+    ck = load_checkpoint(checkpoint)
+    load_trainable(ScpObjective(model), ck.trainable, checkpoint / "trainable.safetensors")
+    return model.save_adapters(out)

@@ -1,0 +1,60 @@
+"""Compression evaluation mechanics on the tiny backbone (numbers meaningless; columns and plumbing checked)."""
+
+import math
+
+import pytest
+
+from clara.errors import CheckpointError, DataError
+from clara.eval.compression import SETTINGS, evaluate_compression, run_compression_eval, wrong_indices
+
+
+@pytest.fixture(scope="module")
+def world_and_adapters(tmp_path_factory):
+    from clara.backbone import build_tiny_backbone
+    from clara.config import LoraConfig, ModelConfig
+    from clara.model import ClaraModel
+    from clara.world import generate_world, write_world
+
+    root = tmp_path_factory.mktemp("compression")
+    backbone = build_tiny_backbone(root / "tiny", seed=0)
+    world = write_world(generate_world(seed=0, entities=30), root / "world")
+    cfg = ModelConfig(backbone=str(backbone), kind="tiny", chunk_len=32, compression_rate=8, lora=LoraConfig(r=4, alpha=8))
+    model = ClaraModel.from_config(cfg)
+    adapters = model.save_adapters(root / "run" / "adapters")
+    return root, world, model, adapters
+
+
+def test_wrong_indices_always_pick_another_document():
+    ids = ["a", "a", "b", "c", "c", "c"]
+    wrong = wrong_indices(ids)
+    assert all(ids[w] != ids[i] for i, w in enumerate(wrong))
+    with pytest.raises(DataError):
+        wrong_indices(["a", "a"])
+
+
+def test_evaluate_compression_reports_every_setting(world_and_adapters):
+    from clara.eval.reading import load_world_questions
+
+    _, world, model, _ = world_and_adapters
+    questions, documents = load_world_questions(str(world), ["test_unseen", "test"], ["single_hop"], 6)
+    res = evaluate_compression(model, questions, documents, batch_size=3, max_new_tokens=3)
+    assert list(res["settings"]) == list(SETTINGS)
+    for s in res["settings"].values():
+        assert s["n"] == res["n"] == 6 and {"em", "f1", "cover_em"} <= s.keys()
+    assert -1.0 <= res["mem_cos"] <= 1.0 and res["documents"] >= 2
+    assert math.isfinite(res["nll_right"]) and math.isfinite(res["nll_wrong"])
+    for rec in res["records"]:
+        assert rec["wrong_doc_id"] != rec["doc_id"]
+        assert all(s in rec for s in SETTINGS)
+
+
+def test_cli_run_with_cr_filter(world_and_adapters, tmp_path):
+    root, world, _, adapters = world_and_adapters
+    res = run_compression_eval([str(root / "run")], str(world), crs=[8], limit=4,
+                               settings=["memory", "wrong_memory"], batch_size=4, max_new_tokens=2)  # fmt: skip
+    (run,) = res["runs"]
+    assert run["cr"] == 8 and run["model"] == str(adapters) and set(run["settings"]) == {"memory", "wrong_memory"}
+    with pytest.raises(CheckpointError, match="--cr 16"):
+        run_compression_eval([str(adapters)], str(world), crs=[8, 16], limit=4, settings=["memory"])
+    with pytest.raises(CheckpointError, match="no clara_model.json"):
+        run_compression_eval([str(tmp_path)], str(world), limit=4)
