@@ -224,11 +224,15 @@ class ClaraModel(nn.Module):
         return mem_blocks.shape[1]
 
     def build_generator_inputs(
-        self, questions: Sequence[str], mem_blocks: torch.Tensor | None
+        self, questions: Sequence[str], mem_blocks: torch.Tensor | None, reply_prefixes: Sequence[str] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompts with memory spliced in -> (inputs_embeds (B, T, H), attention_mask (B, T)), left-padded."""
+        """Prompts with memory spliced in -> (inputs_embeds (B, T, H), attention_mask (B, T)), left-padded.
+
+        ``reply_prefixes`` forces the start of each reply (e.g. ``"Question: q\nAnswer:"``)."""
         k = self._check_blocks(questions, mem_blocks)
-        ids, mask = left_pad([self.prompt_ids(q, k) for q in questions], self.pad_id)
+        prefixes = reply_prefixes or [""] * len(questions)
+        rows = [self.prompt_ids(q, k) + (self._ids(p) if p else []) for q, p in zip(questions, prefixes)]
+        ids, mask = left_pad(rows, self.pad_id)
         ids, mask = ids.to(self.device), mask.to(self.device)
         return self._splice(ids, mem_blocks), mask
 
@@ -282,13 +286,15 @@ class ClaraModel(nn.Module):
         stop: Sequence[str] = (),
         seed: int | None = None,
         adapter: str | None = "generator",
+        reply_prefixes: Sequence[str] | None = None,
     ) -> list[str]:
-        """Answer each question from its memory blocks (B, k, m, H); greedy when temperature=0."""
+        """Answer each question from its memory blocks (B, k, m, H); greedy when temperature=0.
+        The returned text continues after ``reply_prefixes`` (forced reply starts), if given."""
         params = SamplingParams(
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=tuple(stop),
             seed=seed, eos_ids=self.eos_ids, banned_ids=self.tokens.all_ids,
         )
-        embeds, mask = self.build_generator_inputs(questions, mem_blocks)
+        embeds, mask = self.build_generator_inputs(questions, mem_blocks, reply_prefixes)
         was_training = self.training
         self.eval()
         try:

@@ -90,28 +90,6 @@ def _between_over_total(mem: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def generate_with_prefix(model, instructions: Sequence[str], prefixes: Sequence[str], mem: torch.Tensor,
-                         max_new_tokens: int = 16, stop: tuple[str, ...] = ("\n",)) -> list[str]:  # fmt: skip
-    """Greedy replies of the generator to ``instruction`` with mem (B, m, H), continuing a forced reply prefix."""
-    from clara.generation import SamplingParams, finish_text, generate_from_embeds
-    from clara.memory import left_pad
-
-    rows = [model.prompt_ids(ins, 1) + model._ids(pre) for ins, pre in zip(instructions, prefixes)]
-    ids, mask = left_pad(rows, model.pad_id)  # (B, T)
-    ids, mask = ids.to(model.device), mask.to(model.device)
-    embeds = model._splice(ids, mem[:, None].to(model.device))  # (B, T, H) with memory in the slots
-    params = SamplingParams(max_new_tokens=max_new_tokens, stop=stop, eos_ids=model.eos_ids,
-                            banned_ids=model.tokens.all_ids)  # fmt: skip
-    was_training = model.training
-    model.eval()
-    try:
-        with model.using("generator"):
-            out = generate_from_embeds(model.lm, embeds, mask, params, decode=model._decode)
-    finally:
-        model.train(was_training)
-    return [finish_text(model._decode(r), stop) for r in out]
-
-
 def answer_from_memory(model, questions: Sequence[str], mem: torch.Tensor, *, prompt: str = "scp",
                        batch_size: int = 8, max_new_tokens: int = 16, desc: str = "memory") -> list[str]:  # fmt: skip
     from clara.pretrain.scp import QA_INSTRUCTION
@@ -120,8 +98,8 @@ def answer_from_memory(model, questions: Sequence[str], mem: torch.Tensor, *, pr
     for i in tqdm(range(0, len(questions), batch_size), desc=desc, unit="batch"):
         qs, m = list(questions[i : i + batch_size]), mem[i : i + batch_size]
         if prompt == "scp":
-            replies += generate_with_prefix(model, [QA_INSTRUCTION] * len(qs), [f"Question: {q}\nAnswer:" for q in qs],
-                                            m, max_new_tokens)  # fmt: skip
+            replies += model.generate([QA_INSTRUCTION] * len(qs), m[:, None], max_new_tokens=max_new_tokens,
+                                      stop=("\n",), reply_prefixes=[f"Question: {q}\nAnswer:" for q in qs])
         else:
             replies += model.generate(qs, m[:, None], max_new_tokens=max_new_tokens, stop=("\n",))
     return replies

@@ -79,3 +79,15 @@ def test_eos_stops_a_row_and_is_dropped(model):
         stopped = generate_from_embeds(model.lm, embeds, mask, SamplingParams(max_new_tokens=6, eos_ids=(eos,)))
     assert stopped[0] == free[0][: free[0].index(eos)]
     assert len(stopped[0]) <= 2
+
+
+def test_reply_prefix_continues_after_the_forced_start(model):
+    prefix = "Question: Where was Kalo born?\nAnswer:"
+    ours = model.generate(PROMPTS[:1], None, max_new_tokens=8, reply_prefixes=[prefix])
+    ids, mask = left_pad([model.prompt_ids(PROMPTS[0], 0) + model.tokenizer.encode(prefix, add_special_tokens=False)],
+                         model.pad_id)  # fmt: skip
+    with model.using("generator"), torch.no_grad():
+        rows = generate_from_embeds(model.lm, model.lm.get_input_embeddings()(ids), mask,
+                                    SamplingParams(max_new_tokens=8, eos_ids=model.eos_ids, banned_ids=model.tokens.all_ids))  # fmt: skip
+    assert ours == [model.tokenizer.decode(rows[0], skip_special_tokens=True)]
+    assert ours != model.generate(PROMPTS[:1], None, max_new_tokens=8)  # the prefix changed the reply
