@@ -1,4 +1,4 @@
-"""`clara backbone tiny|convert|hash`: build, convert and fingerprint backbones."""
+"""`clara backbone tiny|convert|reader|hash`: build, convert, teach to read and fingerprint backbones."""
 
 from __future__ import annotations
 
@@ -24,6 +24,28 @@ def register(subparsers) -> None:
     conv.add_argument("--force", action="store_true", help="convert again even if a matching conversion exists")
     conv.set_defaults(func=run_convert)
 
+    rd = sub.add_parser(
+        "reader",
+        help="train a short reading LoRA (open-book QA on fresh entities), merge it, save a new backbone (cached)",
+    )
+    rd.add_argument("--backbone", required=True, help="source backbone directory (from `clara backbone convert|tiny`)")
+    rd.add_argument("--out", required=True, help="output backbone directory; skipped if it already records this "
+                    "source hash and recipe")
+    rd.add_argument("--steps", type=int, default=80, help="optimizer steps; each sees batch-size new documents (default 80)")
+    rd.add_argument("--batch-size", type=int, default=8, help="samples per step (default 8)")
+    rd.add_argument("--lr", type=float, default=5e-4, help="peak learning rate, cosine decay after 5 warmup steps (default 5e-4)")
+    rd.add_argument("--r", type=int, default=16, help="LoRA rank on every linear layer; alpha = 2r (default 16)")
+    rd.add_argument("--seed", type=int, default=0, help="seed of LoRA init and batch order (default 0)")
+    rd.add_argument("--style", default="plain", choices=["plain", "terse", "system", "fewshot"],
+                    help="prompt style, as in `clara eval reading --style` (default plain)")
+    rd.add_argument("--exclude-world", action="append", default=[], metavar="DIR",
+                    help="world directory whose entity names never appear in training (repeatable); "
+                    "pass every world you will evaluate on")
+    rd.add_argument("--work-dir", default=None, help="checkpoint directory for resuming (default: hidden sibling of --out)")
+    rd.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    rd.add_argument("--force", action="store_true", help="train again even if --out matches")
+    rd.set_defaults(func=run_reader)
+
     hsh = sub.add_parser("hash", help="print the backbone fingerprint that adapters are checked against")
     hsh.add_argument("path", help="backbone directory or .gguf file")
     hsh.set_defaults(func=run_hash)
@@ -47,6 +69,27 @@ def run_convert(args: argparse.Namespace) -> int:
     out = convert_gguf_backbone(args.gguf, out_dir=args.out, force=args.force)
     info = json.loads((out / BACKBONE_INFO).read_text(encoding="utf-8"))
     print(f"backbone {out}: {info.get('architecture')} {info.get('params'):,} params, hash {backbone_hash(out)}")
+    return 0
+
+
+def run_reader(args: argparse.Namespace) -> int:
+    from clara.backbone import backbone_hash
+    from clara.reader import ReaderConfig, describe, train_reader, world_entity_names
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    recipe = ReaderConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, r=args.r, alpha=2 * args.r,
+                          seed=args.seed, style=args.style)
+    exclude: set[str] = set()
+    for world in args.exclude_world:
+        exclude |= world_entity_names(world)
+    out = train_reader(args.backbone, args.out, recipe, exclude_names=exclude, work_dir=args.work_dir,
+                       force=args.force)
+    info = describe(out)
+    print(f"reader backbone {out}: {info.get('steps')} steps from {info.get('source_hash')}, "
+          f"final loss {info.get('final_loss')}, hash {backbone_hash(out)}")
     return 0
 
 
