@@ -14,17 +14,21 @@ def _run_demo(out, *extra, timeout):
 
 def test_demo_with_tiny_backbone(tmp_path):
     out = tmp_path / "demo"
-    r = _run_demo(out, "--backbone", "tiny", "--entities", "40", "--limit", "3", timeout=300)
+    r = _run_demo(out, "--backbone", "tiny", "--entities", "40", "--limit", "3", "--reader-steps", "2", timeout=300)
     assert r.returncode == 0, r.stderr
     report = (out / "report.md").read_text()
-    assert "| open_book | 3 |" in report and "| closed_book | 3 |" in report
+    assert report.count("| open_book | 3 |") == 2 and report.count("| closed_book | 3 |") == 2  # base, reader
+    assert "After the reading LoRA (2 steps" in report
+    reader = json.loads((out / "reading.json").read_text())["reader"]
+    assert reader["backbone_hash"] != json.loads((out / "reading.json").read_text())["backbone_hash"]
     assert "random-init" in report
     assert report.strip() in r.stdout  # the printed report is the written one
     assert (out / "world" / "manifest.json").is_file()
     assert json.loads((out / "reading.json").read_text())["n"] == 3
     # a second run reuses the backbone (same hash) and rewrites the report
     first = json.loads((out / "reading.json").read_text())["backbone_hash"]
-    assert _run_demo(out, "--backbone", "tiny", "--entities", "40", "--limit", "2", timeout=300).returncode == 0
+    assert _run_demo(out, "--backbone", "tiny", "--entities", "40", "--limit", "2", "--reader-steps", "0",
+                     timeout=300).returncode == 0
     again = json.loads((out / "reading.json").read_text())
     assert again["backbone_hash"] == first and again["n"] == 2
 
@@ -32,7 +36,7 @@ def test_demo_with_tiny_backbone(tmp_path):
 @pytest.mark.slow
 def test_demo_with_smollm2(tmp_path):
     out = tmp_path / "demo"
-    r = _run_demo(out, "--limit", "8", "--entities", "100", timeout=900)
+    r = _run_demo(out, "--limit", "8", "--entities", "100", "--reader-steps", "16", timeout=3600)
     assert r.returncode == 0, r.stderr
     res = json.loads((out / "reading.json").read_text())
     assert res["n"] == 8
@@ -41,3 +45,7 @@ def test_demo_with_smollm2(tmp_path):
     # SmolLM2 reads: with the document it gets more answers into its reply than without
     ob, cb = res["settings"]["open_book"], res["settings"]["closed_book"]
     assert ob["raw_cover_em"] > cb["raw_cover_em"]
+    # the reading LoRA makes it read: open-book EM rises, closed-book EM stays near zero
+    rd = res["reader"]["settings"]
+    assert rd["open_book"]["em"] >= ob["em"] + 0.25
+    assert rd["closed_book"]["em"] <= 0.15
