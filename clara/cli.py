@@ -23,8 +23,10 @@ COMMAND_MODULES = (
     "clara.corpus_cli",  # clara corpus ingest
     "clara.pretrain.cli",  # clara pretrain synth|train|instruct
     "clara.joint.cli",  # clara joint
+    "clara.joint.rl_cli",  # clara rl
     "clara.index_cli",  # clara index build|add|verify
     "clara.serve_cli",  # clara serve
+    "clara.eval.lens_cli",  # clara lens ...; clara plot ...
     "clara.demo",  # clara demo
 )
 

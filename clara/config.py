@@ -44,6 +44,14 @@ class BackboneKind(str, enum.Enum):
     TINY = "tiny"  # the random-init test backbone (mechanics only, never quality)
 
 
+class MemoryNorm(str, enum.Enum):
+    """How compressed memory is normalised where it is spliced into the generator (before the RMS rescale)."""
+
+    NONE = "none"  # as compressed
+    CENTER = "center"  # minus a running mean per memory position (removes the direction all documents share)
+    STANDARDIZE = "standardize"  # centred and divided by a running per-dimension std, per memory position
+
+
 class LRSchedule(str, enum.Enum):
     CONSTANT = "constant"
     LINEAR = "linear"
@@ -70,6 +78,7 @@ class ModelConfig:
     compression_rate: int = 16  # m = chunk_len // compression_rate memory vectors
     lora: LoraConfig = field(default_factory=LoraConfig)
     rescale_memory: bool = True  # spliced memory vectors set to the token embeddings' mean RMS (DESIGN §11)
+    memory_norm: MemoryNorm = MemoryNorm.NONE  # splice-side normalisation of memory (clara.memory.normalize_memory)
 
     def __post_init__(self):
         _check(self.compression_rate >= 1, "model.compression_rate", "must be >= 1")
@@ -184,6 +193,61 @@ class ScpConfig:
         _check(self.instruct_k >= 1, "scp.instruct_k", "must be >= 1")
 
 
+class Aggregation(str, enum.Enum):
+    """RL token aggregation (DESIGN §8; see clara.joint.grpo)."""
+
+    GRPO = "grpo"  # mean over each sequence's tokens, then over sequences
+    DAPO = "dapo"  # sum over all tokens / number of tokens
+    DR_GRPO = "dr_grpo"  # sum over all tokens / (sequences × constant max length)
+
+
+class AnswerMetric(str, enum.Enum):
+    EM = "em"
+    F1 = "f1"
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    """Agentic RL (``clara rl``, DESIGN §8). Data, candidates, cache and scoring come from ``joint``."""
+
+    init_adapters: str = ""  # stage-2 adapters (or run dir holding adapters/); "" = fresh (mechanics only)
+    question_types: tuple[str, ...] = ()  # train only on these world question types; () = all
+    group_size: int = 4  # G rollouts per question
+    max_turns: int = 4  # T turns per rollout
+    top_k: int = 2  # k memory blocks per search
+    max_turn_tokens: int = 48  # tokens the policy may write per turn
+    temperature: float = 1.0  # sampling temperature (log-probs use the same one)
+    clip_eps: float = 0.2
+    beta: float = 0.01  # k3 KL to the reference (the starting generator)
+    aggregation: Aggregation = Aggregation.GRPO
+    max_len: int = 0  # dr_grpo's constant length; 0 = max_turns × max_turn_tokens
+    dgpo_beta: float = 0.0  # β_t of KL(π ‖ π_teacher) on failed rollouts; 0 = DGPO off
+    dgpo_threshold: float = 0.5  # a rollout with reward below this is "failed"
+    teacher_adapters: str = ""  # adapters dir whose generator is the teacher ("" = the starting generator)
+    reward_answer: float = 1.0
+    reward_format: float = 0.1
+    reward_self_certainty: float = 0.0
+    reward_retrieval_hit: float = 0.0
+    answer_metric: AnswerMetric = AnswerMetric.EM
+    distractor_start: float = 0.0  # p_s of the distractor curriculum
+    distractor_end: float = 0.0  # p_e
+    distractor_base: float = 2.0  # b (1 = linear)
+    curriculum_steps: int = 0  # T of the curriculum; 0 = train.max_steps
+
+    def __post_init__(self):
+        _check(self.group_size >= 2, "rl.group_size", f"must be >= 2 (advantages compare rollouts), got {self.group_size}")
+        _check(self.max_turns >= 1, "rl.max_turns", "must be >= 1")
+        _check(self.top_k >= 1, "rl.top_k", "must be >= 1")
+        _check(self.max_turn_tokens >= 1, "rl.max_turn_tokens", "must be >= 1")
+        _check(self.temperature > 0, "rl.temperature", f"must be > 0 (RL samples), got {self.temperature}")
+        _check(0 < self.clip_eps < 1, "rl.clip_eps", f"must be in (0, 1), got {self.clip_eps}")
+        _check(self.beta >= 0 and self.dgpo_beta >= 0, "rl.beta", "beta and dgpo_beta must be >= 0")
+        for key in ("distractor_start", "distractor_end"):
+            v = getattr(self, key)
+            _check(0.0 <= v <= 1.0, f"rl.{key}", f"must be a probability in [0, 1], got {v}")
+        _check(self.distractor_base > 0, "rl.distractor_base", "must be > 0")
+
+
 @dataclass(frozen=True)
 class ClaraConfig:
     out_dir: str = "out/run"
@@ -193,6 +257,7 @@ class ClaraConfig:
     world: WorldConfig = field(default_factory=WorldConfig)
     scp: ScpConfig = field(default_factory=ScpConfig)
     joint: JointConfig = field(default_factory=JointConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
 
 
 def _check(ok: bool, key: str, problem: str) -> None:

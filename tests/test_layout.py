@@ -28,3 +28,19 @@ def test_cli_help_lists_commands():
     r = subprocess.run([sys.executable, "-m", "clara.cli", "--help"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "COMMAND" in r.stdout
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path):
+    import os
+
+    from clara.fileio import atomic_dir, atomic_write_text
+
+    mask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "f").write_text("y")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755

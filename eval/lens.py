@@ -1,0 +1,347 @@
+"""Logit lens on memory states (DESIGN §10): what words does a memory slot "think" of?
+
+    res = logit_lens(model, "Who founded Velkor Works?", adapter="query", layers="all", top=5)
+    print(format_lens_table(res))                      # rows = layers, cols = memory slots
+    plot_lens_heatmap(res, "lens.png")                 # clara.eval.plots
+    stats = lens_overlap(model, records, top=20)       # query lens vs raw question vs gold doc words
+
+Each memory slot's hidden state at a layer is projected through the model's *final norm* and
+*LM head*, then softmaxed over the vocabulary. States are captured with forward hooks on the
+decoder blocks while :meth:`ClaraModel.encode` runs, so the lens sees exactly the inputs the
+compressor / query reasoner sees (memory = the last m columns, left padding). Hooks, not
+``output_hidden_states``: Hugging Face returns the *last* entry of ``hidden_states`` already
+normed and the others not, so hooks give every layer in the same (pre-norm) form.
+
+Layer numbering: 0 is the input to the first block (the memory-token embeddings), ``i`` the
+output of block ``i-1``; the last (``L`` = number of blocks, or ``-1``) is the state the
+encoder returns (after the final norm). The memory and slot tokens are excluded from the
+vocabulary the lens decodes to: they are never words.
+
+Generic over decoder-only models: the head is ``get_output_embeddings()``; the final norm is
+found on the decoder (``model.model.norm`` for Llama/Mistral/Qwen, ``transformer.ln_f`` for
+GPT-2 style, ``final_layernorm``/``final_layer_norm`` elsewhere), through peft wrappers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+from torch import nn
+
+from clara.errors import ClaraError, ConfigError
+
+if TYPE_CHECKING:
+    from clara.model import ClaraModel
+
+log = logging.getLogger(__name__)
+
+NORM_NAMES = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "final_norm")
+LAYER_LIST_NAMES = ("layers", "h", "blocks", "layer")
+
+
+# ---------------------------------------------------------------------------- finding the parts
+
+
+def _unwrap(lm: nn.Module) -> nn.Module:
+    """The Hugging Face model under any peft wrapper (PeftModel -> LoraModel -> *ForCausalLM)."""
+    for _ in range(3):
+        if hasattr(lm, "get_base_model"):
+            lm = lm.get_base_model()
+        elif type(lm).__name__ == "LoraModel" and hasattr(lm, "model"):
+            lm = lm.model
+        else:
+            break
+    return lm
+
+
+def _decoder(lm: nn.Module) -> nn.Module:
+    lm = _unwrap(lm)
+    if hasattr(lm, "get_decoder"):
+        dec = lm.get_decoder()
+        if dec is not None:
+            return dec
+    for name in ("model", "transformer", "gpt_neox"):
+        if isinstance(getattr(lm, name, None), nn.Module):
+            return getattr(lm, name)
+    raise ClaraError(f"logit lens: cannot find the decoder of {type(lm).__name__}")
+
+
+def final_norm(lm: nn.Module) -> nn.Module:
+    """The norm applied after the last block (``model.model.norm`` for Llama-style models)."""
+    dec = _decoder(lm)
+    for name in NORM_NAMES:
+        mod = getattr(dec, name, None)
+        if isinstance(mod, nn.Module):
+            return mod
+    raise ClaraError(f"logit lens: no final norm ({', '.join(NORM_NAMES)}) on {type(dec).__name__}")
+
+
+def output_head(lm: nn.Module) -> nn.Module:
+    head = _unwrap(lm).get_output_embeddings()
+    if head is None:
+        raise ClaraError(f"logit lens: {type(_unwrap(lm)).__name__} has no output embeddings (LM head)")
+    return head
+
+
+def decoder_layers(lm: nn.Module) -> nn.ModuleList:
+    """The list of transformer blocks of the decoder."""
+    dec = _decoder(lm)
+    for name in LAYER_LIST_NAMES:
+        mod = getattr(dec, name, None)
+        if isinstance(mod, nn.ModuleList) and len(mod):
+            return mod
+    raise ClaraError(f"logit lens: cannot find the blocks ({', '.join(LAYER_LIST_NAMES)}) of {type(dec).__name__}")
+
+
+# ---------------------------------------------------------------------------- projection
+
+
+def project(states: torch.Tensor, norm: nn.Module, head: nn.Module, exclude: Sequence[int] = (),
+            normed: bool = False) -> torch.Tensor:  # fmt: skip
+    """Hidden states (..., H) -> next-token probabilities (..., V) via final norm and LM head.
+
+    ``exclude`` ids get probability 0 (the rest renormalised); ``normed`` skips the norm for
+    states that already went through it.
+    """
+    x = states if normed else norm(states)  # (..., H)
+    logits = head(x.to(head.weight.dtype)).float()  # (..., V)
+    if len(exclude):
+        logits[..., torch.as_tensor(list(exclude), device=logits.device)] = float("-inf")
+    return logits.softmax(-1)  # (..., V)
+
+
+def excluded_ids(model: ClaraModel) -> list[int]:
+    """Memory tokens, the slot token, other special tokens (pad, eos, unk, …) and head rows beyond
+    the tokenizer (padding rows): none of them is ever a word."""
+    vocab_rows = output_head(model.lm).weight.shape[0]
+    special = set(model.tokens.all_ids) | set(getattr(model.tokenizer, "all_special_ids", []))
+    return sorted(special | set(range(len(model.tokenizer), vocab_rows)))
+
+
+def parse_layers(spec: str | Sequence[int] | None, num_blocks: int) -> list[int]:
+    """``"all"``, ``"last"``/None, or indices ``"0,5,-1"`` (negative from the end) -> 0..num_blocks."""
+    n = num_blocks + 1  # embeddings input + one state per block
+    if spec is None or spec == "last":
+        return [num_blocks]
+    if spec == "all":
+        return list(range(n))
+    items = [int(t) for t in spec.split(",") if t.strip()] if isinstance(spec, str) else list(spec)
+    out = []
+    for i in items:
+        if not -n <= i < n:
+            raise ConfigError(f"--layers: layer {i} out of range; this model has layers 0..{num_blocks} (or -1)")
+        out.append(i % n)
+    if not out:
+        raise ConfigError("--layers: give 'all', 'last' or comma-separated layer indices")
+    return list(dict.fromkeys(out))
+
+
+# ---------------------------------------------------------------------------- capturing states
+
+
+@torch.no_grad()
+def memory_states(model: ClaraModel, texts: Sequence[str], adapter: str | None) -> torch.Tensor:
+    """Pre-norm states of the m memory positions at every layer: (B, L+1, m, H).
+
+    Runs ``model.encode`` (the compressor / query-reasoner forward) with hooks on the blocks.
+    """
+    blocks = decoder_layers(model.lm)
+    m = model.num_mem
+    captured: list[torch.Tensor] = []
+
+    def grab_input(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        captured.append(hidden[:, -m:].detach())  # (B, m, H)
+
+    def grab_output(module, args, output):
+        hidden = output[0] if isinstance(output, (tuple, list)) else output
+        captured.append(hidden[:, -m:].detach())  # (B, m, H)
+
+    handles = [blocks[0].register_forward_pre_hook(grab_input, with_kwargs=True)]
+    handles += [b.register_forward_hook(grab_output) for b in blocks]
+    was_training = model.training
+    model.eval()
+    try:
+        model.encode(list(texts), adapter)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if len(captured) != len(blocks) + 1:
+        raise ClaraError(f"logit lens: captured {len(captured)} states for {len(blocks)} blocks")
+    return torch.stack(captured, dim=1).float()  # (B, L+1, m, H)
+
+
+# ---------------------------------------------------------------------------- the lens
+
+
+@dataclass
+class LensResult:
+    """Top tokens of each memory slot at each chosen layer."""
+
+    text: str
+    adapter: str | None
+    layers: list[int]  # layer numbers (0 = embeddings input, num_blocks = last)
+    num_blocks: int
+    top_ids: list[list[list[int]]]  # [layer][slot][rank]
+    top_probs: list[list[list[float]]]  # [layer][slot][rank]
+    tokens: list[list[list[str]]]  # decoded top tokens, [layer][slot][rank]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_slots(self) -> int:
+        return len(self.tokens[0]) if self.tokens else 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"text": self.text, "adapter": self.adapter, "layers": self.layers, "num_blocks": self.num_blocks,
+                "top_ids": self.top_ids, "top_probs": self.top_probs, "tokens": self.tokens, **self.extra}  # fmt: skip
+
+
+def token_text(tokenizer, token_id: int) -> str:
+    """A token as readable text: decoded bytes, whitespace made visible only when it is all there is."""
+    text = tokenizer.decode([token_id])
+    return text.strip() or repr(text)
+
+
+def lens_from_states(model: ClaraModel, states: torch.Tensor, layers: Sequence[int], top: int) -> tuple[list, list]:
+    """states (L+1, m, H) of one text -> (top ids, top probs), each [layer][slot][rank]."""
+    num_blocks = states.shape[0] - 1
+    norm, head = final_norm(model.lm), output_head(model.lm)
+    picked = states[list(layers)].to(head.weight.device)  # (l, m, H)
+    with torch.no_grad():
+        probs = project(picked.to(head.weight.dtype), norm, head, excluded_ids(model))  # (l, m, V)
+    log.debug("lens over %d of %d layers", len(layers), num_blocks + 1)
+    values, ids = probs.topk(top, dim=-1)  # (l, m, top)
+    return ids.tolist(), values.tolist()
+
+
+def logit_lens(model: ClaraModel, text: str, adapter: str | None, layers: str | Sequence[int] | None = None,
+               top: int = 5) -> LensResult:  # fmt: skip
+    """The lens of one question (``adapter="query"``) or document (``"compressor"``); None = bare backbone."""
+    if top < 1:
+        raise ConfigError(f"--top must be >= 1, got {top}")
+    states = memory_states(model, [text], adapter)[0]  # (L+1, m, H)
+    num_blocks = states.shape[0] - 1
+    chosen = parse_layers(layers, num_blocks)
+    ids, probs = lens_from_states(model, states, chosen, top)
+    tokens = [[[token_text(model.tokenizer, i) for i in slot] for slot in layer] for layer in ids]
+    return LensResult(text=text, adapter=adapter, layers=chosen, num_blocks=num_blocks, top_ids=ids,
+                      top_probs=probs, tokens=tokens)  # fmt: skip
+
+
+def _prob(p: float) -> str:
+    return f"{p:.2f}" if p >= 0.01 else f"{p:.0e}"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", "\\n")
+
+
+def format_lens_table(res: LensResult, show: int | None = None) -> str:
+    """Markdown table, one row per layer and one column per slot: ``tok (p) · tok (p) …``."""
+    show = show or len(res.tokens[0][0])
+    head = "| layer | " + " | ".join(f"slot {j}" for j in range(res.num_slots)) + " |"
+    lines = [head, "|" + "---|" * (res.num_slots + 1)]
+    for layer, toks, probs in zip(res.layers, res.tokens, res.top_probs):
+        name = "emb" if layer == 0 else ("last" if layer == res.num_blocks else str(layer))
+        cells = [" · ".join(f"{_cell(t)} ({_prob(p)})" for t, p in zip(ts[:show], ps[:show])) for ts, ps in zip(toks, probs)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- compare mode
+
+
+def _token_words(tokenizer, ids) -> set[str]:
+    from clara.world.lexical import content_words
+
+    return set().union(*(content_words(tokenizer.decode([i])) for i in ids)) if len(ids) else set()
+
+
+def _content_token_ids(tokenizer, text: str) -> set[int]:
+    """Ids of ``text``'s tokens that decode to a content word (not a stopword, not punctuation)."""
+    from clara.world.lexical import content_words
+
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return {i for i in set(ids) if content_words(tokenizer.decode([i]))}
+
+
+def _target_doc(record):
+    """The document the question must reach: the bridge (last gold) of a two-hop question, else the gold."""
+    if not record.pos_index:
+        raise ClaraError(f"question {record.id or record.question[:40]!r} has no gold document (pos_index)")
+    return record.candidates[record.pos_index[-1]]
+
+
+def _union_top_ids(model, states: torch.Tensor, layer: int, top: int) -> list[set[int]]:
+    """states (B, L+1, m, H) -> per text, the union over slots of the top ids at ``layer``."""
+    norm, head = final_norm(model.lm), output_head(model.lm)
+    with torch.no_grad():
+        probs = project(states[:, layer].to(head.weight.dtype), norm, head, excluded_ids(model))  # (B, m, V)
+    ids = probs.topk(top, dim=-1).indices  # (B, m, top)
+    return [set(row.flatten().tolist()) for row in ids]
+
+
+def lens_overlap(model: ClaraModel, records: Sequence, *, adapter: str = "query", layer: int = -1,
+                 top: int = 20, batch_size: int = 8) -> dict[str, Any]:  # fmt: skip
+    """How many of the target document's content words (not in the question) the query lens surfaces.
+
+    For each question: the union over memory slots of the top-``top`` lens tokens at ``layer``,
+    as stemmed content words, intersected with the content words of the target document (the
+    bridge document for two-hop, :func:`_target_doc`) minus the question's own words and
+    stopwords. The same count for the bare backbone at the same positions (``raw``) is the
+    baseline. ``token_overlap`` counts token ids instead of words (sub-word names count too).
+    """
+    from tqdm.auto import tqdm
+
+    from clara.world.lexical import content_words
+
+    tok = model.tokenizer
+    per_q: list[dict[str, Any]] = []
+    for start in tqdm(range(0, len(records), batch_size), desc="lens compare", unit="batch", leave=False):
+        batch = records[start : start + batch_size]
+        questions = [r.question for r in batch]
+        views = {}
+        for name, ad in (("query", adapter), ("raw", None)):
+            states = memory_states(model, questions, ad)  # (B, L+1, m, H)
+            chosen = parse_layers([layer], states.shape[1] - 1)[0]
+            views[name] = _union_top_ids(model, states, chosen, top)
+        for i, r in enumerate(batch):
+            doc = _target_doc(r).as_text()
+            target = content_words(doc) - content_words(r.question)
+            target_ids = _content_token_ids(tok, doc) - set(tok(r.question, add_special_tokens=False)["input_ids"])
+            row = {"id": r.id, "type": r.type or "untyped", "question": r.question, "target_words": len(target)}
+            for name, ids in views.items():
+                hits = sorted(_token_words(tok, ids[i]) & target)
+                row[name] = {"overlap": len(hits), "words": hits, "token_overlap": len(ids[i] & target_ids)}
+            per_q.append(row)
+    return {"adapter": adapter, "layer": layer, "top": top, "n": len(per_q),
+            "by_type": _mean_by_type(per_q), "questions": per_q}  # fmt: skip
+
+
+def _mean_by_type(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        for g in (row["type"], "all"):
+            groups.setdefault(g, []).append(row)
+    out = {}
+    for g in sorted(groups, key=lambda g: (g == "all", g)):
+        rs = groups[g]
+        n = len(rs)
+        out[g] = {"n": n, "target_words": sum(r["target_words"] for r in rs) / n}
+        for name in ("query", "raw"):
+            out[g][f"{name}_overlap"] = sum(r[name]["overlap"] for r in rs) / n
+            out[g][f"{name}_token_overlap"] = sum(r[name]["token_overlap"] for r in rs) / n
+    return out
+
+
+def format_overlap_table(stats: dict[str, Any]) -> str:
+    lines = ["| type | n | target words | query lens overlap | raw question overlap | query token overlap | "
+             "raw token overlap |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for g, s in stats["by_type"].items():
+        lines.append(f"| {g} | {s['n']} | {s['target_words']:.1f} | {s['query_overlap']:.3f} | {s['raw_overlap']:.3f} | "
+                     f"{s['query_token_overlap']:.3f} | {s['raw_token_overlap']:.3f} |")  # fmt: skip
+    return "\n".join(lines)

@@ -1,0 +1,73 @@
+"""`clara rl`: agentic RL of the search agent (DESIGN §8) — GRPO, optional DGPO and self-certainty."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "rl",
+        help="agentic RL: the generator searches latent memory (<search>/<information>/<answer>) trained with GRPO",
+        description="Agentic RL (DESIGN §8). Starts from a stage-2 run (rl.init_adapters); only the generator "
+        "adapter trains. Per step: rl.group_size rollouts per question, up to rl.max_turns turns; each "
+        "</search> query goes through the query reasoner and the top rl.top_k candidate memories are spliced in. "
+        "Rewards: answer EM/F1, format, optional self-certainty and retrieval hit (rl.reward_*). Loss: clipped "
+        "ratio (rl.clip_eps), k3 KL to the starting generator (rl.beta), aggregation rl.aggregation "
+        "(grpo|dapo|dr_grpo), DGPO teacher KL on rollouts under rl.dgpo_threshold (rl.dgpo_beta > 0). Data, "
+        "candidates, memory cache and scoring come from the joint.* keys. Writes checkpoints, metrics.jsonl "
+        "(reward, zero-variance groups, KL, EM, search count, thinking rate, query rewriting, source "
+        "referencing) and adapters/ to out_dir.",
+        epilog="example: clara rl --config configs/rl-tiny-cpu.yaml joint.world=out/world-0 rl.aggregation=dapo",
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted config overrides, e.g. rl.group_size=8 rl.dgpo_beta=0.1 train.max_steps=50")
+    p.add_argument("--config", "-c", default=None, help="YAML preset (configs/*.yaml); overrides apply on top")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest valid checkpoint in out_dir/checkpoints (exact: same rollouts, "
+                   "weights and losses as an uninterrupted run)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from clara.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from clara.joint.rl import run_rl
+
+    out = run_rl(cfg, resume=args.resume)
+    result = out["result"]
+    last = next((x for x in reversed(result.losses) if x is not None), float("nan"))
+    print(f"rl: {result.step} steps, last loss {last:.4f}, {result.bad_steps} skipped; adapters in "
+          f"{cfg.out_dir}/adapters; metrics in {cfg.out_dir}/metrics.jsonl")
+    print(f"gold recall@{cfg.rl.top_k} with the raw question as query: {out['raw_question_recall']:.3f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m clara.joint.rl_cli rl ...``: the same command without the full `clara` parser."""
+    import logging
+    import os
+    import sys
+
+    from clara.errors import ClaraError
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    parser = argparse.ArgumentParser(prog="clara")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except ClaraError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

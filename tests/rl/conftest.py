@@ -1,0 +1,51 @@
+"""Fixtures for the RL tests: one tiny backbone per session, a fresh perturbed model per test."""
+
+import pytest
+import torch
+
+from clara.config import LoraConfig, ModelConfig
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory):
+    from clara.backbone import build_tiny_backbone
+
+    return build_tiny_backbone(tmp_path_factory.mktemp("backbones") / "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def world_dir(tmp_path_factory):
+    from clara.world import generate_world, write_world
+
+    return write_world(generate_world(seed=0, entities=40, candidates=8), tmp_path_factory.mktemp("worlds") / "w")
+
+
+def perturb_adapters(model, seed: int = 0, scale: float = 0.05) -> None:
+    """Non-zero LoRA weights everywhere (a fresh LoRA B is zero, which zeroes A's gradient)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name in model.adapters.names:
+            for p in model.adapters.parameters(name):
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
+@pytest.fixture
+def model(tiny_backbone):
+    from clara.model import ClaraModel
+
+    # m = 32 / 8 = 4 memory vectors; dropout 0 so forwards are deterministic; fp32 throughout
+    cfg = ModelConfig(backbone=str(tiny_backbone), kind="tiny", chunk_len=32, compression_rate=8,
+                      lora=LoraConfig(r=4, alpha=8, dropout=0.0))
+    m = ClaraModel.from_config(cfg)
+    perturb_adapters(m)
+    m.set_trainable(["generator"], mem_embed=False)
+    return m
+
+
+@pytest.fixture
+def cand_mem(model):
+    """Two questions x 5 candidates of compressed memory (Q, N, m, H)."""
+    docs = [f"Document {i} says the river {chr(65 + i)} runs through town {i}." for i in range(10)]
+    with torch.no_grad():
+        mem = model.compress(docs)  # (10, m, H)
+    return mem.view(2, 5, *mem.shape[1:])
