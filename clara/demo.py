@@ -78,12 +78,14 @@ def build_report(results: dict, world_counts: dict, timings: dict[str, float], b
         lines.append("The tiny backbone is random-init: its answers are noise (mechanics check only).")
     lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()), ""]
     examples = results["records"][:5]
+    reader_records = (results.get("reader") or {}).get("records", [])
     if examples:
-        lines += ["Examples:", ""]
-        for r in examples:
-            ob = r.get("open_book", {}).get("reply", "")
-            cb = r.get("closed_book", {}).get("reply", "")
-            lines.append(f"- {r['question']} gold `{r['answers'][0]}` | open book: `{ob!r}` | closed book: `{cb!r}`")
+        lines += ["Examples (open book):", ""]
+        for i, r in enumerate(examples):
+            line = f"- {r['question']} gold `{r['answers'][0]}` | base: `{r.get('open_book', {}).get('reply', '')!r}`"
+            if i < len(reader_records):
+                line += f" | after reading LoRA: `{reader_records[i].get('open_book', {}).get('reply', '')!r}`"
+            lines.append(line)
         lines.append("")
     return "\n".join(lines)
 
