@@ -99,3 +99,53 @@ def splice_memory(
     rows, cols = is_slot.nonzero(as_tuple=True)  # row-major: each row's slots in order
     values = memory.reshape(B * S, H).to(inputs_embeds.dtype)  # (B·S, H)
     return inputs_embeds.index_put((rows, cols), values)  # (B, T, H)
+
+
+# ---------------------------------------------------------------------------- splice-side normalisation
+#
+# Last-layer states of every document share a large common direction (on SmolLM2 only ~6% of the
+# memory's energy differs between documents, and 5 of 576 dimensions hold half of it), so after
+# the RMS rescale the generator sees nearly the same vectors whatever the document. ``center``
+# subtracts a running mean per memory position; ``standardize`` also divides by a running
+# per-dimension std. Statistics: ``stats`` (2, m, H) = [mean, variance]; variance < 0 marks
+# "not yet seen a batch" (normalisation is then the identity).
+
+MEMORY_NORMS = ("none", "center", "standardize")
+STATS_MOMENTUM = 0.95  # running stats follow the compressor as it trains (~20-step memory)
+
+
+def init_memory_stats(num_mem: int, hidden: int) -> torch.Tensor:
+    stats = torch.zeros(2, num_mem, hidden)  # (2, m, H)
+    stats[1] = -1.0  # unset marker
+    return stats
+
+
+def memory_stats_ready(stats: torch.Tensor) -> bool:
+    return bool(stats[1, 0, 0] >= 0)
+
+
+@torch.no_grad()
+def update_memory_stats(stats: torch.Tensor, memory: torch.Tensor, momentum: float = STATS_MOMENTUM) -> None:
+    """Fold a batch of memory (..., m, H) into the running (2, m, H) stats in place; the first batch sets them."""
+    m, H = stats.shape[1:]
+    x = memory.detach().to(stats.dtype).reshape(-1, m, H)  # (N, m, H)
+    mean, var = x.mean(0), x.var(0, unbiased=False)  # (m, H) each; var 0 for N = 1
+    if not memory_stats_ready(stats):
+        stats[0].copy_(mean)
+        stats[1].copy_(var)
+        return
+    stats[0].lerp_(mean, 1 - momentum)
+    stats[1].lerp_(var, 1 - momentum)
+
+
+def normalize_memory(memory: torch.Tensor, stats: torch.Tensor | None, mode: str, eps: float = 1e-4) -> torch.Tensor:
+    """memory (..., m, H) -> same shape, centred (``center``) or standardised per position and dimension."""
+    if mode == "none" or stats is None or not memory_stats_ready(stats):
+        return memory
+    if mode not in MEMORY_NORMS:
+        raise ValueError(f"memory norm must be one of {MEMORY_NORMS}, got {mode!r}")
+    stats = stats.detach().to(memory.dtype)
+    out = memory - stats[0]  # (..., m, H)
+    if mode == "standardize":
+        out = out / stats[1].clamp(min=0).add(eps).sqrt()
+    return out

@@ -31,14 +31,18 @@ from clara.config import BackboneKind, LoraConfig, ModelConfig, to_dict
 from clara.errors import CheckpointError
 from clara.generation import SamplingParams, finish_text, generate_from_embeds
 from clara.memory import (
+    MEMORY_NORMS,
     SLOT_TOKEN,
     add_memory_tokens,
     embedding_rms,
+    init_memory_stats,
     left_pad,
+    normalize_memory,
     pad_id_of,
     position_ids_for,
     rescale_to_rms,
     splice_memory,
+    update_memory_stats,
 )
 
 log = logging.getLogger(__name__)
@@ -59,6 +63,7 @@ class ClaraModel(nn.Module):
         backbone_hash: str = "",
         rescale_memory: bool = True,
         seed: int = 0,
+        memory_norm: str = "none",
     ):
         super().__init__()
         self.tokenizer = tokenizer
@@ -73,6 +78,7 @@ class ClaraModel(nn.Module):
         # the fixed scale spliced memory is set to: mean RMS of the backbone's own token rows
         self.embed_rms = embedding_rms(lm.get_input_embeddings().weight, base_rows)
         self.mem_embed = nn.Parameter(self._init_mem_embed(lm, num_mem, seed))  # (m, H)
+        self._set_memory_norm(str(getattr(memory_norm, "value", memory_norm)))
         if len(tokenizer) > base_rows:
             _grow_vocab(lm, len(tokenizer), base_rows)
         self.adapters = AdapterSet(lm, lora)  # freezes every base weight
@@ -104,6 +110,7 @@ class ClaraModel(nn.Module):
             backbone_hash=backbone_hash(path),
             rescale_memory=model_cfg.rescale_memory,
             seed=seed,
+            memory_norm=model_cfg.memory_norm,
         )
         model.backbone_path, model.backbone_kind = str(path), BackboneKind(model_cfg.kind).value
         return model
@@ -201,15 +208,39 @@ class ClaraModel(nn.Module):
         prefix = "" if getattr(self.tokenizer, "chat_template", None) else " "
         return self._ids(prefix + answer)[:max_answer_len] + [self.eos_ids[0]]
 
+    def _set_memory_norm(self, mode: str) -> None:
+        """Splice-side normalisation; its running stats (2, m, H) exist only when it is on, so default
+        models keep exactly their old parameters. The stats are a Parameter (so checkpoints keep them)
+        that never gets a gradient: they are used detached and updated by a running average."""
+        if mode not in MEMORY_NORMS:
+            raise ValueError(f"memory_norm must be one of {MEMORY_NORMS}, got {mode!r}")
+        self.memory_norm = mode
+        if mode == "none":
+            self.register_parameter("mem_stats", None)
+        elif getattr(self, "mem_stats", None) is None:
+            stats = init_memory_stats(self.num_mem, self.hidden_size).to(self.mem_embed.device)
+            self.mem_stats = nn.Parameter(stats)
+
+    def prepare_memory(self, mem_blocks: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
+        """Memory blocks (B, k, m, H) -> the vectors spliced into generator slots (B, k·m, H).
+
+        With ``memory_norm`` on, a training forward (grad enabled) first folds the batch into the
+        stats, unless ``update_stats`` is False (stages whose compressor is frozen)."""
+        B, k, m, H = mem_blocks.shape
+        if self.mem_stats is not None:
+            if update_stats and self.training and torch.is_grad_enabled():
+                update_memory_stats(self.mem_stats.data, mem_blocks)
+            mem_blocks = normalize_memory(mem_blocks, self.mem_stats, self.memory_norm)
+        memory = mem_blocks.reshape(B, k * m, H)  # (B, k·m, H)
+        if self.rescale_memory:
+            memory = rescale_to_rms(memory, self.embed_rms)
+        return memory
+
     def _splice(self, ids: torch.Tensor, mem_blocks: torch.Tensor | None) -> torch.Tensor:
         embeds = self._embed(ids)  # (B, T, H)
         if mem_blocks is None or mem_blocks.shape[1] == 0:
             return embeds
-        B, k, m, H = mem_blocks.shape
-        memory = mem_blocks.reshape(B, k * m, H)  # (B, k·m, H)
-        if self.rescale_memory:
-            memory = rescale_to_rms(memory, self.embed_rms)
-        return splice_memory(embeds, ids, self.tokens.slot_id, memory)
+        return splice_memory(embeds, ids, self.tokens.slot_id, self.prepare_memory(mem_blocks))
 
     def _check_blocks(self, questions: Sequence[str], mem_blocks: torch.Tensor | None) -> int:
         if mem_blocks is None:
@@ -331,7 +362,10 @@ class ClaraModel(nn.Module):
         with atomic_dir(directory) as tmp:
             self.adapters.save(tmp)
             self.tokenizer.save_pretrained(str(tmp / "tokenizer"))
-            save_file({"mem_embed": self.mem_embed.detach().cpu().contiguous()}, str(tmp / MEM_EMBED_FILE))
+            tensors = {"mem_embed": self.mem_embed.detach().cpu().contiguous()}
+            if self.mem_stats is not None:
+                tensors["mem_stats"] = self.mem_stats.detach().cpu().contiguous()
+            save_file(tensors, str(tmp / MEM_EMBED_FILE))
             atomic_write_json(tmp / MODEL_INFO, self._info())
             write_manifest(tmp, {"kind": "clara_adapters"})
         log.info("adapters saved to %s", directory)
@@ -352,6 +386,7 @@ class ClaraModel(nn.Module):
             "slot_id": self.tokens.slot_id,
             "embed_rms": self.embed_rms,
             "rescale_memory": self.rescale_memory,
+            "memory_norm": self.memory_norm,
             "lora": to_dict(LoraConfig(r=cfg.r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                                        target_modules=tuple(sorted(cfg.target_modules)))),
         }
@@ -381,9 +416,16 @@ class ClaraModel(nn.Module):
                     "set model.chunk_len/model.compression_rate to match the checkpoint"
                 )
         self.adapters.load(directory)
-        mem = load_file(str(directory / MEM_EMBED_FILE))["mem_embed"]
+        saved = load_file(str(directory / MEM_EMBED_FILE))
+        # the generator was trained on memory normalised this way: adopt it (older dirs lack the key)
+        norm = info.get("memory_norm", self.memory_norm)
+        if norm != self.memory_norm:
+            log.info("%s: memory_norm=%s (as trained), not %s", directory, norm, self.memory_norm)
+            self._set_memory_norm(norm)
         with torch.no_grad():
-            self.mem_embed.copy_(mem.to(self.mem_embed.dtype))
+            self.mem_embed.copy_(saved["mem_embed"].to(self.mem_embed.dtype))
+            if self.mem_stats is not None and "mem_stats" in saved:
+                self.mem_stats.copy_(saved["mem_stats"].to(self.mem_stats.dtype))
         log.info("adapters loaded from %s", directory)
 
 

@@ -32,7 +32,7 @@ from typing import Protocol, Sequence
 
 import torch
 
-from clara.memory import left_pad, position_ids_for, rescale_to_rms
+from clara.memory import left_pad, position_ids_for
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 SEARCH_OPEN, SEARCH_CLOSE = "<search>", "</search>"
@@ -213,12 +213,11 @@ def sequence_embeds(model, trajs: Sequence[Trajectory]) -> tuple[torch.Tensor, t
     ids, mask = left_pad([t.ids for t in trajs], model.pad_id)  # (B, T)
     ids, mask = ids.to(model.device), mask.to(model.device)
     embeds = model.lm.get_input_embeddings()(ids)  # (B, T, H)
-    blocks = [blk.reshape(-1, blk.shape[-1]) for t in trajs for blk in t.memory]  # (k·m, H) each
+    # normalised and rescaled exactly as the generator's splice does; RL never moves the memory stats
+    blocks = [model.prepare_memory(blk[None].to(embeds.device), update_stats=False)[0] for t in trajs for blk in t.memory]
     if not blocks:
         return ids, embeds, mask
-    memory = torch.cat(blocks).to(device=embeds.device, dtype=torch.float32)  # (S_total, H), row-major order
-    if model.rescale_memory:
-        memory = rescale_to_rms(memory, model.embed_rms)
+    memory = torch.cat(blocks).to(dtype=torch.float32)  # (S_total, H), row-major order
     rows, cols = (ids == model.tokens.slot_id).nonzero(as_tuple=True)  # row-major, each row's slots in order
     if rows.numel() != memory.shape[0]:
         raise ValueError(f"{rows.numel()} slot positions for {memory.shape[0]} memory vectors")

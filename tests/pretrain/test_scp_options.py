@@ -1,0 +1,50 @@
+"""SCP with model.memory_norm=center on the tiny backbone: the running memory stats train, survive
+checkpoints and reach exported adapters (mechanics only, never quality)."""
+
+import json
+
+import torch
+from safetensors.torch import load_file
+
+import pytest
+
+from clara.config import ClaraConfig, LoraConfig, ModelConfig, ScpConfig, TrainConfig
+from clara.memory import memory_stats_ready
+from clara.pretrain.scp import build_scp_model, export_checkpoint_adapters, train_scp
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from clara.backbone import build_tiny_backbone
+    from clara.pretrain.synth import fresh_world_documents, result_records, synthesize_document
+    from clara.pretrain.teachers import make_teacher
+
+    root = tmp_path_factory.mktemp("scp_options")
+    backbone = build_tiny_backbone(root / "tiny", seed=0)
+    teacher = make_teacher("world")
+    recs = [r for d in fresh_world_documents(4, seed=7) for r in result_records(synthesize_document(d, teacher), "world")]
+    data = root / "synth.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return backbone, data
+
+
+def test_center_stats_train_checkpoint_and_export(setup, tmp_path):
+    backbone, data = setup
+    cfg = ClaraConfig(
+        out_dir=str(tmp_path / "run"),
+        model=ModelConfig(backbone=str(backbone), kind="tiny", chunk_len=32, compression_rate=8,
+                          lora=LoraConfig(r=4, alpha=8), memory_norm="center"),
+        train=TrainConfig(lr=3e-3, max_steps=3, batch_size=3, save_every=3, log_every=1, seed=0),
+        scp=ScpConfig(max_target_tokens=32),
+    )
+    model = build_scp_model(cfg)
+    assert not memory_stats_ready(model.mem_stats.data)
+    train_scp(cfg, data, model=model)
+    stats = model.mem_stats.detach().clone()  # (2, m, H)
+    assert memory_stats_ready(stats) and model.mem_stats.grad is None
+    saved = load_file(str(tmp_path / "run/adapters/memory_tokens.safetensors"))
+    torch.testing.assert_close(saved["mem_stats"], stats)
+    info = json.loads((tmp_path / "run/adapters/clara_model.json").read_text())
+    assert info["memory_norm"] == "center"
+    out = export_checkpoint_adapters(cfg, tmp_path / "run/checkpoints/step-000003", tmp_path / "exported")
+    torch.testing.assert_close(load_file(str(out / "memory_tokens.safetensors"))["mem_stats"], stats)
