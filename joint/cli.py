@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from clara.cli_args import add_run_arguments, load_run_config
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -19,24 +21,12 @@ def register(subparsers) -> None:
         "metrics.jsonl (Recall@k on dev every joint.eval_every steps), adapters/ and recall.json to out_dir.",
         epilog="example: clara joint --config configs/smollm2.yaml joint.world=out/world-0 joint.eval_every=50",
     )
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="dotted config overrides, e.g. train.lr=3e-4 joint.top_k=5 joint.scoring=pooled")
-    p.add_argument("--config", "-c", default=None, help="YAML preset (configs/*.yaml); overrides apply on top")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the newest valid checkpoint in out_dir/checkpoints (exact: same weights "
-                   "and losses as an uninterrupted run)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    add_run_arguments(p, "train.lr=3e-4 joint.top_k=5 joint.scoring=pooled")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from clara.config import load_config
-
-    cfg = load_config(args.config, args.overrides)
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    cfg = load_run_config(args)
     from clara.joint.train import run_joint
 
     out = run_joint(cfg, resume=args.resume)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from clara.cli_args import add_run_arguments, load_run_config
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -20,24 +22,12 @@ def register(subparsers) -> None:
         "referencing) and adapters/ to out_dir.",
         epilog="example: clara rl --config configs/rl-tiny-cpu.yaml joint.world=out/world-0 rl.aggregation=dapo",
     )
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="dotted config overrides, e.g. rl.group_size=8 rl.dgpo_beta=0.1 train.max_steps=50")
-    p.add_argument("--config", "-c", default=None, help="YAML preset (configs/*.yaml); overrides apply on top")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the newest valid checkpoint in out_dir/checkpoints (exact: same rollouts, "
-                   "weights and losses as an uninterrupted run)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    add_run_arguments(p, "rl.group_size=8 rl.dgpo_beta=0.1 train.max_steps=50")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from clara.config import load_config
-
-    cfg = load_config(args.config, args.overrides)
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    cfg = load_run_config(args)
     from clara.joint.rl import run_rl
 
     out = run_rl(cfg, resume=args.resume)

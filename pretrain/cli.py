@@ -1,8 +1,10 @@
-"""`clara pretrain ...`: stage 1 — `synth` (data), `train` (SCP), `instruct` (optional instruction tuning)."""
+"""`clara pretrain ...`: stage 1 — `synth` (data) and `train` (SCP)."""
 
 from __future__ import annotations
 
 import argparse
+
+from clara.cli_args import add_run_arguments, load_run_config
 
 
 def register(subparsers) -> None:
@@ -10,7 +12,7 @@ def register(subparsers) -> None:
         "pretrain",
         help="stage 1 (SCP): guided data synthesis and compressor pretraining",
         description="Stage 1 — Salient Compressor Pretraining. Subcommands: synth (QA + paraphrase data "
-        "with verification), train (the SCP objective), instruct (optional question + documents -> answer tuning).",
+        "with verification) and train (the SCP objective).",
     )
     sub = p.add_subparsers(dest="pretrain_command", metavar="SUBCOMMAND")
     register_synth(sub)
@@ -90,12 +92,9 @@ def run_synth(args) -> int:
 
 
 def _add_run_args(s) -> None:
-    s.add_argument("config", nargs="?", default=None, help="YAML preset, e.g. configs/smollm2.yaml (defaults apply without one)")
-    s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_steps=200 scp.mse_weight=0.1 model.compression_rate=4")
+    add_run_arguments(s, "train.max_steps=200 scp.mse_weight=0.1 model.compression_rate=4")
     s.add_argument("--out", default=None, help="run directory (default: out_dir of the config)")
-    s.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in the run directory")
     s.add_argument("--skip-bad-records", action="store_true", help="log and skip malformed input lines instead of stopping")
-    s.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
 
 
 def register_train(sub) -> None:
@@ -120,23 +119,13 @@ def register_train(sub) -> None:
     s.set_defaults(func=run_train)
 
 
-def _load_cfg(args):
-    from clara.config import load_config
-
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    return load_config(args.config, args.overrides)
-
-
 def run_train(args) -> int:
     import time
     from pathlib import Path
 
     from clara.pretrain.scp import ADAPTERS_SUBDIR, train_scp
 
-    cfg = _load_cfg(args)
+    cfg = load_run_config(args)
     out = Path(args.out or cfg.out_dir)
     if args.export_checkpoint:
         from clara.pretrain.scp import export_checkpoint_adapters

@@ -44,3 +44,24 @@ def test_atomic_writes_get_normal_permissions(tmp_path):
         os.umask(mask)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
+def test_stage_commands_take_a_preset_then_overrides(tmp_path):
+    import argparse
+
+    import pytest
+
+    from clara.cli_args import add_run_arguments, load_run_config
+    from clara.errors import ConfigError
+
+    preset = tmp_path / "p.yaml"
+    preset.write_text("train:\n  lr: 1e-3\n  max_steps: 7\n")
+    p = argparse.ArgumentParser()
+    add_run_arguments(p, "train.lr=3e-4")
+    cfg = load_run_config(p.parse_args([str(preset), "train.lr=3e-4"]))
+    assert (cfg.train.lr, cfg.train.max_steps) == (3e-4, 7)
+    assert load_run_config(p.parse_args(["--config", str(preset), "train.seed=3"])).train.seed == 3
+    with pytest.raises(ConfigError, match="two config files"):
+        load_run_config(p.parse_args([str(preset), str(preset)]))
+    with pytest.raises(ConfigError, match="train.lrr"):
+        load_run_config(p.parse_args(["train.lrr=1"]))

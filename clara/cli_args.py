@@ -1,0 +1,40 @@
+"""Arguments shared by every training stage command (`clara pretrain train`, `clara joint`, `clara rl`).
+
+All take the same form, as in the house style: ``clara joint configs/smollm2.yaml train.lr=3e-4``
+(a YAML preset, optional, then dotted overrides); ``--config FILE`` is accepted too.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from clara.errors import ConfigError
+
+
+def add_run_arguments(p: argparse.ArgumentParser, example: str) -> None:
+    p.add_argument("config_and_overrides", nargs="*", metavar="[CONFIG.yaml] KEY=VALUE",
+                   help=f"an optional YAML preset (configs/*.yaml), then dotted overrides, e.g. {example}")
+    p.add_argument("--config", "-c", default=None, help="YAML preset (alternative to giving it first)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest valid checkpoint (exact: same weights and losses as an "
+                   "uninterrupted run)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+
+
+def load_run_config(args: argparse.Namespace):
+    """Set torch threads and return the resolved config from the preset and overrides."""
+    from clara.config import load_config
+
+    config, overrides = args.config, []
+    for item in args.config_and_overrides:
+        if "=" in item:
+            overrides.append(item)
+        elif config is None:
+            config = item
+        else:
+            raise ConfigError(f"two config files given ({config}, {item}); give one preset, then KEY=VALUE overrides")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return load_config(config, overrides)
