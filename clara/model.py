@@ -224,11 +224,13 @@ class ClaraModel(nn.Module):
     def prepare_memory(self, mem_blocks: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
         """Memory blocks (B, k, m, H) -> the vectors spliced into generator slots (B, k·m, H).
 
-        With ``memory_norm`` on, a training forward (grad enabled) first folds the batch into the
-        stats, unless ``update_stats`` is False (stages whose compressor is frozen)."""
+        With ``memory_norm`` on, a training forward (grad enabled) that trains the compressor first
+        folds the batch into the stats; they follow the compressor, so with it frozen (joint, RL) or
+        ``update_stats=False`` they stay as trained."""
         B, k, m, H = mem_blocks.shape
         if self.mem_stats is not None:
-            if update_stats and self.training and torch.is_grad_enabled():
+            compressor_trains = "compressor" in self.adapters.trainable
+            if update_stats and compressor_trains and self.training and torch.is_grad_enabled():
                 update_memory_stats(self.mem_stats.data, mem_blocks)
             mem_blocks = normalize_memory(mem_blocks, self.mem_stats, self.memory_norm)
         memory = mem_blocks.reshape(B, k * m, H)  # (B, k·m, H)

@@ -98,3 +98,16 @@ def test_unknown_norm_is_refused_and_known_ones_parse():
     assert from_dict(ClaraConfig, {"model": {"memory_norm": "center"}}).model.memory_norm is MemoryNorm.CENTER
     with pytest.raises(ConfigError, match="memory_norm"):
         from_dict(ClaraConfig, {"model": {"memory_norm": "whiten"}})
+
+
+def test_stats_stay_put_while_the_compressor_is_frozen(center_model):
+    center_model.train()
+    mem = center_model.compress(["alpha beta gamma", "delta epsilon"]).detach()
+    center_model.generator_loss(["q"] * 2, mem[:, None], ["a", "b"])  # compressor trains: stats set
+    before = center_model.mem_stats.data.clone()
+    center_model.set_trainable(["query", "generator"], mem_embed=False)  # as in joint training
+    try:
+        center_model.generator_loss(["q"] * 2, mem[:, None] * 3.0, ["a", "b"]).backward()
+        torch.testing.assert_close(center_model.mem_stats.data, before)
+    finally:
+        center_model.set_trainable(["compressor", "query", "generator"])
