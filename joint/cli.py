@@ -39,27 +39,3 @@ def run(args: argparse.Namespace) -> int:
             line = ", ".join(f"{k} {v:.3f}" for k, v in scores.items() if k.endswith("/all"))
             print(f"dev Recall ({out['dev_questions']} questions) {when}: {line}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m clara.joint.cli joint ...``: the same command without the full `clara` parser."""
-    import logging
-    import os
-    import sys
-
-    from clara.errors import ClaraError
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    parser = argparse.ArgumentParser(prog="clara")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except ClaraError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

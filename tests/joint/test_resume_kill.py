@@ -30,7 +30,7 @@ def write_config(path, backbone, world, out_dir, cache_dir):
 
 
 def joint_cmd(config, *extra):
-    return [sys.executable, "-m", "clara.joint.cli", "joint", "--config", str(config), "--threads", "1", *extra]
+    return [sys.executable, "-m", "clara.cli", "joint", "--config", str(config), "--threads", "1", *extra]
 
 
 def test_sigkill_then_resume_is_bitwise_exact(tmp_path, tiny_backbone, world_dir):
