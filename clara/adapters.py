@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
@@ -127,12 +127,17 @@ class AdapterSet:
             str(directory), selected_adapters=list(self.names), save_embedding_layers=False
         )
 
-    def load(self, directory: Path) -> None:
-        """Load each adapter's weights from ``directory/<name>``; shapes must match this model."""
+    def load(self, directory: Path, names: Sequence[str] | None = None) -> None:
+        """Load each adapter's weights from ``directory/<name>``; shapes must match this model.
+
+        ``names``: only these (a release asset ships the trained ones); the others keep their init.
+        """
         from peft.utils import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        for name in self.names:
+        for name in names if names is not None else self.names:
+            if name not in self.names:
+                raise CheckpointError(f"{directory}: adapter {name!r} is not one of {', '.join(self.names)}")
             sub = directory / name
             weights = sub / "adapter_model.safetensors"
             if not weights.is_file():

@@ -18,6 +18,9 @@ def add_run_arguments(p: argparse.ArgumentParser, example: str) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest valid checkpoint (exact: same weights and losses as an "
                    "uninterrupted run)")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: continue although the config differs from the checkpoint's, e.g. a larger "
+                   "train.max_steps to extend a finished run (the change is logged; exactness is then yours)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
 
 

@@ -417,7 +417,7 @@ class ClaraModel(nn.Module):
                     f"{directory}/{MODEL_INFO}: {key}={info[key]} but this model has {ours[key]}; "
                     "set model.chunk_len/model.compression_rate to match the checkpoint"
                 )
-        self.adapters.load(directory)
+        self.adapters.load(directory, info.get("adapters"))
         saved = load_file(str(directory / MEM_EMBED_FILE))
         # the generator was trained on memory normalised this way: adopt it (older dirs lack the key)
         norm = info.get("memory_norm", self.memory_norm)

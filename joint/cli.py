@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_run_config(args)
     from clara.joint.train import run_joint
 
-    out = run_joint(cfg, resume=args.resume)
+    out = run_joint(cfg, resume=args.resume, allow_config_change=args.allow_config_change)
     result = out["result"]
     print(f"joint training: {result.step} steps, last loss {next((x for x in reversed(result.losses) if x is not None), float('nan')):.4f}, "
           f"{result.bad_steps} skipped; adapters in {cfg.out_dir}/adapters")

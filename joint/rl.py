@@ -179,7 +179,7 @@ def rl_records(cfg: ClaraConfig) -> list:
     return records
 
 
-def run_rl(cfg: ClaraConfig, resume: bool = False) -> dict[str, Any]:
+def run_rl(cfg: ClaraConfig, resume: bool = False, allow_config_change: bool = False) -> dict[str, Any]:
     """Train the search agent; returns the TrainResult and the raw-question recall baseline."""
     from clara.joint.memory_cache import MemoryCache
     from clara.joint.train import cache_root
@@ -193,7 +193,7 @@ def run_rl(cfg: ClaraConfig, resume: bool = False) -> dict[str, Any]:
     objective = RLObjective(model, cache, cfg, teacher)
     batches = ResumableBatches(records, cfg.train.batch_size, list, seed=cfg.train.seed)
     trainer = Trainer(objective, cfg.train, Path(cfg.out_dir), lambda m, batch: m(batch), batches,
-                      config_for_hash=cfg)
+                      config_for_hash=cfg, allow_config_change=allow_config_change)
     trainer.register_state("rl", lambda: {"step": objective.step},
                           lambda s: setattr(objective, "step", int(s["step"])))
     result = trainer.train(resume=resume)

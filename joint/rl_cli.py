@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_run_config(args)
     from clara.joint.rl import run_rl
 
-    out = run_rl(cfg, resume=args.resume)
+    out = run_rl(cfg, resume=args.resume, allow_config_change=args.allow_config_change)
     result = out["result"]
     last = next((x for x in reversed(result.losses) if x is not None), float("nan"))
     print(f"rl: {result.step} steps, last loss {last:.4f}, {result.bad_steps} skipped; adapters in "

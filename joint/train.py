@@ -114,7 +114,7 @@ def make_eval_fn(cfg: ClaraConfig, records: Sequence, cache):
     return eval_fn
 
 
-def run_joint(cfg: ClaraConfig, resume: bool = False) -> dict[str, Any]:
+def run_joint(cfg: ClaraConfig, resume: bool = False, allow_config_change: bool = False) -> dict[str, Any]:
     """Train stage 2; returns the TrainResult plus Recall@k before/after on the dev subset."""
     from clara.fileio import atomic_write_json
     from clara.joint.memory_cache import MemoryCache
@@ -136,7 +136,8 @@ def run_joint(cfg: ClaraConfig, resume: bool = False) -> dict[str, Any]:
         return m(batch)
 
     trainer = Trainer(objective, cfg.train, out, loss_fn, batches, config_for_hash=cfg,
-                      eval_fn=eval_fn if dev else None, eval_every=cfg.joint.eval_every)
+                      eval_fn=eval_fn if dev else None, eval_every=cfg.joint.eval_every,
+                      allow_config_change=allow_config_change)
     result = trainer.train(resume=resume)
     model.save_adapters(out / "adapters")
     after = eval_fn(objective) if dev else {}

@@ -199,6 +199,7 @@ def train_scp(
     out_dir: str | Path | None = None,
     skip_bad: bool = False,
     model=None,
+    allow_config_change: bool = False,
 ):
     """Run SCP on the shared Trainer; writes checkpoints, metrics.jsonl and ``out_dir/adapters``.
 
@@ -215,7 +216,8 @@ def train_scp(
     objective = ScpObjective(model, cfg.scp.mse_weight, cfg.scp.max_target_tokens)
     # fresh documents arrive in a random order already and are read once; a file is reshuffled per epoch
     batches = ResumableBatches(dataset, cfg.train.batch_size, list, seed=cfg.train.seed, shuffle=not fresh)
-    trainer = Trainer(objective, cfg.train, out, lambda m, batch: m(batch), batches, config_for_hash=cfg)
+    trainer = Trainer(objective, cfg.train, out, lambda m, batch: m(batch), batches, config_for_hash=cfg,
+                      allow_config_change=allow_config_change)
     result = trainer.train(resume=resume)
     if trainer.ctx.is_main:
         model.save_adapters(out / ADAPTERS_SUBDIR)

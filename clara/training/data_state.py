@@ -90,11 +90,23 @@ class ResumableBatches:
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position, **self._signature()}
 
+    def _grown_in_order(self, state: dict[str, int]) -> bool:
+        """True when an unshuffled stream grew and the saved run had not gone past its first epoch
+        (finishing it exactly counts): the items it read are still the prefix of this one."""
+        saved_items, epoch, position = int(state.get("items", 0)), int(state["epoch"]), int(state["position"])
+        return (not self.shuffle and saved_items <= len(self.dataset)
+                and (epoch == 0 or (epoch == 1 and position == 0)))
+
     def load_state_dict(self, state: dict[str, int]) -> None:
         for key, mine in self._signature().items():
+            if key == "items" and self._grown_in_order(state):
+                continue  # an in-order stream that grew (a longer fresh run) keeps its prefix
             if key in state and state[key] != mine:
                 raise CheckpointError(
                     f"data position was saved with {key}={state[key]} but this run has {key}={mine}; "
                     "resume with the same data, batch size, seed and number of ranks"
                 )
         self.epoch, self.position, self._order = int(state["epoch"]), int(state["position"]), None
+        if self._grown_in_order(state) and self.epoch == 1:  # read all of the shorter stream: go on after it
+            global_batch = self.batch_size * self.world_size
+            self.epoch, self.position = 0, int(state["items"]) // global_batch

@@ -173,8 +173,12 @@ class Trainer:
         if saved_hash != self.config_hash and not self.allow_config_change:
             raise CheckpointError(
                 f"{path}: saved with config hash {saved_hash}, this run's config hashes to {self.config_hash}; "
-                "resume with the same config (see config.yaml in the run directory) or allow the change explicitly"
+                "resume with the same config (see config.yaml in the run directory) or allow the change "
+                "explicitly (--allow-config-change)"
             )
+        if saved_hash != self.config_hash:
+            log.warning("%s: resuming under a changed config (hash %s -> %s), as allowed", path, saved_hash,
+                        self.config_hash)
         if len(ck.rng) != self.ctx.world_size:
             raise CheckpointError(f"{path}: saved by {len(ck.rng)} ranks, this run has {self.ctx.world_size}")
         if self.engine is not None:

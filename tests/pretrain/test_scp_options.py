@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 import pytest
 
 from clara.config import ClaraConfig, LoraConfig, ModelConfig, ScpConfig, TrainConfig
+from clara.errors import CheckpointError
 from clara.memory import memory_stats_ready
 from clara.pretrain.scp import build_scp_model, export_checkpoint_adapters, train_scp
 
@@ -48,3 +49,31 @@ def test_center_stats_train_checkpoint_and_export(setup, tmp_path):
     assert info["memory_norm"] == "center"
     out = export_checkpoint_adapters(cfg, tmp_path / "run/checkpoints/step-000003", tmp_path / "exported")
     torch.testing.assert_close(load_file(str(out / "memory_tokens.safetensors"))["mem_stats"], stats)
+
+
+def test_a_finished_fresh_run_extends_to_more_steps_exactly(setup, tmp_path):
+    """--resume --allow-config-change train.max_steps=N continues a fresh-document run where it
+    stopped: with a constant schedule it ends where one uninterrupted N-step run ends."""
+    backbone, _ = setup
+
+    def cfg(run, steps):
+        return ClaraConfig(
+            out_dir=str(tmp_path / run),
+            model=ModelConfig(backbone=str(backbone), kind="tiny", chunk_len=32, compression_rate=8,
+                              lora=LoraConfig(r=4, alpha=8)),
+            train=TrainConfig(lr=3e-3, max_steps=steps, batch_size=2, save_every=2, log_every=1, seed=0,
+                              warmup_steps=0, schedule="constant"),
+            scp=ScpConfig(max_target_tokens=32, data_types=("qa",)),
+        )
+
+    whole = build_scp_model(cfg("whole", 4))
+    train_scp(cfg("whole", 4), fresh=True, model=whole)
+    train_scp(cfg("ext", 2), fresh=True)
+    with pytest.raises(CheckpointError, match="--allow-config-change"):
+        train_scp(cfg("ext", 4), fresh=True, resume=True)
+    extended = build_scp_model(cfg("ext", 4))
+    result = train_scp(cfg("ext", 4), fresh=True, resume=True, model=extended, allow_config_change=True)
+    assert result.resumed_from == 2 and result.step == 4
+    for name, p in whole.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(dict(extended.named_parameters())[name], p), name

@@ -52,3 +52,32 @@ def test_mismatched_state_is_refused():
 def test_dataset_smaller_than_a_global_batch_is_a_clear_error():
     with pytest.raises(DataError, match="fewer than one global batch"):
         ResumableBatches(list(range(5)), 4).set_shard(1, 2)
+
+
+def test_an_in_order_stream_that_grew_resumes_where_it_stopped():
+    """A longer fresh-document run (train.max_steps raised) keeps the prefix it already read."""
+    short = ResumableBatches(list(range(12)), 3, shuffle=False)
+    short.set_shard(0, 1)
+    seen = [short.next_batch() for _ in range(2)]
+    longer = ResumableBatches(list(range(30)), 3, shuffle=False)
+    longer.set_shard(0, 1)
+    longer.load_state_dict(short.state_dict())
+    assert seen == [[0, 1, 2], [3, 4, 5]] and longer.next_batch() == [6, 7, 8]
+    shuffled = ResumableBatches(list(range(30)), 3, seed=7)
+    shuffled.set_shard(0, 1)
+    with pytest.raises(CheckpointError, match="items=12"):  # a reshuffled order would not keep the prefix
+        shuffled.load_state_dict({**short.state_dict(), "seed": 7})
+    shrunk = ResumableBatches(list(range(6)), 3, shuffle=False)
+    shrunk.set_shard(0, 1)
+    with pytest.raises(CheckpointError, match="items=12"):
+        shrunk.load_state_dict(short.state_dict())
+
+
+def test_a_stream_read_to_its_end_goes_on_into_the_grown_part():
+    short = ResumableBatches(list(range(6)), 3, shuffle=False)
+    short.set_shard(0, 1)
+    short.next_batch(), short.next_batch()  # the whole first (and only planned) epoch
+    longer = ResumableBatches(list(range(12)), 3, shuffle=False)
+    longer.set_shard(0, 1)
+    longer.load_state_dict(short.state_dict())
+    assert longer.next_batch() == [6, 7, 8]

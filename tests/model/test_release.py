@@ -1,0 +1,49 @@
+"""Release assets: only the trained adapters, in bfloat16, with their recipe; they load like any adapters."""
+
+import json
+
+import pytest
+import torch
+
+from clara.errors import CheckpointError
+from clara.fileio import verify_manifest
+from clara.release import write_release
+
+
+def lora_weights(model, name):
+    return {k: p.detach().clone() for k, p in model.adapters.peft.named_parameters() if f".{name}." in k}
+
+
+def test_release_keeps_trained_adapters_in_bf16_and_loads_back(model, make_model, tmp_path):
+    model.save_adapters(tmp_path / "run" / "adapters")
+    (tmp_path / "run" / "config.yaml").write_text("train:\n  max_steps: 3\n")
+    out = write_release(tmp_path / "run", tmp_path / "release", command="clara pretrain train X")
+    verify_manifest(out)
+    assert not (out / "query").exists() and not (out / "tokenizer").exists()
+    assert (out / "train_config.yaml").read_text() == "train:\n  max_steps: 3\n"
+    info = json.loads((out / "clara_model.json").read_text())
+    assert info["adapters"] == ["compressor", "generator"] and info["release"]["dtype"] == "bfloat16"
+    assert "clara pretrain train X" in (out / "README.md").read_text()
+    size = sum(f.stat().st_size for f in (out / "generator").iterdir())
+    full = sum(f.stat().st_size for f in (tmp_path / "run/adapters/generator").iterdir())
+    assert size < 0.6 * full  # half the bytes of float32 (plus the small config)
+
+    fresh = make_model()
+    query_init = lora_weights(fresh, "query")
+    fresh.load_adapters(out)
+    for name in ("compressor", "generator"):
+        for key, w in lora_weights(model, name).items():
+            got = lora_weights(fresh, name)[key]
+            assert torch.equal(got, w.to(torch.bfloat16).float()), key  # exactly the bf16-rounded weights
+            assert not torch.equal(got, w) or w.abs().sum() == 0  # rounding really happened
+    for key, w in query_init.items():
+        assert torch.equal(lora_weights(fresh, "query")[key], w)  # not shipped: stays at its init
+
+
+def test_release_refuses_unknown_adapters_and_dtypes(model, tmp_path):
+    model.save_adapters(tmp_path / "adapters")
+    with pytest.raises(CheckpointError, match="no adapter reader"):
+        write_release(tmp_path / "adapters", tmp_path / "r1", keep=("reader",))
+    with pytest.raises(CheckpointError, match="--dtype"):
+        write_release(tmp_path / "adapters", tmp_path / "r2", dtype="int8")
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
