@@ -24,10 +24,8 @@ def add_run_arguments(p: argparse.ArgumentParser, example: str) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
 
 
-def load_run_config(args: argparse.Namespace):
-    """Set torch threads and return the resolved config from the preset and overrides."""
-    from clara.config import load_config
-
+def split_config_args(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """The preset (``--config`` or the first bare word) and the ``KEY=VALUE`` overrides."""
     config, overrides = args.config, []
     for item in args.config_and_overrides:
         if "=" in item:
@@ -36,6 +34,14 @@ def load_run_config(args: argparse.Namespace):
             config = item
         else:
             raise ConfigError(f"two config files given ({config}, {item}); give one preset, then KEY=VALUE overrides")
+    return config, overrides
+
+
+def load_run_config(args: argparse.Namespace):
+    """Set torch threads and return the resolved config from the preset and overrides."""
+    from clara.config import load_config
+
+    config, overrides = split_config_args(args)
     if args.threads:
         import torch
 

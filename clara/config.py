@@ -183,7 +183,7 @@ class ScpConfig:
     data_types: tuple[str, ...] = ("qa", "paraphrase")  # which records train
     max_target_tokens: int = 192  # target tokens per example (longer targets are cut)
     fresh_seed: int = 1  # --world-fresh: seed of the fresh-document stream (not the eval world's)
-    instruct_k: int = 1  # `clara pretrain instruct`: documents (gold first) per question
+    instruct_k: int = 1  # `clara pretrain instruct`: gold + first non-gold candidates; gold slot by id hash
 
     def __post_init__(self):
         _check(self.mse_weight >= 0, "scp.mse_weight", f"must be >= 0, got {self.mse_weight}")

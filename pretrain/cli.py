@@ -1,10 +1,11 @@
-"""`clara pretrain ...`: stage 1 — `synth` (data) and `train` (SCP)."""
+"""`clara pretrain ...`: stage 1 — `synth` (data), `train` (SCP), `instruct` (optional instruction tuning),
+`sweep` (SCP + compression eval over compression rates) and `release` (commit-sized trained adapters)."""
 
 from __future__ import annotations
 
 import argparse
 
-from clara.cli_args import add_run_arguments, load_run_config
+from clara.cli_args import add_run_arguments, load_run_config, split_config_args
 
 
 def register(subparsers) -> None:
@@ -12,11 +13,15 @@ def register(subparsers) -> None:
         "pretrain",
         help="stage 1 (SCP): guided data synthesis and compressor pretraining",
         description="Stage 1 — Salient Compressor Pretraining. Subcommands: synth (QA + paraphrase data "
-        "with verification) and train (the SCP objective).",
+        "with verification), train (the SCP objective), instruct (question + k documents' memory -> answer), "
+        "sweep (train and evaluate at several compression rates) and release (package trained adapters).",
     )
     sub = p.add_subparsers(dest="pretrain_command", metavar="SUBCOMMAND")
     register_synth(sub)
     register_train(sub)
+    register_instruct(sub)
+    register_sweep(sub)
+    register_release(sub)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -134,8 +139,173 @@ def run_train(args) -> int:
         return 0
     start = time.perf_counter()
     r = train_scp(cfg, args.data, fresh=args.world_fresh, resume=args.resume, out_dir=out,
-                  skip_bad=args.skip_bad_records)
+                  skip_bad=args.skip_bad_records, allow_config_change=args.allow_config_change)
     done = [x for x in r.losses if x is not None]
     print(f"scp: {r.step} steps ({r.bad_steps} skipped) in {time.perf_counter() - start:.0f} s, "
           f"last loss {done[-1] if done else float('nan'):.4f}; adapters {out / ADAPTERS_SUBDIR}, metrics {out / 'metrics.jsonl'}")
+    return 0
+
+
+def register_instruct(sub) -> None:
+    s = sub.add_parser(
+        "instruct",
+        help="optional SCP step: tune compressor + generator to answer questions from k documents' memories",
+        description="Instruction tuning after SCP (DESIGN §4): question + the memories of scp.instruct_k documents -> "
+        "answer. The documents are each question's gold document plus its first non-gold candidates (the hardest "
+        "negatives), the gold slot chosen by a stable hash of the question id. Loss: the generator's next-token "
+        "cross-entropy on the answer. Starts from SCP adapters and trains the compressor and generator adapters and "
+        "the memory-token embeddings on the shared training loop (exact --resume). Data: joint records of "
+        "data.train_file, or split joint.train_split of joint.world (joint.candidates must match the data). Writes "
+        "RUN/adapters (evaluate with `clara eval compression --prompt direct`), RUN/metrics.jsonl, RUN/config.yaml.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_run_arguments(s, "joint.world=out/world-0 joint.candidates=20 scp.instruct_k=3 train.max_steps=200")
+    s.add_argument("--init", default=None, metavar="ADAPTERS_DIR",
+                   help="SCP adapters to start from: the run directory of `clara pretrain train` or its adapters/ "
+                   "(sets joint.init_adapters; required unless that key is set)")
+    s.add_argument("--out", default=None, help="run directory (default: out_dir of the config)")
+    s.set_defaults(func=run_instruct)
+
+
+def run_instruct(args) -> int:
+    import time
+    from pathlib import Path
+
+    from clara.pretrain.instruct import train_instruct
+    from clara.pretrain.scp import ADAPTERS_SUBDIR
+
+    cfg = load_run_config(args)
+    out = Path(args.out or cfg.out_dir)
+    start = time.perf_counter()
+    r = train_instruct(cfg, args.init, resume=args.resume, out_dir=out, allow_config_change=args.allow_config_change)
+    done = [x for x in r.losses if x is not None]
+    print(f"instruct: {r.step} steps ({r.bad_steps} skipped) in {time.perf_counter() - start:.0f} s, last loss "
+          f"{done[-1] if done else float('nan'):.4f}; adapters {out / ADAPTERS_SUBDIR}, metrics {out / 'metrics.jsonl'}")
+    return 0
+
+
+SWEEP_EPILOG = """\
+example (the CR sweep of the compression evaluation):
+  clara pretrain sweep configs/smollm2.yaml train.max_steps=2000 --crs 4,16,32,64,128,256 \\
+      --world-fresh --eval-world out/world --out out/sweep
+writes OUT/cr-{CR}/ (one SCP run per CR: adapters, checkpoints, metrics.jsonl, config.yaml, sweep_train.json),
+OUT/sweep.json (as `clara eval compression --out`, plus per-CR training records), OUT/sweep.md, OUT/sweep.png.
+Run the same command again to continue a killed sweep: finished CRs are skipped, the others resumed."""
+
+
+def register_sweep(sub) -> None:
+    s = sub.add_parser(
+        "sweep",
+        help="compression-rate sweep: SCP per CR into OUT/cr-{CR}, then one compression evaluation of all",
+        description="For each --crs rate, SCP as `clara pretrain train` with model.compression_rate=CR added to\n"
+        "the overrides (m = model.chunk_len // CR memory vectors), into OUT/cr-{CR}. A CR whose run finished\n"
+        "(adapters written, metrics at train.max_steps, same config) is skipped; an unfinished one is resumed\n"
+        "exactly. Then all CRs answer the same held-out world questions (`clara eval compression`): memory\n"
+        "and wrong_memory per CR, raw_text and closed_book once. Every CR must divide model.chunk_len\n"
+        "(checked before any training).",
+        epilog=SWEEP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    s.add_argument("config_and_overrides", nargs="*", metavar="[CONFIG.yaml] KEY=VALUE",
+                   help="an optional YAML preset (configs/*.yaml), then dotted overrides, e.g. train.max_steps=2000 "
+                   "(model.compression_rate is set by --crs)")
+    s.add_argument("--config", "-c", default=None, help="YAML preset (alternative to giving it first)")
+    s.add_argument("--crs", default="4,16,32,64,128,256", help="compression rates, comma-separated; each must divide "
+                   "model.chunk_len (default: %(default)s)")
+    s.add_argument("--out", required=True, help="sweep directory: OUT/cr-{CR} per rate, OUT/sweep.{json,md,png}")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="pretrain records JSONL (from `clara pretrain synth`, or the reference format)")
+    src.add_argument("--world-fresh", action="store_true", help="train on fresh world documents synthesised on the "
+                     "fly (seed scp.fresh_seed), each seen once; every CR sees the same documents")
+    s.add_argument("--skip-bad-records", action="store_true", help="log and skip malformed input lines instead of stopping")
+    s.add_argument("--allow-config-change", action="store_true",
+                   help="continue a CR's run although the config differs from its checkpoint's, e.g. a larger "
+                   "train.max_steps to extend a finished sweep (the change is logged)")
+    s.add_argument("--eval-world", required=True, help="world directory of the evaluation (from `clara world --out DIR`)")
+    s.add_argument("--eval-split", default="test_unseen", help="split(s), comma-separated; test_unseen holds entities "
+                   "never asked about in training (default: %(default)s)")
+    s.add_argument("--eval-types", default="single_hop", help="question types, comma-separated (default: %(default)s)")
+    s.add_argument("--eval-limit", type=int, default=100, help="at most this many questions, 0 = all (default: %(default)s)")
+    s.add_argument("--settings", default="memory,wrong_memory,raw_text,closed_book",
+                   help="any of memory, wrong_memory, raw_text, closed_book (default: %(default)s)")
+    s.add_argument("--prompt", default="scp", choices=["scp", "direct"],
+                   help="scp: the SCP QA instruction, reply forced to start 'Question: q\\nAnswer:'; direct: the "
+                   "question as is (default: %(default)s)")
+    s.add_argument("--style", default="fewshot", choices=["plain", "terse", "system", "fewshot"],
+                   help="prompt style of the raw_text and closed_book baselines (default: %(default)s)")
+    s.add_argument("--eval-batch-size", type=int, default=8, help="questions per evaluation batch (default: %(default)s)")
+    s.add_argument("--max-new-tokens", type=int, default=16, help="greedy tokens per answer (default: %(default)s)")
+    s.add_argument("--plot-metric", default="em", choices=["em", "f1", "cover_em"],
+                   help="metric on the y axis of OUT/sweep.png (default: %(default)s)")
+    s.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    s.set_defaults(func=run_sweep_command)
+
+
+def _sweep_csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def run_sweep_command(args) -> int:
+    import time
+
+    from clara.errors import ConfigError
+    from clara.eval.compression import format_table
+    from clara.pretrain.sweep import run_sweep, training_table
+
+    config, overrides = split_config_args(args)
+    try:
+        crs = [int(t) for t in _sweep_csv(args.crs)]
+    except ValueError:
+        raise ConfigError(f"--crs {args.crs}: expected integers separated by commas, e.g. 4,16,32,64,128,256") from None
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    results = run_sweep(
+        config, overrides, crs, args.out, data=args.data, fresh=args.world_fresh, eval_world=args.eval_world,
+        eval_splits=_sweep_csv(args.eval_split), eval_types=_sweep_csv(args.eval_types), eval_limit=args.eval_limit or None,
+        skip_bad=args.skip_bad_records, allow_config_change=args.allow_config_change, plot_metric=args.plot_metric,
+        settings=_sweep_csv(args.settings), prompt=args.prompt, style=args.style, batch_size=args.eval_batch_size,
+        max_new_tokens=args.max_new_tokens,
+    )  # fmt: skip
+    first, sweep = results["runs"][0], results["sweep"]
+    print(f"sweep: CRs {','.join(map(str, sweep['crs']))} in {time.perf_counter() - start:.0f} s (training "
+          f"{sweep['train_seconds']:.0f} s, evaluation {sweep['eval_seconds']:.0f} s); {first['n']} questions on "
+          f"{first['documents']} documents from {','.join(results['splits'])} of {results['world']}")  # fmt: skip
+    print(training_table(sweep["training"]))
+    print()
+    print(format_table(results))
+    print(f"results: {args.out}/sweep.json, {args.out}/sweep.md, {args.out}/sweep.png")
+    return 0
+
+
+def register_release(sub) -> None:
+    s = sub.add_parser(
+        "release",
+        help="package trained adapters as a small committed asset (bf16, trained adapters only, with the recipe)",
+        description="Copy the adapters a stage trained (default compressor + generator of an SCP run) from a run "
+        "or adapter directory, with weights in bfloat16, the run's config.yaml as train_config.yaml, the command "
+        "that made them and a manifest of checksums. `make demo` starts from such an asset.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    s.add_argument("source", help="run directory (holding adapters/) or adapter directory")
+    s.add_argument("--out", required=True, help="release directory to write (e.g. assets/scp-smollm2-cr16)")
+    s.add_argument("--keep", default="compressor,generator", help="adapters to ship, comma-separated")
+    s.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"), help="stored weight type")
+    s.add_argument("--command", default="", help="the exact command that trained the source (goes in the README)")
+    s.add_argument("--notes", default=None, help="a markdown file appended to the README (e.g. measured quality)")
+    s.set_defaults(func=run_release)
+
+
+def run_release(args) -> int:
+    from pathlib import Path
+
+    from clara.release import write_release
+
+    notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else ""
+    out = write_release(args.source, args.out, keep=[k for k in args.keep.split(",") if k], dtype=args.dtype,
+                        command=args.command, notes=notes)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"release written to {out} ({size / 2**20:.1f} MiB)")
     return 0

@@ -14,10 +14,17 @@ def _run_demo(out, *extra, timeout):
 
 def test_demo_with_tiny_backbone(tmp_path):
     out = tmp_path / "demo"
-    r = _run_demo(out, "--backbone", "tiny", "--entities", "40", "--limit", "3", "--reader-steps", "2", timeout=300)
+    r = _run_demo(out, "--backbone", "tiny", "--entities", "40", "--limit", "3", "--reader-steps", "2",
+                  "--scp-steps", "2", "--scp-docs", "6", "--scp-release", str(tmp_path / "none"), timeout=300)
     assert r.returncode == 0, r.stderr
     report = (out / "report.md").read_text()
-    assert report.count("| open_book | 3 |") == 2 and report.count("| closed_book | 3 |") == 2  # base, reader
+    # stage 1: synthesis, then a live SCP run scored with right and wrong memory (no release for tiny)
+    stage1 = json.loads((out / "stage1.json").read_text())
+    assert stage1["synth"]["kept"] == 6 and stage1["live"]["steps"] == 2
+    assert set(stage1["live"]["settings"]) == {"memory", "wrong_memory", "raw_text", "closed_book"}
+    assert "release_note" in stage1 and "not scored" in report and "live run (2 steps)" in report
+    assert (out / "scp-live" / "adapters" / "clara_model.json").is_file()
+    assert report.count("| open_book | 3 |") == 2 and report.count("| closed_book | 3 |") == 2 + 1  # base, reader, live SCP
     assert "After the reading LoRA (2 steps" in report
     reader = json.loads((out / "reading.json").read_text())["reader"]
     assert reader["backbone_hash"] != json.loads((out / "reading.json").read_text())["backbone_hash"]
@@ -28,7 +35,7 @@ def test_demo_with_tiny_backbone(tmp_path):
     # a second run reuses the backbone (same hash) and rewrites the report
     first = json.loads((out / "reading.json").read_text())["backbone_hash"]
     assert _run_demo(out, "--backbone", "tiny", "--entities", "40", "--limit", "2", "--reader-steps", "0",
-                     timeout=300).returncode == 0
+                     "--scp-steps", "0", timeout=300).returncode == 0
     again = json.loads((out / "reading.json").read_text())
     assert again["backbone_hash"] == first and again["n"] == 2
 
