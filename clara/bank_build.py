@@ -152,8 +152,10 @@ def _write_memory_and_meta(tmp: Path, base: MemoryBank | None, shards: list[Path
 
 
 def _shard_vectors(shards: list[Path], model, dtype: MemDtype, mode: RetrievalMode):
+    space = getattr(model, "retrieval_memory", None)  # keys live where queries are scored (joint training)
     for s in shards:
-        yield retrieval_vectors(from_bits(_load_shard(s, model), dtype), mode)  # (b, D)
+        mem = from_bits(_load_shard(s, model), dtype)  # (b, m, H)
+        yield retrieval_vectors(space(mem) if space is not None else mem, mode)  # (b, D)
 
 
 def _write_index(tmp: Path, base: MemoryBank | None, shards, model, info: BankInfo) -> IndexParams:

@@ -84,6 +84,7 @@ def build_report(results: dict, world_counts: dict, timings: dict[str, float], b
     if stage1:
         lines += stage1_report(stage1)
     if backbone_name == "tiny":
+        lines.append("")
         lines.append("The tiny backbone is random-init: its answers are noise (mechanics check only).")
     lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()), ""]
     examples = results["records"][:5]
@@ -97,6 +98,19 @@ def build_report(results: dict, world_counts: dict, timings: dict[str, float], b
             lines.append(line)
         lines.append("")
     return "\n".join(lines)
+
+
+def files_section(out: Path) -> str:
+    """Where everything was written (the report sits beside it)."""
+    what = {"world": "the world corpus (documents, facts, questions)", "backbones": "converted and reader backbones",
+            "reading.json": "reading scores and every reply", "stage1.json": "stage-1 scores and every reply",
+            "synth": "synthesised QA records", "scp-live": "the live SCP run (config, metrics, adapters)"}  # fmt: skip
+    lines = ["", f"Files in `{out}`:", ""]
+    for name, desc in what.items():
+        if (out / name).exists():
+            lines.append(f"- `{name}` — {desc}")
+    lines += [f"- `{png.name}` — figure" for png in sorted(out.glob("*.png"))]
+    return "\n".join(lines) + "\n"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -138,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
 
         stage1 = run_stage1(args, reader_dir, kind, world_dir, out, timings)
         atomic_write_json(out / "stage1.json", stage1)
-    report = build_report(results, world.counts(), timings, args.backbone, stage1)
+    report = build_report(results, world.counts(), timings, args.backbone, stage1) + files_section(out)
     atomic_write_text(out / "report.md", report)
     print(report)
     print(f"report written to {out / 'report.md'}")

@@ -84,6 +84,7 @@ def run_stage1(args, backbone: Path, kind: str, world_dir: Path, out: Path, timi
         model, _ = load_for_eval(release, backbone=str(backbone))
         result["release"] = {**evaluate_compression(model, questions, documents, style=args.style), "model": str(release)}
         timings["release eval"] = time.perf_counter() - start
+        result["lens"] = two_hop_lens(model, world_dir, out)
         del model
     else:
         result["release_note"] = why
@@ -103,7 +104,44 @@ def run_stage1(args, backbone: Path, kind: str, world_dir: Path, out: Path, timi
     result["live"] = {**evaluate_compression(model, questions, documents, settings=settings, style=args.style),
                       "steps": args.scp_steps, "model": str(run_dir / "adapters")}  # fmt: skip
     timings["live eval"] = time.perf_counter() - start
+    if "lens" not in result:
+        result["lens"] = two_hop_lens(model, world_dir, out)
+    result["plots"] = stage1_plots(result, run_dir, out)
     return result
+
+
+def two_hop_lens(model, world_dir: Path, out: Path) -> dict[str, Any]:
+    """Logit lens of a held-out linked two-hop question through the compressor — the query
+    reasoner's starting point before joint training (DESIGN §5) — at six depths, as a heatmap."""
+    from clara.eval.lens import logit_lens
+    from clara.eval.plots import plot_lens_heatmap
+    from clara.eval.reading import load_world_questions
+
+    questions, _ = load_world_questions(str(world_dir), EVAL_SPLITS, ["two_hop_linked"], 1)
+    blocks = model.lm.config.num_hidden_layers
+    layers = sorted({round(i * blocks / 5) for i in range(6)})
+    res = logit_lens(model, questions[0]["question"], "compressor", layers, top=3)
+    png = plot_lens_heatmap(res, out / "lens-two-hop.png",
+                            title=f"logit lens (compressor) — {questions[0]['question'][:48]}…")  # fmt: skip
+    last = [slot[0] for slot in res.tokens[-1]]
+    return {"question": questions[0]["question"], "answers": questions[0]["answers"], "layers": layers,
+            "last_layer_top_tokens": last, "png": str(png)}  # fmt: skip
+
+
+def stage1_plots(result: dict[str, Any], run_dir: Path, out: Path) -> dict[str, str]:
+    from clara.eval.plots import plot_settings, plot_training_curves
+
+    models = {}
+    if result.get("release"):
+        models["release adapters"] = result["release"]["settings"]
+    models[f"live run ({result['live']['steps']} steps)"] = result["live"]["settings"]
+    plots = {"settings": str(plot_settings(models, out / "stage1-em.png", title="stage 1: EM from memory vs baselines"))}
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file() and metrics.stat().st_size:
+        plots["live_curves"] = str(plot_training_curves(metrics, out / "scp-live-curves.png",
+                                                        keys=["loss", "ce", "mse", "mem_cos"],
+                                                        title="live SCP run"))  # fmt: skip
+    return plots
 
 
 def stage1_report(stage1: dict[str, Any]) -> list[str]:
@@ -132,6 +170,14 @@ def stage1_report(stage1: dict[str, Any]) -> list[str]:
     release = stage1.get("release")
     if release:
         lines.append(f"Release adapters: `{release['model']}` (its README gives the command and config that trained it).")
+    plots = stage1.get("plots", {})
+    lines += [f"![{name}]({Path(path).name})" for name, path in plots.items()]
+    lens = stage1.get("lens")
+    if lens:
+        lines += ["", f"Logit lens of a held-out two-hop question through the compressor (the query reasoner's start): "
+                  f"*{lens['question']}* (answer {lens['answers'][0]}); top token per memory slot at the last layer: "
+                  + ", ".join(f"`{t}`" for t in lens["last_layer_top_tokens"]),
+                  "", f"![lens]({Path(lens['png']).name})"]  # fmt: skip
     return lines
 
 

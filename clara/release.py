@@ -34,6 +34,7 @@ def _cast_file(src: Path, dst: Path, dtype: str) -> None:
     target = getattr(torch, dtype)
     tensors = {k: (v.to(target) if v.is_floating_point() else v).contiguous() for k, v in load_file(str(src)).items()}
     save_file(tensors, str(dst), metadata={"format": "pt"})
+    dst.chmod(0o644)  # safetensors writes 0600; a release is meant to be shared
 
 
 def write_release(
@@ -44,8 +45,11 @@ def write_release(
     dtype: str = "bfloat16",
     command: str = "",
     notes: str = "",
+    train_config: str | Path | None = None,
 ) -> Path:
-    """Copy the ``keep`` adapters of ``source`` (a run dir or adapter dir) to ``out`` as a release."""
+    """Copy the ``keep`` adapters of ``source`` (a run dir or adapter dir) to ``out`` as a release.
+
+    ``train_config``: the run's resolved config (default: ``config.yaml`` beside the adapters)."""
     from clara.eval.compression import resolve_adapters
     from clara.fileio import atomic_dir, atomic_write_json, atomic_write_text, verify_manifest, write_manifest
     from clara.model import MEM_EMBED_FILE, MODEL_INFO
@@ -58,15 +62,17 @@ def write_release(
     unknown = [k for k in keep if k not in info["adapters"]]
     if unknown:
         raise CheckpointError(f"{adapters}: no adapter {', '.join(unknown)} (it has {', '.join(info['adapters'])})")
-    run_config = adapters.parent / "config.yaml"
+    run_config = Path(train_config) if train_config else adapters.parent / "config.yaml"
+    if train_config and not run_config.is_file():
+        raise CheckpointError(f"--train-config {run_config}: no such file")
     with atomic_dir(Path(out)) as tmp:
         for name in keep:
             (tmp / name).mkdir()
-            shutil.copy2(adapters / name / "adapter_config.json", tmp / name / "adapter_config.json")
+            shutil.copyfile(adapters / name / "adapter_config.json", tmp / name / "adapter_config.json")
             _cast_file(adapters / name / "adapter_model.safetensors", tmp / name / "adapter_model.safetensors", dtype)
-        shutil.copy2(adapters / MEM_EMBED_FILE, tmp / MEM_EMBED_FILE)  # small; keeps the running stats exact
+        shutil.copyfile(adapters / MEM_EMBED_FILE, tmp / MEM_EMBED_FILE)  # small; keeps the running stats exact
         if run_config.is_file():
-            shutil.copy2(run_config, tmp / "train_config.yaml")
+            shutil.copyfile(run_config, tmp / "train_config.yaml")
         release = {"source": str(adapters), "dtype": dtype, "command": command,
                    "train_config": "train_config.yaml" if run_config.is_file() else None}
         atomic_write_json(tmp / MODEL_INFO, {**info, "adapters": list(keep), "release": release})

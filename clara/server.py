@@ -143,6 +143,12 @@ class Service:
     def hits(self, scores: np.ndarray, rows: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
         return [[(int(r), float(s)) for r, s in zip(rr[:k], ss[:k]) if r >= 0] for rr, ss in zip(rows, scores)]
 
+    def _query_keys(self, questions: list[str]):
+        """Query states in the space the bank's keys were built in (the model's retrieval space)."""
+        q = self.model.encode_query(questions)  # (B, m, H)
+        space = getattr(self.model, "retrieval_memory", None)
+        return space(q) if space is not None else q
+
     def _retrieve_batch(self, items: list[tuple[str, Any, int]]) -> list:
         import torch
 
@@ -151,7 +157,7 @@ class Service:
         found: dict[str, list] = {}
         if texts:
             with torch.no_grad():
-                q = self.model.encode_query(texts)  # (T, m, H)
+                q = self._query_keys(texts)  # (T, m, H)
             found["text"] = self.hits(*self.bank.search(q, k), k)
         vecs = [v for kind, vs, _ in items if kind == "vec" for v in vs]
         if vecs:
@@ -170,7 +176,7 @@ class Service:
 
         k = max(item[1] for item in items)
         with torch.no_grad():
-            q = self.model.encode_query([question for question, _, _ in items])  # (B, m, H)
+            q = self._query_keys([question for question, _, _ in items])  # (B, m, H)
         found = self.hits(*self.bank.search(q, k), k)
         picked = [hits[:kk] for hits, (_, kk, _) in zip(found, items)]
         answers: list[str | None] = [None] * len(items)

@@ -70,14 +70,14 @@ def compress_all(model, texts: Sequence[str], batch_size: int = 8) -> torch.Tens
 
 
 def memory_spread(mem: torch.Tensor) -> dict[str, float]:
-    """Mean pairwise cosine of distinct documents' memories (N, m, H): flattened (m·H), mean-pooled (H),
-    and flattened after removing the mean memory over documents (what differs between documents;
-    near 0 = documents spread, near 1 = collapsed; the raw cosine is high even untrained because
-    last-layer states share a large common direction)."""
+    """Spread of distinct documents' memories (N, m, H): mean pairwise cosine flattened (m·H) and
+    mean-pooled (H) — near 1 is collapse (DESIGN §11), though it is high even untrained because
+    last-layer states share a large common direction — and the share of variance that differs
+    between documents (0 = every document has the same memory). A cosine after removing the mean
+    over documents is not reported: it is about -1/(N-1) by construction, whatever the model."""
     from clara.pretrain.scp import mean_pairwise_cosine
 
     return {"mem_cos": mean_pairwise_cosine(mem), "mem_cos_pooled": mean_pairwise_cosine(mem.mean(1, keepdim=True)),
-            "mem_cos_centered": mean_pairwise_cosine(mem - mem.mean(0, keepdim=True)),
             "mem_between_share": _between_over_total(mem)}
 
 
@@ -251,11 +251,11 @@ def format_table(results: dict[str, Any]) -> str:
             lines.append(f"| {run['cr']} | {setting} | {s['n']} | {s['em']:.3f} | {s['f1']:.3f} | {s['cover_em']:.3f} | "
                          f"{s.get('raw_cover_em', float('nan')):.3f} |")  # fmt: skip
     lines.append("")
-    lines.append("| CR | m | mean pairwise cos (flat) | (pooled) | (centered) | between-doc var share | "
+    lines.append("| CR | m | mean pairwise cos (flat) | (pooled) | between-doc var share | "
                  "target NLL right mem | wrong mem |")
-    lines.append("|---|---|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|")
     for run in results["runs"]:
         lines.append(f"| {run['cr']} | {run['num_mem']} | {run['mem_cos']:.4f} | {run['mem_cos_pooled']:.4f} | "
-                     f"{run['mem_cos_centered']:.4f} | {run['mem_between_share']:.4f} | "
+                     f"{run['mem_between_share']:.4f} | "
                      f"{run['nll_right']:.4f} | {run['nll_wrong']:.4f} |")  # fmt: skip
     return "\n".join(lines)

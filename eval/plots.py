@@ -160,6 +160,31 @@ def plot_cr_sweep(results: dict[str, Any], path: str | Path, *, metric: str = "e
     return save_figure(fig, path)
 
 
+def plot_settings(models: dict[str, dict[str, Any]], path: str | Path, *, metric: str = "em",
+                  title: str | None = None) -> Path:  # fmt: skip
+    """Grouped bars of one metric per evaluation setting (memory, wrong memory, raw text, closed
+    book), one bar per model: ``models`` maps a label to `evaluate_compression`'s ``settings``."""
+    settings = [s for s in SWEEP_STYLES if any(s in m for m in models.values())]
+    if not settings:
+        raise DataError(f"no settings among {list(SWEEP_STYLES)} to plot")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    width = 0.8 / max(1, len(models))
+    for i, (label, scores) in enumerate(models.items()):
+        xs = [j + (i - (len(models) - 1) / 2) * width for j, s in enumerate(settings) if s in scores]
+        ys = [scores[s][metric] for s in settings if s in scores]
+        bars = ax.bar(xs, ys, width, label=label)
+        ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.set_xticks(range(len(settings)), [s.replace("_", " ") for s in settings], fontsize=10)
+    ax.set_ylabel(metric, fontsize=11)
+    ax.set_ylim(0, 1.05)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=9)
+    ax.set_title(title or f"{metric} by setting", fontsize=13)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 # ---------------------------------------------------------------------------- retrieval vs baselines
 
 

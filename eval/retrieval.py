@@ -120,7 +120,7 @@ def rank_with_query_model(
     import torch
     from tqdm.auto import tqdm
 
-    from clara.joint.objective import candidate_scores
+    from clara.joint.objective import model_scores
 
     cache.fill(model, (d for r in records for d in r.candidates))
     rankings: list[list[int]] = []
@@ -133,7 +133,7 @@ def rank_with_query_model(
                 for r in batch:  # candidate counts may differ between records: score one by one
                     mem = cache.candidates([r], model.device)  # (1, N, m, H)
                     query = model.encode_query([r.question])  # (1, m, H)
-                    scores = candidate_scores(query, mem, scoring)[0]  # (N,)
+                    scores = model_scores(model, query, mem, scoring)[0]  # (N,)
                     rankings.append(torch.argsort(scores, descending=True, stable=True).tolist())
     finally:
         model.train(was_training)

@@ -30,6 +30,14 @@ def score_vectors(mem: torch.Tensor, scoring: Scoring) -> torch.Tensor:
     return mem.flatten(-2)  # (..., m·H)
 
 
+def model_scores(model, query: torch.Tensor, cand_mem: torch.Tensor, scoring: Scoring) -> torch.Tensor:
+    """Cosine scores (B, N) in the model's retrieval space (``ClaraModel.retrieval_memory``)."""
+    space = getattr(model, "retrieval_memory", None)
+    if space is not None:
+        query, cand_mem = space(query), space(cand_mem)
+    return candidate_scores(query, cand_mem, scoring)
+
+
 def candidate_scores(query: torch.Tensor, cand_mem: torch.Tensor, scoring: Scoring) -> torch.Tensor:
     """query (B, m, H), candidates (B, N, m, H) -> cosine scores (B, N)."""
     q = score_vectors(query, scoring)  # (B, D)
@@ -79,7 +87,7 @@ class JointObjective(nn.Module):
         answers = [r.answers[0] for r in records]
         cand_mem = self.candidate_memory(records)  # (B, N, m, H)
         query = self.model.encode_query(questions)  # (B, m, H)
-        scores = candidate_scores(query, cand_mem, cfg.scoring)  # (B, N)
+        scores = model_scores(self.model, query, cand_mem, cfg.scoring)  # (B, N)
         selected, _, indices = select_memory(scores, cand_mem, cfg.top_k, cfg.temperature)
         loss = self.model.generator_loss(questions, selected, answers, max_answer_len=cfg.max_answer_len)
         hit = [

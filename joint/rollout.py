@@ -132,11 +132,11 @@ class CandidateRetriever:
 
     @torch.no_grad()
     def retrieve(self, model, queries, groups):
-        from clara.joint.objective import candidate_scores
+        from clara.joint.objective import model_scores
 
         query = model.encode_query(list(queries)).float()  # (B, m, H)
         cands = self.cand_mem[torch.tensor(list(groups))].to(query.device).float()  # (B, N, m, H)
-        scores = candidate_scores(query, cands, self.scoring)  # (B, N)
+        scores = model_scores(model, query, cands, self.scoring)  # (B, N)
         picked = scores.topk(self.k, dim=1).indices.cpu()  # (B, k)
         if self.distractor_p > 0:
             picked = self._distract(picked, groups)

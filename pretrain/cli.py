@@ -295,6 +295,8 @@ def register_release(sub) -> None:
     s.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"), help="stored weight type")
     s.add_argument("--command", default="", help="the exact command that trained the source (goes in the README)")
     s.add_argument("--notes", default=None, help="a markdown file appended to the README (e.g. measured quality)")
+    s.add_argument("--train-config", default=None,
+                   help="the run's config.yaml (default: the one beside the adapters, if any)")
     s.set_defaults(func=run_release)
 
 
@@ -305,7 +307,7 @@ def run_release(args) -> int:
 
     notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else ""
     out = write_release(args.source, args.out, keep=[k for k in args.keep.split(",") if k], dtype=args.dtype,
-                        command=args.command, notes=notes)
+                        command=args.command, notes=notes, train_config=args.train_config)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"release written to {out} ({size / 2**20:.1f} MiB)")
     return 0

@@ -7,7 +7,8 @@ import pytest
 
 from clara.errors import DataError
 from clara.eval import lens_cli
-from clara.eval.plots import curve_series, plot_cr_sweep, plot_retrieval, plot_training_curves, sweep_points
+from clara.eval.plots import (curve_series, plot_cr_sweep, plot_retrieval, plot_settings, plot_training_curves,
+                              sweep_points)
 from clara.training.metrics import MetricsLogger
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -99,3 +100,14 @@ def test_retrieval_png_and_plot_cli(tmp_path, capsys):
     args = parser.parse_args(["plot", "sweep", str(tmp_path / "missing.json"), "--out", str(tmp_path / "s.png")])
     with pytest.raises(DataError, match="missing.json: cannot read"):
         args.func(args)
+
+
+def test_settings_png_draws_one_bar_per_model_and_setting(tmp_path):
+    release = {s: {"em": v} for s, v in [("memory", 0.3), ("wrong_memory", 0.0), ("raw_text", 0.8), ("closed_book", 0.03)]}
+    live = {"memory": {"em": 0.05}, "wrong_memory": {"em": 0.0}}
+    png = plot_settings({"release": release, "live": live}, tmp_path / "s.png")
+    height, width, _ = image_shape(png)
+    assert width >= 500 and height >= 300
+    with pytest.raises(DataError, match="no settings"):
+        plot_settings({"x": {"bleu": {"em": 1.0}}}, tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()

@@ -111,3 +111,26 @@ def test_stats_stay_put_while_the_compressor_is_frozen(center_model):
         torch.testing.assert_close(center_model.mem_stats.data, before)
     finally:
         center_model.set_trainable(["compressor", "query", "generator"])
+
+
+def test_retrieval_scores_in_the_centred_space(center_model, model):
+    """With centring on, queries and documents are scored after removing the shared mean memory
+    (raw cosines all sit near 1); without it, scoring is the plain cosine."""
+    from clara.joint.objective import candidate_scores, model_scores
+    from clara.memory import update_memory_stats
+
+    g = torch.Generator().manual_seed(0)
+    shared = torch.randn(center_model.num_mem, center_model.hidden_size, generator=g) * 20  # (m, H)
+    docs = shared + torch.randn(1, 6, center_model.num_mem, center_model.hidden_size, generator=g)  # (1, N, m, H)
+    query = docs[:, 2] + 0.1 * torch.randn(docs[:, 2].shape, generator=g)  # (1, m, H): near document 2
+    with torch.no_grad():
+        update_memory_stats(center_model.mem_stats.data, docs[0])
+    raw = candidate_scores(query, docs, "flattened")[0]
+    centred = model_scores(center_model, query, docs, "flattened")[0]
+    assert raw.std() < 0.05 and centred.std() > 5 * raw.std()  # the shared direction hides the differences
+    assert int(centred.argmax()) == 2
+    torch.testing.assert_close(model_scores(model, query, docs, "flattened"), candidate_scores(query, docs, "flattened"))
+    before = center_model.compressor_hash()
+    with torch.no_grad():
+        center_model.mem_stats.data[0] += 1.0
+    assert center_model.compressor_hash() != before  # banks and caches keyed by it see the new space

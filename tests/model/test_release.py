@@ -47,3 +47,14 @@ def test_release_refuses_unknown_adapters_and_dtypes(model, tmp_path):
     with pytest.raises(CheckpointError, match="--dtype"):
         write_release(tmp_path / "adapters", tmp_path / "r2", dtype="int8")
     assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
+
+
+def test_release_takes_the_run_config_from_elsewhere(model, tmp_path):
+    """An exported checkpoint has no config.yaml beside it: --train-config names the run's."""
+    model.save_adapters(tmp_path / "exported")
+    (tmp_path / "run.yaml").write_text("train:\n  max_steps: 800\n")
+    out = write_release(tmp_path / "exported", tmp_path / "rel", train_config=tmp_path / "run.yaml")
+    assert (out / "train_config.yaml").read_text() == "train:\n  max_steps: 800\n"
+    assert oct((out / "generator" / "adapter_model.safetensors").stat().st_mode & 0o777) == "0o644"
+    with pytest.raises(CheckpointError, match="no such file"):
+        write_release(tmp_path / "exported", tmp_path / "rel2", train_config=tmp_path / "missing.yaml")

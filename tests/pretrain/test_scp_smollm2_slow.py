@@ -1,8 +1,10 @@
 """Slow: on SmolLM2, a short SCP run must make the generator *use* the memory (DESIGN §11 ablation).
 
-Fails when right-memory and wrong-memory accuracy are equal — which is what DESIGN §11 measured
-after 9 CPU-minutes, so on 2 CPU cores this test is expected to fail until the recipe or the
-budget (a GPU) changes. SCP_SLOW_STEPS sets the number of steps (default 300).
+Fails when right-memory and wrong-memory accuracy are equal — what DESIGN §11 measured after
+9 CPU-minutes with plain SmolLM2. The recipe here is the release recipe (configs/scp-smollm2.yaml):
+the reader backbone (`clara backbone reader`, the demo's), splice-side memory centring, QA targets,
+8 memory vectors per 128-token chunk. SCP_SLOW_STEPS sets the number of steps (default 120, about
+6-8 minutes on 2 cores); measured at 120 steps: EM 0.067 from the right memory, 0.000 from a wrong one.
 """
 
 import os
@@ -10,29 +12,31 @@ from pathlib import Path
 
 import pytest
 
-SMOLLM2 = Path(__file__).resolve().parents[2] / "out" / "backbones" / "smollm2-135m-instruct"
+ROOT = Path(__file__).resolve().parents[2]
+READER = ROOT / "out" / "backbones" / "smollm2-135m-reader"
 
 
 @pytest.mark.slow
 def test_right_memory_beats_wrong_memory_after_short_scp(tmp_path):
-    if not (SMOLLM2 / "config.json").is_file():
-        pytest.skip(f"{SMOLLM2} missing: run `clara backbone convert --out {SMOLLM2}`")
+    if not (READER / "config.json").is_file():
+        pytest.skip(f"{READER} missing: run `make demo` (or `clara backbone reader`, see README)")
     from clara.config import load_config
     from clara.eval.compression import evaluate_compression
     from clara.eval.reading import load_world_questions
     from clara.pretrain.scp import build_scp_model, train_scp
     from clara.world import generate_world, write_world
 
-    steps = int(os.environ.get("SCP_SLOW_STEPS", "300"))
-    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "smollm2.yaml", [
-        f"model.backbone={SMOLLM2}", f"train.max_steps={steps}", "train.batch_size=4", "train.save_every=0",
-        "scp.max_target_tokens=96", f"out_dir={tmp_path / 'run'}",
+    steps = int(os.environ.get("SCP_SLOW_STEPS", "120"))
+    cfg = load_config(ROOT / "configs" / "scp-smollm2.yaml", [
+        f"model.backbone={READER}", f"train.max_steps={steps}", "train.save_every=0", f"out_dir={tmp_path / 'run'}",
     ])  # fmt: skip
     model = build_scp_model(cfg)
     train_scp(cfg, fresh=True, model=model)
-    world = write_world(generate_world(seed=0, entities=100), tmp_path / "world")
-    questions, documents = load_world_questions(str(world), ["test_unseen", "test"], ["single_hop"], 40)
-    res = evaluate_compression(model, questions, documents, settings=["memory", "wrong_memory"], max_new_tokens=8)
+    model.eval()
+    world = write_world(generate_world(seed=0, entities=300), tmp_path / "world")
+    questions, documents = load_world_questions(str(world), ["test_unseen"], ["single_hop"], 30)
+    res = evaluate_compression(model, questions, documents, settings=["memory", "wrong_memory"])
     right, wrong = res["settings"]["memory"]["f1"], res["settings"]["wrong_memory"]["f1"]
     assert right != wrong, f"right-memory F1 {right} == wrong-memory F1 {wrong}: the generator ignores the memory"
     assert right > wrong
+    assert res["nll_right"] < res["nll_wrong"] - 0.5  # the answer is far likelier given its own document
