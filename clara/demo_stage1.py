@@ -71,6 +71,7 @@ def run_stage1(args, backbone: Path, kind: str, world_dir: Path, out: Path, timi
     result: dict[str, Any] = {"backbone": str(backbone)}
     start = time.perf_counter()
     synth_file = out / "synth" / "world-fresh.jsonl"
+    shutil.rmtree(synth_file.parent, ignore_errors=True)  # synthesis appends and skips done documents: start clean
     summary = synthesize(fresh_world_documents(args.scp_docs, 1), make_teacher("world"), synth_file, total=args.scp_docs)
     timings["synth"] = time.perf_counter() - start
     result["synth"] = {k: summary[k] for k in ("kept", "dropped", "pairs_per_doc", "mean_coverage_kept") if k in summary}
