@@ -134,16 +134,11 @@ class RLObjective(nn.Module):
 
 
 def build_rl_model(cfg: ClaraConfig):
-    from clara.joint.train import resolve_adapters_dir
-    from clara.model import ClaraModel
-    from clara.training import seed_everything
+    from clara.joint.train import model_from_adapters
 
-    seed_everything(cfg.train.seed)
-    model = ClaraModel.from_config(cfg.model, seed=cfg.train.seed)
-    if cfg.rl.init_adapters:
-        model.load_adapters(resolve_adapters_dir(cfg.rl.init_adapters))
-    else:
-        log.warning("rl.init_adapters is empty: the agent starts from fresh adapters (mechanics only)")
+    model = model_from_adapters(cfg, cfg.rl.init_adapters, "rl.init_adapters is empty: the agent starts from "
+                                "fresh adapters (mechanics only)")
+    if not cfg.rl.init_adapters:
         model.adapters.copy_adapter("compressor", "query")
     model.set_trainable(["generator"], mem_embed=False)
     return model

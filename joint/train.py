@@ -72,17 +72,24 @@ def load_split(cfg: ClaraConfig, split: str, train: bool) -> list:
     return records
 
 
-def build_joint_model(cfg: ClaraConfig):
-    """The model with SCP adapters loaded, query = copy of compressor, trainable set for this stage."""
+def model_from_adapters(cfg: ClaraConfig, init_adapters: str, missing: str):
+    """A seeded ClaraModel with the earlier stage's adapters loaded (or fresh ones, logging ``missing``)."""
     from clara.model import ClaraModel
     from clara.training import seed_everything
 
     seed_everything(cfg.train.seed)  # LoRA init draws from the torch RNG: same model on every run
     model = ClaraModel.from_config(cfg.model, seed=cfg.train.seed)
-    if cfg.joint.init_adapters:
-        model.load_adapters(resolve_adapters_dir(cfg.joint.init_adapters))
+    if init_adapters:
+        model.load_adapters(resolve_adapters_dir(init_adapters))
     else:
-        log.warning("joint.init_adapters is empty: the query reasoner starts from an untrained compressor")
+        log.warning(missing)
+    return model
+
+
+def build_joint_model(cfg: ClaraConfig):
+    """The model with SCP adapters loaded, query = copy of compressor, trainable set for this stage."""
+    model = model_from_adapters(cfg, cfg.joint.init_adapters, "joint.init_adapters is empty: the query "
+                                "reasoner starts from an untrained compressor")
     model.adapters.copy_adapter("compressor", "query")
     trained = ["query", "generator"] + (["compressor"] if cfg.joint.unfreeze_compressor else [])
     # mem_embed feeds compress(): trained only when the compressor is (else the cache goes stale)

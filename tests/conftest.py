@@ -33,3 +33,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory):
+    """One random-init tiny backbone for the whole run (mechanics tests only)."""
+    from clara.backbone import build_tiny_backbone
+
+    return build_tiny_backbone(tmp_path_factory.mktemp("backbones") / "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def world_dir(tmp_path_factory):
+    """A small world (40 entities, 8 candidates per question) shared by stage-2 and RL tests."""
+    from clara.world import generate_world, write_world
+
+    return write_world(generate_world(seed=0, entities=40, candidates=8), tmp_path_factory.mktemp("worlds") / "w")
+

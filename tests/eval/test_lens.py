@@ -26,13 +26,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def tiny_backbone(tmp_path_factory):
-    from clara.backbone import build_tiny_backbone
-
-    return build_tiny_backbone(tmp_path_factory.mktemp("backbones") / "tiny", seed=0)
-
-
-@pytest.fixture(scope="module")
 def model(tiny_backbone):
     from clara.model import ClaraModel
 

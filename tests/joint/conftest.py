@@ -6,20 +6,6 @@ import torch
 from clara.config import ClaraConfig, from_dict
 
 
-@pytest.fixture(scope="session")
-def tiny_backbone(tmp_path_factory):
-    from clara.backbone import build_tiny_backbone
-
-    return build_tiny_backbone(tmp_path_factory.mktemp("backbones") / "tiny", seed=0)
-
-
-@pytest.fixture(scope="session")
-def world_dir(tmp_path_factory):
-    from clara.world import generate_world, write_world
-
-    return write_world(generate_world(seed=0, entities=40, candidates=8), tmp_path_factory.mktemp("worlds") / "w")
-
-
 def joint_dict(backbone, world, out_dir, cache_dir, **train) -> dict:
     """A tiny stage-2 config (m = 32 / 8 = 4 memory vectors, N = 8 candidates, k = 3) as a dict."""
     return {

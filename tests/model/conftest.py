@@ -7,13 +7,6 @@ from clara.config import LoraConfig, ModelConfig
 
 
 @pytest.fixture(scope="session")
-def tiny_backbone(tmp_path_factory):
-    from clara.backbone import build_tiny_backbone
-
-    return build_tiny_backbone(tmp_path_factory.mktemp("backbones") / "tiny", seed=0)
-
-
-@pytest.fixture(scope="session")
 def other_backbone(tmp_path_factory):
     """Same shapes, different weights: adapters from the first must be refused here."""
     from clara.backbone import build_tiny_backbone

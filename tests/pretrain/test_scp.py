@@ -13,13 +13,6 @@ from clara.pretrain.scp import (
 
 
 @pytest.fixture(scope="module")
-def tiny_backbone(tmp_path_factory):
-    from clara.backbone import build_tiny_backbone
-
-    return build_tiny_backbone(tmp_path_factory.mktemp("backbones") / "tiny", seed=0)
-
-
-@pytest.fixture(scope="module")
 def fresh_docs():
     """Six world documents with their synthesised QA, as pretrain record dicts."""
     from clara.pretrain.synth import fresh_world_documents, result_records, synthesize_document

@@ -6,20 +6,6 @@ import torch
 from clara.config import LoraConfig, ModelConfig
 
 
-@pytest.fixture(scope="session")
-def tiny_backbone(tmp_path_factory):
-    from clara.backbone import build_tiny_backbone
-
-    return build_tiny_backbone(tmp_path_factory.mktemp("backbones") / "tiny", seed=0)
-
-
-@pytest.fixture(scope="session")
-def world_dir(tmp_path_factory):
-    from clara.world import generate_world, write_world
-
-    return write_world(generate_world(seed=0, entities=40, candidates=8), tmp_path_factory.mktemp("worlds") / "w")
-
-
 def perturb_adapters(model, seed: int = 0, scale: float = 0.05) -> None:
     """Non-zero LoRA weights everywhere (a fresh LoRA B is zero, which zeroes A's gradient)."""
     g = torch.Generator().manual_seed(seed)
