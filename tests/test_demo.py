@@ -15,7 +15,8 @@ def _run_demo(out, *extra, timeout):
 def test_demo_with_tiny_backbone(tmp_path):
     out = tmp_path / "demo"
     r = _run_demo(out, "--backbone", "tiny", "--entities", "40", "--limit", "3", "--reader-steps", "2",
-                  "--scp-steps", "2", "--scp-docs", "6", "--scp-release", str(tmp_path / "none"), timeout=300)
+                  "--scp-steps", "2", "--scp-docs", "6", "--scp-release", str(tmp_path / "none"),
+                  "--joint-steps", "2", "--joint-eval-every", "1", timeout=300)
     assert r.returncode == 0, r.stderr
     report = (out / "report.md").read_text()
     # stage 1: synthesis, then a live SCP run scored with right and wrong memory (no release for tiny)
@@ -29,6 +30,16 @@ def test_demo_with_tiny_backbone(tmp_path):
     reader = json.loads((out / "reading.json").read_text())["reader"]
     assert reader["backbone_hash"] != json.loads((out / "reading.json").read_text())["backbone_hash"]
     assert "random-init" in report
+    # stage 2: joint training from the live SCP adapters, Recall@k beside BM25 and MiniLM on the same test questions
+    stage2 = json.loads((out / "stage2.json").read_text())
+    assert stage2["steps"] == 2 and stage2["init"] == str(out / "scp-live" / "adapters")
+    assert set(stage2["recall"]) == {"query before", "query after", "bm25", "minilm"}
+    assert stage2["recall"]["bm25"]["all"]["n"] == stage2["n"] > 0
+    assert all(set(t["all"]) >= {"n", "R@1", "R@2", "R@5"} for t in stage2["recall"].values())
+    assert "## Stage 2" in report and "| all | " in report
+    assert (out / "joint" / "adapters" / "clara_model.json").is_file()
+    for png in ("joint-curves.png", "retrieval.png", "stage1-em.png", "lens-two-hop.png"):
+        assert (out / png).stat().st_size > 10_000 and f"({png})" in report
     assert report.strip() in r.stdout  # the printed report is the written one
     assert (out / "world" / "manifest.json").is_file()
     assert json.loads((out / "reading.json").read_text())["n"] == 3

@@ -1,0 +1,115 @@
+"""The demo's stage-2 round (DESIGN §5, §10): a short joint training run from the stage-1
+adapters, then Recall@k of the query reasoner before and after it beside BM25 and MiniLM on
+the same candidates, per question type, with the recall curve and a comparison figure.
+
+The query reasoner starts as a copy of the compressor and learns from the generator's
+next-token loss alone; no relevance label is used in training. The recipe is
+``configs/joint-smollm2.yaml`` with this demo's backbone, world and step budget; the model
+section is the one the stage-1 adapters were trained with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+JOINT_PRESET = Path(__file__).resolve().parents[1] / "configs" / "joint-smollm2.yaml"
+REPORT_KS = (1, 2, 5)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--joint-steps", type=int, default=30,
+                   help="steps of the demo's joint training run (stage 2); 0 skips stage 2")
+    p.add_argument("--joint-eval-every", type=int, default=10, help="Recall@k on the test split every this many steps")
+
+
+def joint_config(args, backbone: Path, kind: str, world_dir: Path, out: Path, init: Path, release: Path | None):
+    """The joint preset with this demo's paths and budget, on the model settings of ``init``."""
+    from clara.config import load_config
+    from clara.demo_stage1 import live_config
+
+    stage1 = live_config(args, backbone, kind, out / "scp-live", release)  # the model ``init`` was trained with
+    cfg = load_config(JOINT_PRESET, [
+        f"out_dir={out / 'joint'}", f"joint.world={world_dir}", f"joint.init_adapters={init}",
+        f"joint.cache_dir={out / 'memory-cache'}", f"train.max_steps={args.joint_steps}", "train.save_every=0",
+        f"joint.eval_every={args.joint_eval_every}", "joint.eval_split=test",
+    ])  # fmt: skip
+    return dataclasses.replace(cfg, model=stage1.model)
+
+
+def _table(flat: dict[str, float], counts: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """``{"R@1/single_hop": v}`` (the joint run's log) -> ``{"single_hop": {"n": .., "R@1": v}}``."""
+    table: dict[str, dict[str, float]] = {}
+    for key, value in flat.items():
+        metric, _, group = key.partition("/")
+        table.setdefault(group, {"n": counts.get(group, {}).get("n", 0)})[metric] = value
+    return table
+
+
+def run_stage2(args, backbone: Path, kind: str, world_dir: Path, out: Path, timings: dict,
+               release: Path | None) -> dict[str, Any]:  # fmt: skip
+    from clara.eval.baselines import bm25_rankings, minilm_rankings
+    from clara.eval.retrieval import recall_by_type
+    from clara.joint.train import load_split, run_joint
+
+    init = release if release is not None else out / "scp-live" / "adapters"
+    if not (init / "clara_model.json").is_file():
+        return {"note": f"no stage-1 adapters to start from ({init}); run stage 1 (--scp-steps > 0) or give --scp-release"}
+    cfg = joint_config(args, backbone, kind, world_dir, out, init, release)
+    shutil.rmtree(cfg.out_dir, ignore_errors=True)  # the demo trains afresh each time
+    start = time.perf_counter()
+    summary = run_joint(cfg)
+    timings["joint"] = time.perf_counter() - start
+    print(f"joint: {summary['steps']} steps -> {cfg.out_dir}")
+
+    start = time.perf_counter()
+    records = load_split(cfg, cfg.joint.eval_split, train=False)[: cfg.joint.eval_limit]
+    ks = sorted(set(REPORT_KS) | {1, 2, 3, 5})
+    tables = {"bm25": recall_by_type(bm25_rankings(records), records, ks),
+              "minilm": recall_by_type(minilm_rankings(records), records, ks)}  # fmt: skip
+    recall = {"query before": _table(summary["before"], tables["bm25"]),
+              "query after": _table(summary["after"], tables["bm25"]), **tables}  # fmt: skip
+    timings["baselines"] = time.perf_counter() - start
+    result = {"steps": summary["steps"], "n": len(records), "split": cfg.joint.eval_split, "init": str(init),
+              "top_k": cfg.joint.top_k, "candidates": cfg.joint.candidates, "lr": cfg.train.lr,
+              "train_questions": summary["train_questions"], "recall": recall, "run": str(cfg.out_dir)}  # fmt: skip
+    result["plots"] = stage2_plots(summary, Path(cfg.out_dir), recall, out)
+    return result
+
+
+def stage2_plots(summary: dict, run_dir: Path, recall: dict, out: Path) -> dict[str, str]:
+    from clara.eval.plots import plot_retrieval, plot_training_curves
+    from clara.training.metrics import read_metrics
+
+    records = [{"step": 0, "kind": "eval", **summary["before"]}, *read_metrics(run_dir / "metrics.jsonl", kind=None)]
+    curve = plot_training_curves(records, out / "joint-curves.png", keys=["loss", "R@1", "R@2"],
+                                 title="joint training: loss and test Recall@k per question type")  # fmt: skip
+    bars = plot_retrieval(recall, out / "retrieval.png", ks=[1, 2],
+                          title="test Recall@k: query reasoner before/after joint training vs baselines")  # fmt: skip
+    return {"joint_curves": str(curve), "retrieval": str(bars)}
+
+
+def stage2_report(stage2: dict[str, Any]) -> list[str]:
+    """Markdown lines: Recall@k per question type for the query reasoner before/after and the baselines."""
+    lines = ["", "## Stage 2 — joint training: retrieval learned from the generator's loss alone", ""]
+    if stage2.get("note"):
+        return lines + [f"Not run: {stage2['note']}", ""]
+    lines += [f"- {stage2['steps']} steps from `{stage2['init']}` on {stage2['train_questions']} training questions "
+              f"(k = {stage2['top_k']} of N = {stage2['candidates']} candidates, lr {stage2['lr']:g}); no relevance "
+              "labels in training",
+              f"- Recall@k on the {stage2['n']} `{stage2['split']}` questions, every retriever ranking the same "
+              "candidates (hard negatives: documents that share the question's words)", ""]  # fmt: skip
+    recall = stage2["recall"]
+    names = list(recall)
+    ks = "/".join(f"R@{k}" for k in REPORT_KS)
+    lines += ["| type | n | " + " | ".join(f"{name} {ks}" for name in names) + " |", "|---|---|" + "---|" * len(names)]
+    for group, row in recall["bm25"].items():
+        cells = [" / ".join(f"{recall[name].get(group, {}).get(f'R@{k}', float('nan')):.3f}" for k in REPORT_KS)
+                 for name in names]  # fmt: skip
+        lines.append(f"| {group} | {row['n']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [f"![{name}]({Path(path).name})" for name, path in stage2.get("plots", {}).items()]
+    return lines
