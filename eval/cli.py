@@ -41,6 +41,19 @@ def register(subparsers) -> None:
     register_compression(sub)
 
 
+def add_answer_options(p) -> None:
+    """How compressed documents are asked and scored (shared by `eval compression` and `pretrain sweep`)."""
+    p.add_argument("--settings", default="memory,wrong_memory,raw_text,closed_book", type=_csv,
+                   help="any of memory, wrong_memory, raw_text, closed_book (default: %(default)s)")
+    p.add_argument("--prompt", default="scp", choices=["scp", "direct"],
+                   help="scp: the SCP QA instruction with the reply forced to start 'Question: q\\nAnswer:'; "
+                   "direct: the question as is, after `clara pretrain instruct` (default: %(default)s)")
+    p.add_argument("--style", default="fewshot", choices=["plain", "terse", "system", "fewshot"],
+                   help="prompt style of the raw-text and closed-book baselines, see `clara eval reading` "
+                   "(default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=16, help="greedy tokens per answer (default: %(default)s)")
+
+
 def _ints(text: str) -> list[int]:
     return [int(t) for t in _csv(text)]
 
@@ -65,15 +78,8 @@ def register_compression(sub) -> None:
     p.add_argument("--split", default="test_unseen", type=_csv, help="split(s): test_unseen holds entities never asked about in training")
     p.add_argument("--types", default="single_hop", type=_csv, help="question types (single-document ones)")
     p.add_argument("--limit", type=int, default=100, help="at most this many questions (0 = all)")
-    p.add_argument("--settings", default="memory,wrong_memory,raw_text,closed_book", type=_csv,
-                   help="any of memory, wrong_memory, raw_text, closed_book")
-    p.add_argument("--prompt", default="scp", choices=["scp", "direct"],
-                   help="scp: the SCP QA instruction with the reply forced to start 'Question: q\\nAnswer:'; "
-                   "direct: the question as is (after `clara pretrain instruct`)")
-    p.add_argument("--style", default="fewshot", choices=["plain", "terse", "system", "fewshot"],
-                   help="prompt style of the raw-text and closed-book baselines (see `clara eval reading`)")
+    add_answer_options(p)
     p.add_argument("--batch-size", type=int, default=8, help="questions per batch")
-    p.add_argument("--max-new-tokens", type=int, default=16, help="greedy tokens per answer")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--out", default=None, help="write full results (scores + every reply) to this JSON file")
     p.set_defaults(func=run_compression)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from clara.cli_args import add_run_arguments, load_run_config, split_config_args
+from clara.eval.cli import add_answer_options
 
 
 def register(subparsers) -> None:
@@ -226,15 +227,8 @@ def register_sweep(sub) -> None:
                    "never asked about in training (default: %(default)s)")
     s.add_argument("--eval-types", default="single_hop", help="question types, comma-separated (default: %(default)s)")
     s.add_argument("--eval-limit", type=int, default=100, help="at most this many questions, 0 = all (default: %(default)s)")
-    s.add_argument("--settings", default="memory,wrong_memory,raw_text,closed_book",
-                   help="any of memory, wrong_memory, raw_text, closed_book (default: %(default)s)")
-    s.add_argument("--prompt", default="scp", choices=["scp", "direct"],
-                   help="scp: the SCP QA instruction, reply forced to start 'Question: q\\nAnswer:'; direct: the "
-                   "question as is (default: %(default)s)")
-    s.add_argument("--style", default="fewshot", choices=["plain", "terse", "system", "fewshot"],
-                   help="prompt style of the raw_text and closed_book baselines (default: %(default)s)")
+    add_answer_options(s)
     s.add_argument("--eval-batch-size", type=int, default=8, help="questions per evaluation batch (default: %(default)s)")
-    s.add_argument("--max-new-tokens", type=int, default=16, help="greedy tokens per answer (default: %(default)s)")
     s.add_argument("--plot-metric", default="em", choices=["em", "f1", "cover_em"],
                    help="metric on the y axis of OUT/sweep.png (default: %(default)s)")
     s.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
@@ -266,7 +260,7 @@ def run_sweep_command(args) -> int:
         config, overrides, crs, args.out, data=args.data, fresh=args.world_fresh, eval_world=args.eval_world,
         eval_splits=_sweep_csv(args.eval_split), eval_types=_sweep_csv(args.eval_types), eval_limit=args.eval_limit or None,
         skip_bad=args.skip_bad_records, allow_config_change=args.allow_config_change, plot_metric=args.plot_metric,
-        settings=_sweep_csv(args.settings), prompt=args.prompt, style=args.style, batch_size=args.eval_batch_size,
+        settings=args.settings, prompt=args.prompt, style=args.style, batch_size=args.eval_batch_size,
         max_new_tokens=args.max_new_tokens,
     )  # fmt: skip
     first, sweep = results["runs"][0], results["sweep"]

@@ -50,3 +50,21 @@ def world_dir(tmp_path_factory):
 
     return write_world(generate_world(seed=0, entities=40, candidates=8), tmp_path_factory.mktemp("worlds") / "w")
 
+
+
+def _perturb_adapters(model, seed: int = 0, scale: float = 0.05) -> None:
+    """Give every adapter different, non-zero LoRA weights (a fresh LoRA B is zero, so every
+    adapter equals the base model and A gets no gradient)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name in model.adapters.names:
+            for p in model.adapters.parameters(name):
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
+@pytest.fixture
+def perturb():
+    """``perturb(model, seed=0, scale=0.05)``: non-zero, seeded LoRA weights in every adapter."""
+    return _perturb_adapters

@@ -1,7 +1,6 @@
 """Fixtures for stage-2 tests: one tiny backbone and one small world per session."""
 
 import pytest
-import torch
 
 from clara.config import ClaraConfig, from_dict
 
@@ -25,15 +24,3 @@ def joint_cfg(tiny_backbone, world_dir, tmp_path):
     return make
 
 
-def perturb_adapters(model, seed: int = 0, scale: float = 0.05) -> None:
-    """Non-zero LoRA weights everywhere (a fresh LoRA B is zero, which zeroes A's gradient)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name in model.adapters.names:
-            for p in model.adapters.parameters(name):
-                p.copy_(torch.randn(p.shape, generator=g) * scale)
-
-
-@pytest.fixture
-def perturb():
-    return perturb_adapters

@@ -1,7 +1,6 @@
 """Fixtures for the model-core tests: one tiny backbone per session, fresh models per test."""
 
 import pytest
-import torch
 
 from clara.config import LoraConfig, ModelConfig
 
@@ -22,26 +21,14 @@ def model_cfg(tiny_backbone):
 
 
 @pytest.fixture
-def model(model_cfg):
+def model(model_cfg, perturb):
     from clara.model import ClaraModel
 
     m = ClaraModel.from_config(model_cfg)
-    perturb_adapters(m, seed=0)
+    perturb(m, seed=0)
     return m
 
 
-def perturb_adapters(model, seed: int, scale: float = 0.05) -> None:
-    """Give every adapter different, non-zero LoRA weights (fresh LoRA B is zero: all adapters = base)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name in model.adapters.names:
-            for p in model.adapters.parameters(name):
-                p.copy_(torch.randn(p.shape, generator=g) * scale)
-
-
-@pytest.fixture
-def perturb():
-    return perturb_adapters
 
 
 @pytest.fixture

@@ -6,24 +6,16 @@ import torch
 from clara.config import LoraConfig, ModelConfig
 
 
-def perturb_adapters(model, seed: int = 0, scale: float = 0.05) -> None:
-    """Non-zero LoRA weights everywhere (a fresh LoRA B is zero, which zeroes A's gradient)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name in model.adapters.names:
-            for p in model.adapters.parameters(name):
-                p.copy_(torch.randn(p.shape, generator=g) * scale)
-
 
 @pytest.fixture
-def model(tiny_backbone):
+def model(tiny_backbone, perturb):
     from clara.model import ClaraModel
 
     # m = 32 / 8 = 4 memory vectors; dropout 0 so forwards are deterministic; fp32 throughout
     cfg = ModelConfig(backbone=str(tiny_backbone), kind="tiny", chunk_len=32, compression_rate=8,
                       lora=LoraConfig(r=4, alpha=8, dropout=0.0))
     m = ClaraModel.from_config(cfg)
-    perturb_adapters(m)
+    perturb(m)
     m.set_trainable(["generator"], mem_embed=False)
     return m
 
