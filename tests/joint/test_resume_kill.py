@@ -1,4 +1,4 @@
-"""`clara joint` killed with SIGKILL and resumed ends with the same weights and losses as a straight run."""
+"""`clara joint` and `clara rl` killed with SIGKILL and resumed end with the same weights and losses as a straight run."""
 
 import json
 import os
@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 from safetensors.torch import load_file
 
@@ -15,7 +16,7 @@ from clara.training import read_metrics
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def write_config(path, backbone, world, out_dir, cache_dir):
+def write_config(path, backbone, world, out_dir, cache_dir, stage="joint"):
     cfg = {
         "out_dir": str(out_dir),
         "model": {"backbone": str(backbone), "kind": "tiny", "chunk_len": 32, "compression_rate": 8,
@@ -25,21 +26,25 @@ def write_config(path, backbone, world, out_dir, cache_dir):
         "joint": {"world": str(world), "candidates": 8, "top_k": 3, "eval_every": 5, "eval_limit": 4,
                   "cache_dir": str(cache_dir)},
     }
+    if stage == "rl":  # sampled rollouts, DGPO and self-certainty: every source of randomness in the loop
+        cfg["rl"] = {"group_size": 2, "max_turns": 2, "top_k": 2, "max_turn_tokens": 6, "dgpo_beta": 0.1,
+                     "reward_self_certainty": 0.1, "distractor_end": 0.5}
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
-def joint_cmd(config, *extra):
-    return [sys.executable, "-m", "clara.cli", "joint", "--config", str(config), "--threads", "1", *extra]
+def stage_cmd(stage, config, *extra):
+    return [sys.executable, "-m", "clara.cli", stage, "--config", str(config), "--threads", "1", *extra]
 
 
-def test_sigkill_then_resume_is_bitwise_exact(tmp_path, tiny_backbone, world_dir):
+@pytest.mark.parametrize("stage", ["joint", "rl"])
+def test_sigkill_then_resume_is_bitwise_exact(tmp_path, tiny_backbone, world_dir, stage):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    cfg_a = write_config(tmp_path / "a.yaml", tiny_backbone, world_dir, straight, tmp_path / "cache-a")
-    cfg_b = write_config(tmp_path / "b.yaml", tiny_backbone, world_dir, killed, tmp_path / "cache-b")
-    reference = subprocess.Popen(joint_cmd(cfg_a), cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
+    cfg_a = write_config(tmp_path / "a.yaml", tiny_backbone, world_dir, straight, tmp_path / "cache-a", stage)
+    cfg_b = write_config(tmp_path / "b.yaml", tiny_backbone, world_dir, killed, tmp_path / "cache-b", stage)
+    reference = subprocess.Popen(stage_cmd(stage, cfg_a), cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.PIPE, text=True)
-    proc = subprocess.Popen(joint_cmd(cfg_b), cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(stage_cmd(stage, cfg_b), cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     latest = killed / "checkpoints/latest"
     deadline = time.monotonic() + 240
@@ -53,7 +58,7 @@ def test_sigkill_then_resume_is_bitwise_exact(tmp_path, tiny_backbone, world_dir
     killed_at = latest.read_text().strip()
     assert "step-000004" <= killed_at < "step-000012"
 
-    resumed = subprocess.run(joint_cmd(cfg_b, "--resume"), cwd=tmp_path, env=ENV, capture_output=True,
+    resumed = subprocess.run(stage_cmd(stage, cfg_b, "--resume"), cwd=tmp_path, env=ENV, capture_output=True,
                              text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert reference.wait(timeout=240) == 0, reference.stderr.read()[-3000:]
@@ -65,9 +70,12 @@ def test_sigkill_then_resume_is_bitwise_exact(tmp_path, tiny_backbone, world_dir
         assert a.keys() == b.keys()
         for name in a:
             assert a[name].equal(b[name]), f"{adapter}: {name}"
-    train_a = [(r["step"], r["loss"]) for r in read_metrics(straight / "metrics.jsonl") if r["kind"] == "train"]
-    train_b = [(r["step"], r["loss"]) for r in read_metrics(killed / "metrics.jsonl") if r["kind"] == "train"]
+    keys = ("step", "loss") + (("reward_mean", "kl", "search_count", "teacher_kl") if stage == "rl" else ())
+    train_a = [tuple(r[k] for k in keys) for r in read_metrics(straight / "metrics.jsonl") if r["kind"] == "train"]
+    train_b = [tuple(r[k] for k in keys) for r in read_metrics(killed / "metrics.jsonl") if r["kind"] == "train"]
     assert train_b == train_a and len(train_a) == 12
+    if stage == "rl":
+        return
     evals = read_metrics(killed / "metrics.jsonl", kind="eval")
     assert [r["step"] for r in evals] == [5, 10]  # the Recall@k curve, each step once
     recall = json.loads((killed / "recall.json").read_text())
