@@ -249,6 +249,36 @@ def load_backbone(path: str | Path, kind: BackboneKind | str = BackboneKind.HF, 
     return model, tok
 
 
+def backbone_recipe(path: str | Path) -> str:
+    """Digest of how a derived backbone was *made*, or "" when it has no such record.
+
+    A reader backbone (``clara backbone reader``) is the same recipe applied to the same source;
+    trained on a machine with another CPU thread count it differs from another build only by
+    float rounding, so its :func:`backbone_hash` differs while this digest does not. Adapters
+    trained on one build load onto another with a warning (see ``ClaraModel.load_adapters``).
+    """
+    info_file = Path(path) / BACKBONE_INFO
+    if not info_file.is_file():
+        return ""
+    info = json.loads(info_file.read_text(encoding="utf-8"))
+    reader = info.get("reader")
+    if not reader:
+        return ""
+    made = {"source_sha256": info.get("source_sha256"), "source_hash": reader.get("source_hash"),
+            "recipe": reader.get("recipe"), "exclude_names_sha256": reader.get("exclude_names_sha256"),
+            "steps": reader.get("steps")}  # fmt: skip
+    return "reader-" + hashlib.sha256(json.dumps(made, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def same_backbone(saved: dict, backbone_hash_: str, recipe: str) -> str:
+    """"exact", "rebuild" (same recipe, other float rounding) or "" for adapter info ``saved``."""
+    if saved.get("backbone_hash") == backbone_hash_:
+        return "exact"
+    if recipe and saved.get("backbone_recipe") == recipe:
+        return "rebuild"
+    return ""
+
+
 def backbone_hash(path: str | Path) -> str:
     """Stable digest of a backbone: its config (minus volatile fields) and weight-file sha256s.
 

@@ -48,14 +48,14 @@ def live_config(args, backbone: Path, kind: str, out: Path, release: Path | None
 
 def usable_release(path: Path, backbone: Path) -> tuple[Path | None, str]:
     """The release directory if it fits this backbone, else None and the reason, in one line."""
-    from clara.backbone import backbone_hash
+    from clara.backbone import backbone_hash, backbone_recipe, same_backbone
 
     info_file = path / "clara_model.json"
     if not info_file.is_file():
         return None, f"no release adapters at {path}"
     info = json.loads(info_file.read_text(encoding="utf-8"))
     ours = backbone_hash(backbone)
-    if info["backbone_hash"] != ours:
+    if not same_backbone(info, ours, backbone_recipe(backbone)):
         return None, (f"release {path} was trained on backbone {info['backbone_hash']}, this demo's is {ours} "
                       "(run the demo with its default --reader-steps to rebuild the same reader backbone)")
     return path, ""

@@ -73,6 +73,7 @@ class ClaraModel(nn.Module):
         # where the backbone came from (set by from_config; recorded with saved adapters)
         self.backbone_path = str(getattr(lm.config, "_name_or_path", ""))
         self.backbone_kind = ""
+        self.backbone_recipe = ""  # how a derived backbone was made (clara.backbone.backbone_recipe)
         base_rows = lm.get_input_embeddings().weight.shape[0]
         self.tokens = add_memory_tokens(tokenizer, num_mem)
         # the fixed scale spliced memory is set to: mean RMS of the backbone's own token rows
@@ -98,7 +99,7 @@ class ClaraModel(nn.Module):
     @classmethod
     def from_config(cls, model_cfg: ModelConfig, backbone_dir: str | Path | None = None, seed: int = 0) -> ClaraModel:
         """Load the backbone named by ``model_cfg`` (or ``backbone_dir``) and attach the adapters."""
-        from clara.backbone import backbone_hash, load_backbone
+        from clara.backbone import backbone_hash, backbone_recipe, load_backbone
 
         path = Path(backbone_dir or model_cfg.backbone)
         lm, tok = load_backbone(path, model_cfg.kind)
@@ -113,6 +114,7 @@ class ClaraModel(nn.Module):
             memory_norm=model_cfg.memory_norm,
         )
         model.backbone_path, model.backbone_kind = str(path), BackboneKind(model_cfg.kind).value
+        model.backbone_recipe = backbone_recipe(path)
         return model
 
     # ------------------------------------------------------------------ basics
@@ -389,6 +391,7 @@ class ClaraModel(nn.Module):
             "backbone_hash": self.backbone_hash,
             "backbone": self.backbone_path,
             "backbone_kind": self.backbone_kind,
+            "backbone_recipe": self.backbone_recipe,
             "adapters": list(self.adapters.names),
             "num_mem": self.num_mem,
             "chunk_len": self.chunk_len,
@@ -407,6 +410,7 @@ class ClaraModel(nn.Module):
         """Load adapters saved by :meth:`save_adapters`; refuse ones trained on another backbone."""
         from safetensors.torch import load_file
 
+        from clara.backbone import same_backbone
         from clara.fileio import verify_manifest
 
         directory = Path(directory)
@@ -414,7 +418,12 @@ class ClaraModel(nn.Module):
             raise CheckpointError(f"{directory}: no such adapter directory")
         verify_manifest(directory)
         info = json.loads((directory / MODEL_INFO).read_text(encoding="utf-8"))
-        if info["backbone_hash"] != self.backbone_hash:
+        match = same_backbone(info, self.backbone_hash, self.backbone_recipe)
+        if match == "rebuild":
+            log.warning("%s: adapters were trained on backbone %s, this one is %s: another build of the same "
+                        "recipe (%s; e.g. trained with another CPU thread count), loading them", directory,
+                        info["backbone_hash"], self.backbone_hash, self.backbone_recipe)  # fmt: skip
+        elif not match:
             raise CheckpointError(
                 f"{directory}: adapters were trained on backbone {info['backbone_hash']} ({info.get('backbone')}) "
                 f"but this model's backbone is {self.backbone_hash} ({self.backbone_path}); "

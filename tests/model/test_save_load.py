@@ -64,6 +64,36 @@ def test_adapters_from_another_backbone_are_refused(model, make_model, other_bac
         other.load_adapters(tmp_path / "adapters")
 
 
+def _as_reader_build(src, dst, steps):
+    """A copy of backbone ``src`` that says it is a reader backbone made with ``steps`` steps."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    info_file = dst / "clara_backbone.json"
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    info["reader"] = {"source_hash": "base", "recipe": {"steps": steps, "seed": 0}, "exclude_names_sha256": "x",
+                      "steps": steps, "final_loss": float(len(str(dst)))}  # volatile fields differ per build
+    info_file.write_text(json.dumps(info))
+    return dst
+
+
+def test_adapters_load_onto_another_build_of_the_same_reader_recipe(make_model, tiny_backbone, other_backbone,
+                                                                     perturb, tmp_path, caplog):  # fmt: skip
+    # two builds of one recipe differ in their float rounding (another CPU thread count), here in every weight
+    a = make_model(_as_reader_build(tiny_backbone, tmp_path / "a", steps=16))
+    b = make_model(_as_reader_build(other_backbone, tmp_path / "b", steps=16))
+    c = make_model(_as_reader_build(other_backbone, tmp_path / "c", steps=17))
+    assert a.backbone_hash != b.backbone_hash and a.backbone_recipe == b.backbone_recipe != c.backbone_recipe
+    perturb(a, seed=5)
+    a.save_adapters(tmp_path / "adapters")
+    with caplog.at_level("WARNING", logger="clara.model"):
+        b.load_adapters(tmp_path / "adapters")
+    assert "another build of the same recipe" in caplog.text
+    assert all(torch.equal(p, q) for p, q in zip(a.adapters.parameters("query"), b.adapters.parameters("query")))
+    with pytest.raises(CheckpointError, match="trained on backbone"):
+        c.load_adapters(tmp_path / "adapters")
+
+
 def test_corrupt_or_missing_adapters_are_refused(model, make_model, tmp_path):
     fresh = make_model()
     with pytest.raises(CheckpointError, match="no such adapter directory"):
