@@ -18,6 +18,7 @@ from typing import Any
 
 JOINT_PRESET = Path(__file__).resolve().parents[1] / "configs" / "joint-smollm2.yaml"
 REPORT_KS = (1, 2, 5)
+LENS_TOP = 10  # top lens tokens per memory slot, as `clara lens compare`
 
 
 def add_arguments(p) -> None:
@@ -77,7 +78,28 @@ def run_stage2(args, backbone: Path, kind: str, world_dir: Path, out: Path, timi
               "top_k": cfg.joint.top_k, "candidates": cfg.joint.candidates, "lr": cfg.train.lr,
               "train_questions": summary["train_questions"], "recall": recall, "run": str(cfg.out_dir)}  # fmt: skip
     result["plots"] = stage2_plots(summary, Path(cfg.out_dir), recall, out)
+    start = time.perf_counter()
+    result["lens"] = two_hop_lens_overlap(summary["model"], records)
+    timings["lens compare"] = time.perf_counter() - start
     return result
+
+
+def two_hop_lens_overlap(model, records) -> dict[str, Any]:
+    """DESIGN §10: how many words of the bridge document — absent from the question — the query's
+    logit lens surfaces, after joint training and before it (the compressor the query started as),
+    against the bare backbone's lens of the raw question."""
+    from clara.eval.lens import lens_overlap
+
+    two_hop = [r for r in records if (r.type or "").startswith("two_hop")]
+    if not two_hop:
+        return {}
+    after = lens_overlap(model, two_hop, adapter="query", top=LENS_TOP)
+    before = lens_overlap(model, two_hop, adapter="compressor", top=LENS_TOP)
+    rows = {g: {"n": s["n"], "target_words": s["target_words"], "before": before["by_type"][g]["query_overlap"],
+                "after": s["query_overlap"], "raw": s["raw_overlap"]} for g, s in after["by_type"].items()}  # fmt: skip
+    examples = [{"question": q["question"], "after": q["query"]["words"], "raw": q["raw"]["words"]}
+                for q in after["questions"] if q["query"]["words"] or q["raw"]["words"]][:3]  # fmt: skip
+    return {"top": LENS_TOP, "by_type": rows, "examples": examples}
 
 
 def stage2_plots(summary: dict, run_dir: Path, recall: dict, out: Path) -> dict[str, str]:
@@ -112,4 +134,19 @@ def stage2_report(stage2: dict[str, Any]) -> list[str]:
         lines.append(f"| {group} | {row['n']} | " + " | ".join(cells) + " |")
     lines.append("")
     lines += [f"![{name}]({Path(path).name})" for name, path in stage2.get("plots", {}).items()]
-    return lines
+    return lines + lens_report(stage2.get("lens") or {})
+
+
+def lens_report(lens: dict[str, Any]) -> list[str]:
+    if not lens:
+        return []
+    lines = ["", f"Logit lens of the two-hop test questions (last layer, top {lens['top']} tokens per memory slot): "
+             "mean number of content words of the bridge document, absent from the question, that the lens "
+             "surfaces — the query reasoner before and after joint training, and the bare backbone on the raw "
+             "question (`clara lens compare`).", "",
+             "| type | n | bridge words | query before | query after | raw question |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for g, r in lens["by_type"].items():
+        lines.append(f"| {g} | {r['n']} | {r['target_words']:.1f} | {r['before']:.3f} | {r['after']:.3f} | {r['raw']:.3f} |")
+    for ex in lens.get("examples", []):
+        lines.append(f"- *{ex['question']}* — query after: {', '.join(ex['after']) or '–'}; raw: {', '.join(ex['raw']) or '–'}")
+    return lines + [""]

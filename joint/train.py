@@ -122,7 +122,7 @@ def make_eval_fn(cfg: ClaraConfig, records: Sequence, cache):
 
 
 def run_joint(cfg: ClaraConfig, resume: bool = False, allow_config_change: bool = False) -> dict[str, Any]:
-    """Train stage 2; returns the TrainResult plus Recall@k before/after on the dev subset."""
+    """Train stage 2; returns the TrainResult, the trained model and Recall@k before/after on the dev subset."""
     from clara.fileio import atomic_write_json
     from clara.joint.memory_cache import MemoryCache
     from clara.joint.objective import JointObjective
@@ -151,4 +151,4 @@ def run_joint(cfg: ClaraConfig, resume: bool = False, allow_config_change: bool 
     summary = {"before": before, "after": after, "steps": result.step, "compressor_hash": cache.key,
                "dev_questions": len(dev), "train_questions": len(train)}
     atomic_write_json(out / "recall.json", summary)
-    return {"result": result, **summary}
+    return {"result": result, "model": model, **summary}

@@ -37,6 +37,10 @@ def test_demo_with_tiny_backbone(tmp_path):
     assert stage2["recall"]["bm25"]["all"]["n"] == stage2["n"] > 0
     assert all(set(t["all"]) >= {"n", "R@1", "R@2", "R@5"} for t in stage2["recall"].values())
     assert "## Stage 2" in report and "| all | " in report
+    lens = stage2["lens"]["by_type"]["all"]  # bridge-document words in the query's lens, before/after/raw question
+    assert lens["n"] == sum(g["n"] for k, g in stage2["lens"]["by_type"].items() if k != "all") > 0
+    assert set(lens) == {"n", "target_words", "before", "after", "raw"} and lens["target_words"] > 0
+    assert "Logit lens of the two-hop test questions" in report
     assert (out / "joint" / "adapters" / "clara_model.json").is_file()
     for png in ("joint-curves.png", "retrieval.png", "stage1-em.png", "lens-two-hop.png"):
         assert (out / png).stat().st_size > 10_000 and f"({png})" in report
