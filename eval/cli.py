@@ -35,10 +35,12 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--out", default=None, help="write full results (scores + every reply) to this JSON file")
     p.set_defaults(func=run_reading)
+    from clara.eval.agent import register_agent
     from clara.eval.retrieval_cli import register_retrieval
 
     register_retrieval(sub)
     register_compression(sub)
+    register_agent(sub)
 
 
 def add_answer_options(p) -> None:

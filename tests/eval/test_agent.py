@@ -1,0 +1,65 @@
+"""`clara eval agent`: greedy agent rollouts scored beside one-shot retrieval and closed book."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from clara.config import LoraConfig, ModelConfig
+
+
+@pytest.fixture
+def model(tiny_backbone):
+    from clara.model import ClaraModel
+
+    cfg = ModelConfig(backbone=str(tiny_backbone), kind="tiny", chunk_len=32, compression_rate=8,
+                      lora=LoraConfig(r=4, alpha=8, dropout=0.0))
+    return ClaraModel.from_config(cfg)
+
+
+@pytest.fixture
+def hidden(world_dir):
+    from clara.eval.retrieval import load_eval_records
+
+    return load_eval_records(world=str(world_dir), splits=["test", "dev", "train"], types=["two_hop_hidden"], limit=2)
+
+
+def test_agent_scores_count_answers_searches_and_behaviour(model, hidden, tmp_path):
+    from clara.eval.agent import agent_scores
+    from clara.joint.memory_cache import MemoryCache
+    from clara.joint.rollout import CandidateRetriever, RolloutParams, ScriptedPolicy, rollout
+
+    assert len(hidden) == 2
+    cache = MemoryCache.for_model(model, tmp_path / "cache")
+    cache.fill(model, (d for r in hidden for d in r.candidates))
+    gold = hidden[0].answers[0]
+    scripts = [  # question 0: two rewritten searches, then the gold answer; question 1: a wrong answer at once
+        ["<think>first the bridge</think><search>bridge entity</search>", "<search>its city</search>",
+         f"<answer>{gold}</answer>"],
+        ["<answer>Nowhere at all</answer>"],
+    ]  # fmt: skip
+    trajs = rollout(model, [r.question for r in hidden], 1, CandidateRetriever(cache.candidates(hidden), k=2),
+                    ScriptedPolicy(model, scripts), RolloutParams(max_turns=4, max_turn_tokens=64))  # fmt: skip
+    s = agent_scores(trajs, hidden)
+    assert s["n"] == 2 and s["em"] == 0.5
+    assert s["search_count"] == 1.0 and s["two_plus_searches"] == 0.5 and s["thinking_rate"] == 0.5
+    assert s["query_rewriting"] == 1.0 and s["answer_rate"] == 1.0
+    assert 0.0 <= s["recall_written"] <= 1.0 and 0.0 <= s["source_referencing"] <= 1.0
+
+
+def test_eval_agent_command_writes_all_three_systems(model, world_dir, tmp_path):
+    adapters = model.save_adapters(tmp_path / "adapters")
+    out = tmp_path / "agent.json"
+    cmd = [sys.executable, "-m", "clara.cli", "eval", "agent", "--model", str(adapters), "--world", str(world_dir),
+           "--split", "test,dev,train", "--limit", "3", "--max-turns", "2", "--max-turn-tokens", "4",
+           "--cache-dir", str(tmp_path / "cache"), "--threads", "1", "--out", str(out)]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["n"] == 3 and set(res["systems"]) == {"agent", "one_shot", "closed_book"}
+    assert all(s["n"] == 3 for s in res["systems"].values()) and len(res["rollouts"]) == 3
+    assert res["settings"]["top_k"] == 2 and "| agent | 3 |" in r.stdout
+    # a type the world lacks is a clear error, not an empty table
+    bad = subprocess.run(cmd[:-2] + ["--types", "no_such_type"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "no questions selected" in bad.stderr
