@@ -233,6 +233,7 @@ class RLConfig:
     distractor_end: float = 0.0  # p_e
     distractor_base: float = 2.0  # b (1 = linear)
     curriculum_steps: int = 0  # T of the curriculum; 0 = train.max_steps
+    cold_start: bool = False  # distil teacher trajectories instead of GRPO (DGPO cold start, joint/coldstart.py)
 
     def __post_init__(self):
         _check(self.group_size >= 2, "rl.group_size", f"must be >= 2 (advantages compare rollouts), got {self.group_size}")

@@ -13,6 +13,9 @@
    log-probs are the sampling-time ones and the ratio starts at 1), rewards, group advantages,
    loss. The sampling RNG and the curriculum depend only on (seed, step), and the step counter
    is checkpointed, so resume is exact.
+4. With ``rl.cold_start`` the run instead distils teacher trajectories (search the question,
+   search the bridge entity, answer; :mod:`clara.joint.coldstart`) — DGPO's cold start, run
+   before GRPO so that the policy writes searches GRPO can reward.
 """
 
 from __future__ import annotations
@@ -73,6 +76,12 @@ class RLObjective(nn.Module):
         from clara.joint.rollout import RolloutParams, SamplingPolicy, rollout, sequence_logprobs
 
         rl, seed = self.cfg.rl, self.cfg.train.seed * 1_000_003 + self.step
+        if rl.cold_start:  # DGPO cold start: learn the search protocol from the teacher's trajectories
+            from clara.joint.coldstart import cold_start_loss
+
+            loss, metrics = cold_start_loss(self.model, records, self._retriever(records, 0.0, seed), rl.max_turn_tokens)
+            self.step += 1
+            return loss, metrics
         p_distract = distractor_probability(self.step, rl.curriculum_steps or self.cfg.train.max_steps,
                                             rl.distractor_start, rl.distractor_end, rl.distractor_base)
         params = RolloutParams(rl.max_turns, rl.max_turn_tokens, rl.temperature)

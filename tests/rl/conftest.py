@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+import yaml
 
-from clara.config import LoraConfig, ModelConfig
-
+from clara.config import ClaraConfig, LoraConfig, ModelConfig, from_dict
 
 
 @pytest.fixture
@@ -27,3 +27,23 @@ def cand_mem(model):
     with torch.no_grad():
         mem = model.compress(docs)  # (10, m, H)
     return mem.view(2, 5, *mem.shape[1:])
+
+
+def rl_dict(backbone, world, out_dir, cache_dir, **rl) -> dict:
+    with open("configs/rl-tiny-cpu.yaml") as f:
+        d = yaml.safe_load(f)
+    d["out_dir"], d["model"]["backbone"] = str(out_dir), str(backbone)
+    d["joint"].update(world=str(world), cache_dir=str(cache_dir))
+    d["train"].update(max_steps=4, save_every=2, keep_checkpoints=3, log_every=1)
+    d["rl"].update(max_turn_tokens=6, **rl)
+    return d
+
+
+@pytest.fixture
+def rl_cfg(tiny_backbone, world_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(__import__("pathlib").Path(__file__).resolve().parents[2])  # the preset lives in configs/
+
+    def make(name, **rl) -> ClaraConfig:
+        return from_dict(ClaraConfig, rl_dict(tiny_backbone, world_dir, tmp_path / name, tmp_path / "cache", **rl))
+
+    return make

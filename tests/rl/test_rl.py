@@ -4,10 +4,8 @@ import shutil
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
-from clara.config import ClaraConfig, from_dict
 from clara.joint.grpo import group_advantages, policy_loss
 from clara.joint.rollout import CandidateRetriever, RolloutParams, ScriptedPolicy, rollout, sequence_logprobs
 from clara.training import read_metrics
@@ -28,26 +26,6 @@ def test_policy_gradient_reaches_only_the_generator_adapter(model, cand_mem):
     assert sum(float(p.grad.abs().sum()) for p in gen) > 0
     for other in ("query", "compressor"):
         assert all(p.grad is None for p in model.adapters.parameters(other))
-
-
-def rl_dict(backbone, world, out_dir, cache_dir, **rl) -> dict:
-    with open("configs/rl-tiny-cpu.yaml") as f:
-        d = yaml.safe_load(f)
-    d["out_dir"], d["model"]["backbone"] = str(out_dir), str(backbone)
-    d["joint"].update(world=str(world), cache_dir=str(cache_dir))
-    d["train"].update(max_steps=4, save_every=2, keep_checkpoints=3, log_every=1)
-    d["rl"].update(max_turn_tokens=6, **rl)
-    return d
-
-
-@pytest.fixture
-def rl_cfg(tiny_backbone, world_dir, tmp_path, monkeypatch):
-    monkeypatch.chdir(__import__("pathlib").Path(__file__).resolve().parents[2])  # the preset lives in configs/
-
-    def make(name, **rl) -> ClaraConfig:
-        return from_dict(ClaraConfig, rl_dict(tiny_backbone, world_dir, tmp_path / name, tmp_path / "cache", **rl))
-
-    return make
 
 
 def test_rl_run_logs_metrics_and_resumes_exactly(rl_cfg, tmp_path):
