@@ -87,7 +87,8 @@ def _readme(info: dict, keep: Sequence[str], dtype: str, command: str, notes: st
         "# CLaRa release adapters",
         "",
         f"- adapters: {', '.join(keep)} (LoRA r={info['lora']['r']}, weights stored in {dtype})",
-        f"- backbone: `{info['backbone']}` (hash {info['backbone_hash']}); loading refuses any other backbone",
+        f"- backbone: `{info['backbone']}` (hash {info['backbone_hash']}); loading refuses any other backbone"
+        + (f" except another build of the same recipe ({info['backbone_recipe']})" if info.get("backbone_recipe") else ""),
         f"- memory: {info['num_mem']} vectors per {info['chunk_len']}-token document "
         f"(CR {info['chunk_len'] // info['num_mem']}), memory_norm={info.get('memory_norm', 'none')}",
         "- reproduce: the exact training config is `train_config.yaml`; the command:",
