@@ -54,7 +54,7 @@ def run_stage2(args, backbone: Path, kind: str, world_dir: Path, out: Path, timi
                release: Path | None) -> dict[str, Any]:  # fmt: skip
     from clara.eval.baselines import bm25_rankings, minilm_rankings
     from clara.eval.retrieval import recall_by_type
-    from clara.joint.train import load_split, run_joint
+    from clara.joint.train import EVAL_KS, load_split, run_joint
 
     init = release if release is not None else out / "scp-live" / "adapters"
     if not (init / "clara_model.json").is_file():
@@ -68,9 +68,9 @@ def run_stage2(args, backbone: Path, kind: str, world_dir: Path, out: Path, timi
 
     start = time.perf_counter()
     records = load_split(cfg, cfg.joint.eval_split, train=False)[: cfg.joint.eval_limit]
-    ks = sorted(set(REPORT_KS) | {1, 2, 3, 5})
-    tables = {"bm25": recall_by_type(bm25_rankings(records), records, ks),
-              "minilm": recall_by_type(minilm_rankings(records), records, ks)}  # fmt: skip
+    # the same k values the joint run logs for the query reasoner
+    tables = {"bm25": recall_by_type(bm25_rankings(records), records, EVAL_KS),
+              "minilm": recall_by_type(minilm_rankings(records), records, EVAL_KS)}  # fmt: skip
     recall = {"query before": _table(summary["before"], tables["bm25"]),
               "query after": _table(summary["after"], tables["bm25"]), **tables}  # fmt: skip
     timings["baselines"] = time.perf_counter() - start
