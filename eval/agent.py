@@ -107,6 +107,8 @@ def format_agent_table(results: dict[str, Any]) -> str:
 
 
 def register_agent(sub) -> None:
+    from clara.eval.cli import _csv  # the comma-list argument type every `clara eval` command uses
+
     p = sub.add_parser(
         "agent",
         help="the search agent (greedy rollouts) vs one-shot retrieval and closed book, with behaviour metrics",
@@ -120,8 +122,8 @@ def register_agent(sub) -> None:
     p.add_argument("--model", required=True, help="adapters directory (`clara rl` or `clara joint` out_dir/adapters)")
     p.add_argument("--world", required=True, help="world directory (from `clara world --out DIR`)")
     p.add_argument("--backbone", default=None, help="backbone path, if not the one recorded with the adapters")
-    p.add_argument("--split", default="test", help="world split(s), comma-separated")
-    p.add_argument("--types", default="two_hop_hidden", help="question types, comma-separated (empty = all)")
+    p.add_argument("--split", default="test", type=_csv, help="world split(s), comma-separated")
+    p.add_argument("--types", default="two_hop_hidden", type=_csv, help="question types, comma-separated (empty = all)")
     p.add_argument("--limit", type=int, default=0, help="at most this many questions (0 = all)")
     p.add_argument("--top-k", type=int, default=2, help="memory blocks per search (rl.top_k)")
     p.add_argument("--max-turns", type=int, default=4, help="turns per rollout (rl.max_turns)")
@@ -145,8 +147,7 @@ def run_agent(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    split = [s.strip() for s in args.split.split(",") if s.strip()]
-    types = [t.strip() for t in args.types.split(",") if t.strip()]
+    split, types = args.split, args.types
     records = load_eval_records(world=args.world, splits=split, types=types, limit=args.limit or None)  # errors if none
     directory, model_cfg = model_config_from_adapters(args.model, args.backbone)
     model = load_clara_model(directory, model_cfg)

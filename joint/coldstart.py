@@ -37,12 +37,12 @@ def teacher_script(record) -> list[str]:
 
 def teacher_rollouts(model, records: Sequence, retriever, max_turn_tokens: int) -> list:
     """One teacher-forced rollout per record (its turns from :func:`teacher_script`)."""
-    from clara.joint.rollout import RolloutParams, ScriptedPolicy, rollout, text_ids
+    from clara.joint.rollout import RolloutParams, ScriptedPolicy, rollout
 
-    scripts = [teacher_script(r) for r in records]
-    longest = max(len(text_ids(model, t)) for turns in scripts for t in turns)
-    params = RolloutParams(max_turns=max(len(s) for s in scripts), max_turn_tokens=max(max_turn_tokens, longest))
-    return rollout(model, [r.question for r in records], 1, retriever, ScriptedPolicy(model, scripts), params)
+    policy = ScriptedPolicy(model, [teacher_script(r) for r in records])  # tokenises each turn once
+    longest = max(len(turn) for turns in policy.ids for turn in turns)
+    params = RolloutParams(max_turns=max(len(turns) for turns in policy.ids), max_turn_tokens=max(max_turn_tokens, longest))
+    return rollout(model, [r.question for r in records], 1, retriever, policy, params)
 
 
 def cold_start_loss(model, records: Sequence, retriever, max_turn_tokens: int) -> tuple[torch.Tensor, dict[str, float]]:
