@@ -100,6 +100,7 @@ class ClaraModel(nn.Module):
     def from_config(cls, model_cfg: ModelConfig, backbone_dir: str | Path | None = None, seed: int = 0) -> ClaraModel:
         """Load the backbone named by ``model_cfg`` (or ``backbone_dir``) and attach the adapters."""
         from clara.backbone import backbone_hash, backbone_recipe, load_backbone
+        from clara.devices import default_device
 
         path = Path(backbone_dir or model_cfg.backbone)
         lm, tok = load_backbone(path, model_cfg.kind)
@@ -115,7 +116,7 @@ class ClaraModel(nn.Module):
         )
         model.backbone_path, model.backbone_kind = str(path), BackboneKind(model_cfg.kind).value
         model.backbone_recipe = backbone_recipe(path)
-        return model
+        return model.to(default_device())
 
     # ------------------------------------------------------------------ basics
 
@@ -291,8 +292,11 @@ class ClaraModel(nn.Module):
     ) -> torch.Tensor:
         """Next-token cross-entropy on the answer tokens (and the closing eos) only.
 
-        ``reduction="none"`` gives one mean loss per row (B,), e.g. for right-vs-wrong-memory ablations.
+        ``reduction="none"`` gives one mean loss per row (B,), e.g. for right-vs-wrong-memory ablations;
+        ``"sum"`` one summed loss per row (B,), the negative log-likelihood of the whole answer.
         """
+        if reduction not in ("mean", "none", "sum"):
+            raise ValueError(f"reduction must be mean, none or sum, got {reduction!r}")
         k = self._check_blocks(questions, mem_blocks)
         prompts = [self.prompt_ids(q, k) for q in questions]
         targets = [self._answer_ids(a, max_answer_len) for a in answers]
@@ -315,7 +319,7 @@ class ClaraModel(nn.Module):
             return token_loss.mean()
         rows = keep.nonzero(as_tuple=True)[0]  # (N,) row of each answer token
         per_row = torch.zeros(len(questions), device=self.device).index_add(0, rows, token_loss)
-        return per_row / keep.sum(1).clamp(min=1)  # (B,)
+        return per_row if reduction == "sum" else per_row / keep.sum(1).clamp(min=1)  # (B,)
 
     @torch.no_grad()
     def generate(

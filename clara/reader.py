@@ -178,7 +178,10 @@ def make_collate(pad_id: int):
 
 def reader_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, dict[str, float]]:
     """Mean cross-entropy over answer tokens only (the labels mask everything else)."""
-    out = model(**batch)
+    from clara.devices import module_device
+
+    device = module_device(model)
+    out = model(**{k: v.to(device) for k, v in batch.items()})
     return out.loss, {"tokens": float(batch["attention_mask"].sum()),
                       "answer_tokens": float((batch["labels"] != IGNORE_INDEX).sum())}
 

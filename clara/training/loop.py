@@ -41,6 +41,7 @@ from clara.training.checkpoint import (
     CheckpointData, capture_rng, find_resumable, list_checkpoints, load_checkpoint, load_trainable,
     restore_rng, save_checkpoint,
 )
+from clara.devices import default_device
 from clara.training.data_state import ResumableBatches
 from clara.training.distributed import DistContext, init_distributed
 from clara.training.metrics import MetricsLogger
@@ -133,6 +134,9 @@ class Trainer:
         cfg = self.cfg
         self.ctx = init_distributed(cfg.backend)
         self.batches.set_shard(self.ctx.rank, self.ctx.world_size)
+        if cfg.backend != Backend.DEEPSPEED:  # the DeepSpeed engine places the module itself
+            self.module.to(default_device(self.ctx.local_rank if self.ctx.world_size > 1 else None))
+            self.params = [p for p in self.module.parameters() if p.requires_grad]  # a move may replace them
         self.module.train()
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_multiplier(cfg))

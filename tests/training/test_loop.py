@@ -123,3 +123,14 @@ def test_extra_state_round_trips(toy, tmp_path):
     resumed.register_state("memory_rows", lambda: dict(box), lambda s: box.update(s))
     resumed.train(resume=True)
     assert torch.equal(box["rows"], torch.tensor([0.0, 2.0, 4.0]))
+
+
+def test_the_trainer_moves_the_module_to_the_default_device(monkeypatch, tmp_path, toy):
+    from clara.devices import ENV, module_device
+
+    trainer = toy.make_trainer(tmp_path / "run")
+    assert module_device(trainer.module).type == "cpu"
+    monkeypatch.setenv(ENV, "meta")
+    trainer._setup()
+    assert module_device(trainer.module).type == "meta"
+    assert all(p.device.type == "meta" for p in trainer.optimizer.param_groups[0]["params"])
