@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -105,6 +106,48 @@ def answer_from_memory(model, questions: Sequence[str], mem: torch.Tensor, *, pr
     return replies
 
 
+def answer_choices(qs: Sequence[dict], n_choices: int = 4, seed: int = 0) -> list[list[str]]:
+    """Per question: its first gold answer, then up to ``n_choices - 1`` answers that other questions of
+    the same relation have (e.g. other birth cities), so the choice needs the document, not the type."""
+    rng = random.Random(seed)
+    by_relation: dict[str, list[str]] = {}
+    for q in qs:
+        by_relation.setdefault(q.get("relation") or q.get("type", ""), []).append(q["answers"][0])
+    out = []
+    for q in qs:
+        gold = q["answers"][0]
+        pool = sorted({a for a in by_relation[q.get("relation") or q.get("type", "")]} - set(q["answers"]))
+        out.append([gold] + rng.sample(pool, min(n_choices - 1, len(pool))))
+    return out
+
+
+@torch.no_grad()
+def choice_accuracy(model, questions: Sequence[str], choices: Sequence[Sequence[str]], mem: torch.Tensor,
+                    batch_size: int = 8) -> float:
+    """Share of questions whose gold answer (choices[i][0]) is strictly likelier than every other choice given mem (N, m, H).
+
+    More sensitive than greedy EM early in training: an answer can be ranked first long before it is
+    generated letter by letter. Questions with a single choice are skipped; chance is 1/len(choices[i]).
+    """
+    from clara.pretrain.scp import QA_INSTRUCTION
+
+    rows = [(i, c) for i, cs in enumerate(choices) if len(cs) > 1 for c in range(len(cs))]
+    if not rows:
+        return float("nan")
+    nll = torch.empty(len(rows))
+    for s in range(0, len(rows), batch_size):
+        part = rows[s : s + batch_size]
+        targets = [f"Question: {questions[i]}\nAnswer: {choices[i][c]}" for i, c in part]
+        idx = torch.tensor([i for i, _ in part])
+        nll[s : s + len(part)] = model.generator_loss([QA_INSTRUCTION] * len(part), mem[idx, None].to(model.device),
+                                                      targets, reduction="sum").float().cpu()  # fmt: skip
+    per_q: dict[int, list[float]] = {}
+    for (i, _), v in zip(rows, nll.tolist()):
+        per_q.setdefault(i, []).append(v)
+    # a tie is not a win: the gold must be strictly likelier than every other choice
+    return sum(v[0] < min(v[1:]) for v in per_q.values()) / len(per_q)
+
+
 @torch.no_grad()
 def target_nll(model, questions: Sequence[str], answers: Sequence[str], mem: torch.Tensor, batch_size: int = 8) -> float:
     """Mean teacher-forced loss of ``Question: q\\nAnswer: a`` given mem (N, m, H)."""
@@ -164,6 +207,10 @@ def evaluate_compression(
     first = [g[0] for g in golds]
     results["nll_right"] = target_nll(model, texts, first, mem, batch_size)
     results["nll_wrong"] = target_nll(model, texts, first, mem[wrong], batch_size)
+    choices = answer_choices(qs)
+    results["choices"] = sum(len(c) for c in choices) / len(choices)
+    results["choice_right"] = choice_accuracy(model, texts, choices, mem, batch_size)
+    results["choice_wrong"] = choice_accuracy(model, texts, choices, mem[wrong], batch_size)
     text_settings = [s for s, r in (("raw_text", "open_book"), ("closed_book", "closed_book")) if s in settings]
     if text_settings:
         names = {"raw_text": "open_book", "closed_book": "closed_book"}
@@ -252,10 +299,11 @@ def format_table(results: dict[str, Any]) -> str:
                          f"{s.get('raw_cover_em', float('nan')):.3f} |")  # fmt: skip
     lines.append("")
     lines.append("| CR | m | mean pairwise cos (flat) | (pooled) | between-doc var share | "
-                 "target NLL right mem | wrong mem |")
-    lines.append("|---|---|---|---|---|---|---|")
+                 "target NLL right mem | wrong mem | choice acc right mem | wrong mem (of) |")
+    lines.append("|---|---|---|---|---|---|---|---|---|")
     for run in results["runs"]:
         lines.append(f"| {run['cr']} | {run['num_mem']} | {run['mem_cos']:.4f} | {run['mem_cos_pooled']:.4f} | "
                      f"{run['mem_between_share']:.4f} | "
-                     f"{run['nll_right']:.4f} | {run['nll_wrong']:.4f} |")  # fmt: skip
+                     f"{run['nll_right']:.4f} | {run['nll_wrong']:.4f} | {run.get('choice_right', float('nan')):.3f} | "
+                     f"{run.get('choice_wrong', float('nan')):.3f} ({run.get('choices', float('nan')):.1f}) |")  # fmt: skip
     return "\n".join(lines)

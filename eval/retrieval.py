@@ -3,12 +3,12 @@
     records = load_eval_records(world="out/world-0", splits=["test"])
     rankings = rank_with_query_model(model, records, cache)          # or a baseline's rankings
     table = recall_by_type(rankings, records, ks=(1, 2, 3, 5))      # {type: {"n", "R@1", ...}}
-    answers = answer_eval(model, records, cache, rankings, k=5)      # EM/F1/Cover-EM normal + oracle
+    answers = answer_eval(model, records, cache, rankings, k=5)      # EM/F1/Cover-EM normal, oracle, no_gold
 
 A *ranking* is every candidate index of a record, best first. Recall@k = |gold ∩ top-k| /
 |gold| against ``pos_index``, averaged per question type and over all (``"all"``).
 *Oracle*: the gold documents are guaranteed among the k selected (each missing gold
-replaces the lowest-ranked non-gold pick); *normal*: the retriever's top-k as is.
+replaces the lowest-ranked non-gold pick); *normal*: the retriever's top-k as is; *no_gold*: its top-k non-gold candidates (wrong memory).
 """
 
 from __future__ import annotations
@@ -140,6 +140,18 @@ def rank_with_query_model(
     return rankings
 
 
+def no_gold_selection(ranking: Sequence[int], pos_index: Sequence[int], k: int) -> list[int]:
+    """The k best-ranked candidates that are not gold: wrong memory, the DESIGN §11 control."""
+    return [c for c in ranking if c not in pos_index][:k]
+
+
+SELECTIONS = {
+    "normal": lambda ranking, pos, k: list(ranking[:k]),
+    "oracle": oracle_selection,
+    "no_gold": no_gold_selection,
+}
+
+
 def answer_eval(
     model: ClaraModel,
     records: Sequence,
@@ -147,11 +159,15 @@ def answer_eval(
     rankings: Sequence[Sequence[int]],
     *,
     k: int = 5,
-    settings: Sequence[str] = ("normal", "oracle"),
+    settings: Sequence[str] = ("normal", "oracle", "no_gold"),
     batch_size: int = 8,
     max_new_tokens: int = 32,
 ) -> dict[str, Any]:
-    """EM / F1 / Cover-EM of the generator reading the memory of the k selected candidates."""
+    """EM / F1 / Cover-EM of the generator reading the memory of the k selected candidates.
+
+    normal: the retriever's top-k; oracle: the gold guaranteed among them; no_gold: the top-k with
+    every gold left out (wrong memory: equal scores to normal mean the memory is not read).
+    """
     import torch
 
     from clara.eval.reading import extract_answer
@@ -159,15 +175,15 @@ def answer_eval(
     golds = [list(r.answers) for r in records]
     out: dict[str, Any] = {}
     for setting in settings:
-        if setting not in ("normal", "oracle"):
-            raise ValueError(f"unknown setting {setting!r}; use normal or oracle")
+        if setting not in SELECTIONS:
+            raise ValueError(f"unknown setting {setting!r}; use one of {sorted(SELECTIONS)}")
         preds = []
         for start in range(0, len(records), batch_size):
             batch = records[start : start + batch_size]
             blocks = []
             for r, ranking in zip(batch, rankings[start : start + batch_size]):
-                kk = min(k, len(r.candidates))
-                picks = oracle_selection(ranking, r.pos_index, kk) if setting == "oracle" else list(ranking[:kk])
+                kk = min(k, len(r.candidates) - (len(r.pos_index) if setting == "no_gold" else 0))
+                picks = SELECTIONS[setting](ranking, r.pos_index, kk)
                 mem = cache.candidates([r], model.device)[0]  # (N, m, H)
                 blocks.append(mem[torch.tensor(picks)])  # (k, m, H)
             replies = model.generate([r.question for r in batch], torch.stack(blocks), max_new_tokens=max_new_tokens)

@@ -1,4 +1,4 @@
-"""`clara eval retrieval`: Recall@k per question type and EM/F1 (normal, oracle) against baselines."""
+"""`clara eval retrieval`: Recall@k per question type and EM/F1 (normal, oracle, no gold) against baselines."""
 
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ RETRIEVERS = ("query", "bm25", "minilm")
 def register_retrieval(sub) -> None:
     p = sub.add_parser(
         "retrieval",
-        help="Recall@k per question type (query reasoner, BM25, MiniLM) and EM/F1 in normal/oracle settings",
+        help="Recall@k per question type (query reasoner, BM25, MiniLM) and EM/F1 in normal/oracle/no-gold settings",
         description="Ranks each question's candidates with the trained query reasoner (--model) and/or the "
         "BM25 and MiniLM baselines, and reports Recall@k against pos_index per question type. With --answers, "
         "the generator answers from the memory of the top-k (normal) and with the gold guaranteed among the "
-        "k (oracle), beside closed book and raw-text RAG (top-k documents as text), all on the same candidates.",
+        "k (oracle) or left out (no_gold: wrong memory), beside closed book and raw-text RAG (top-k documents as text), all on the same candidates.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     src = p.add_mutually_exclusive_group(required=True)
@@ -127,7 +127,7 @@ def recall_by_type_of(name, rankings, records, ks):
 
 
 def answers_table(model, records, cache, rankings, args) -> dict:
-    """EM/F1/Cover-EM: memory of the top-k (normal, oracle) per retriever, closed book, raw-text RAG."""
+    """EM/F1/Cover-EM: memory of the top-k (normal, oracle, no_gold) per retriever, closed book, raw-text RAG."""
     from clara.eval.baselines import closed_book_answers, raw_text_rag_answers
     from clara.eval.metrics import answer_scores
     from clara.eval.retrieval import answer_eval

@@ -58,3 +58,53 @@ def test_cli_run_with_cr_filter(world_and_adapters, tmp_path):
         run_compression_eval([str(adapters)], str(world), crs=[8, 16], limit=4, settings=["memory"])
     with pytest.raises(CheckpointError, match="no clara_model.json"):
         run_compression_eval([str(tmp_path)], str(world), limit=4)
+
+
+def test_answer_choices_take_distractors_from_the_same_relation():
+    from clara.eval.compression import answer_choices
+
+    qs = [{"answers": ["Oslo"], "relation": "birth_city"}, {"answers": ["Rome", "Roma"], "relation": "birth_city"},
+          {"answers": ["Lima"], "relation": "birth_city"}, {"answers": ["1901"], "relation": "birth_year"},
+          {"answers": ["1950"], "relation": "birth_year"}]  # fmt: skip
+    choices = answer_choices(qs, n_choices=3)
+    assert choices == answer_choices(qs, n_choices=3)  # seeded
+    assert [c[0] for c in choices] == ["Oslo", "Rome", "Lima", "1901", "1950"]
+    assert sorted(choices[0][1:]) == ["Lima", "Rome"] and sorted(choices[1][1:]) == ["Lima", "Oslo"]
+    assert choices[3] == ["1901", "1950"]  # only one other birth year exists
+
+
+def test_choice_accuracy_ranks_by_summed_answer_loss():
+    import torch
+
+    from clara.eval.compression import choice_accuracy
+
+    class Scorer:  # loss 0 for the answer marked as the one the memory holds, else the answer's length
+        device = torch.device("cpu")
+
+        def __init__(self, held):
+            self.held = held
+
+        def generator_loss(self, questions, mem, targets, reduction):
+            assert reduction == "sum" and mem.shape[1] == 1
+            return torch.tensor([0.0 if t.endswith(self.held) else float(len(t)) for t in targets])
+
+    choices = [["Oslo", "Rome", "Lima"], ["1901", "1950"], ["only"]]
+    mem = torch.zeros(3, 2, 4)
+    assert choice_accuracy(Scorer("Oslo"), ["q1", "q2", "q3"], choices, mem, batch_size=2) == 0.5
+    assert choice_accuracy(Scorer("1950"), ["q1", "q2", "q3"], choices, mem, batch_size=4) == 0.0
+    assert math.isnan(choice_accuracy(Scorer("x"), ["q3"], [["only"]], mem[:1]))
+
+
+def test_generator_loss_sum_is_the_mean_times_the_answer_tokens(world_and_adapters):
+    import torch
+
+    _, _, model, _ = world_and_adapters
+    mem = torch.randn(2, 1, model.num_mem, model.hidden_size)
+    answers = ["Oslo", "a much longer answer than that"]
+    with torch.no_grad():
+        mean = model.generator_loss(["q?", "q?"], mem, answers, reduction="none")
+        total = model.generator_loss(["q?", "q?"], mem, answers, reduction="sum")
+    counts = torch.tensor([len(model._answer_ids(a, 128)) for a in answers], dtype=torch.float)
+    assert torch.allclose(total, mean * counts, rtol=1e-5)
+    with pytest.raises(ValueError, match="reduction"):
+        model.generator_loss(["q?"], mem[:1], ["a"], reduction="max")

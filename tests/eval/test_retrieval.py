@@ -2,7 +2,7 @@
 
 import pytest
 
-from clara.eval.retrieval import ALL, load_eval_records, oracle_selection, recall_by_type
+from clara.eval.retrieval import ALL, load_eval_records, no_gold_selection, oracle_selection, recall_by_type
 from clara.records import Document, EvalRecord
 
 
@@ -26,6 +26,11 @@ def test_oracle_selection_guarantees_gold_and_keeps_the_best_picks():
     assert sorted(oracle_selection([4, 3, 2, 1, 0], [0, 1], 2)) == [0, 1]
 
 
+def test_no_gold_selection_keeps_the_best_non_gold_picks():
+    assert no_gold_selection([4, 3, 2, 1, 0], [3], 3) == [4, 2, 1]
+    assert no_gold_selection([4, 3, 2, 1, 0], [4, 0], 5) == [3, 2, 1]
+
+
 def test_world_questions_become_records_with_resolved_candidates(tmp_path):
     from clara.world import generate_world, write_world
 
@@ -37,3 +42,29 @@ def test_world_questions_become_records_with_resolved_candidates(tmp_path):
 
     with pytest.raises(DataError, match="no such split"):
         load_eval_records(world=str(world), splits=["nope"])
+
+
+def test_answer_eval_reads_the_selected_memory_per_setting():
+    import torch
+
+    from clara.eval.retrieval import answer_eval
+
+    class Cache:  # candidate i's memory is filled with the value i
+        def candidates(self, records, device):
+            return torch.arange(len(records[0].candidates), dtype=torch.float).view(1, -1, 1, 1).expand(1, -1, 2, 3)
+
+    class Reader:  # answers "a" exactly when the gold candidate's memory is among the blocks it reads
+        device = torch.device("cpu")
+        seen: list = []
+
+        def generate(self, questions, blocks, max_new_tokens):
+            picks = [sorted(int(v) for v in b[:, 0, 0]) for b in blocks]
+            self.seen += picks
+            return ["a" if 3 in p else "z" for p in picks]
+
+    reader = Reader()
+    out = answer_eval(reader, [rec([3], "single_hop")], Cache(), [[0, 1, 2, 3, 4]], k=2)
+    assert reader.seen == [[0, 1], [0, 3], [0, 1]]  # normal, oracle (gold replaces the 2nd pick), no_gold
+    assert (out["normal"]["em"], out["oracle"]["em"], out["no_gold"]["em"]) == (0.0, 1.0, 0.0)
+    with pytest.raises(ValueError, match="unknown setting"):
+        answer_eval(reader, [rec([3], "single_hop")], Cache(), [[0, 1, 2, 3, 4]], settings=["best"])
