@@ -44,6 +44,25 @@ def tiny_backbone(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def smollm2_reader():
+    """The demo's SmolLM2 reader backbone (slow tests); skips when `make demo` has not built it."""
+    from pathlib import Path
+
+    reader = Path(__file__).resolve().parents[1] / "out" / "backbones" / "smollm2-135m-reader"
+    if not (reader / "config.json").is_file():
+        pytest.skip(f"{reader} missing: run `make demo` (or `clara backbone reader`, see README)")
+    return reader
+
+
+@pytest.fixture(scope="session")
+def world_0(tmp_path_factory):
+    """The world of the release and of every quality figure (`clara world --seed 0 --entities 300`)."""
+    from clara.world import generate_world, write_world
+
+    return write_world(generate_world(seed=0, entities=300), tmp_path_factory.mktemp("worlds") / "world-0")
+
+
+@pytest.fixture(scope="session")
 def world_dir(tmp_path_factory):
     """A small world (40 entities, 8 candidates per question) shared by stage-2 and RL tests."""
     from clara.world import generate_world, write_world

@@ -16,22 +16,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-READER = ROOT / "out" / "backbones" / "smollm2-135m-reader"
 RELEASE = ROOT / "assets" / "scp-smollm2-cr16"
 
 
 @pytest.mark.slow
-def test_joint_training_raises_recall_at_1_on_held_out_questions(tmp_path):
-    if not (READER / "config.json").is_file():
-        pytest.skip(f"{READER} missing: run `make demo` (or `clara backbone reader`, see README)")
+def test_joint_training_raises_recall_at_1_on_held_out_questions(tmp_path, smollm2_reader, world_0):
     from clara.config import load_config
     from clara.joint.train import run_joint
-    from clara.world import generate_world, write_world
 
-    world = write_world(generate_world(seed=0, entities=300), tmp_path / "world")
     steps = int(os.environ.get("JOINT_SLOW_STEPS", "150"))
     cfg = load_config(ROOT / "configs" / "joint-smollm2.yaml", [
-        f"model.backbone={READER}", f"joint.world={world}", f"joint.init_adapters={RELEASE}",
+        f"model.backbone={smollm2_reader}", f"joint.world={world_0}", f"joint.init_adapters={RELEASE}",
         f"joint.cache_dir={tmp_path / 'cache'}", f"out_dir={tmp_path / 'run'}", f"train.max_steps={steps}",
         "joint.top_k=1", "joint.eval_every=0", "train.save_every=0",
     ])  # fmt: skip

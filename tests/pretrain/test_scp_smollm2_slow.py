@@ -22,29 +22,24 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-READER = ROOT / "out" / "backbones" / "smollm2-135m-reader"
 
 
 @pytest.mark.slow
-def test_right_memory_beats_wrong_memory_after_short_scp(tmp_path):
-    if not (READER / "config.json").is_file():
-        pytest.skip(f"{READER} missing: run `make demo` (or `clara backbone reader`, see README)")
+def test_right_memory_beats_wrong_memory_after_short_scp(tmp_path, smollm2_reader, world_0):
     from clara.config import load_config
     from clara.eval.compression import evaluate_compression
     from clara.eval.reading import load_world_questions
     from clara.pretrain.scp import build_scp_model, train_scp
-    from clara.world import generate_world, write_world
 
     steps = int(os.environ.get("SCP_SLOW_STEPS", "120"))
     cfg = load_config(ROOT / "configs" / "scp-smollm2.yaml", [
-        f"model.backbone={READER}", f"train.max_steps={steps}", "train.save_every=0", f"out_dir={tmp_path / 'run'}",
+        f"model.backbone={smollm2_reader}", f"train.max_steps={steps}", "train.save_every=0", f"out_dir={tmp_path / 'run'}",
     ])  # fmt: skip
     model = build_scp_model(cfg)
     train_scp(cfg, fresh=True, model=model)
     model.eval()
-    world = write_world(generate_world(seed=0, entities=300), tmp_path / "world")
     # all 60 held-out single-hop questions: at ~0.07 EM, 30 questions leave a 12% chance of 0 right answers
-    questions, documents = load_world_questions(str(world), ["test_unseen"], ["single_hop"], 60)
+    questions, documents = load_world_questions(str(world_0), ["test_unseen"], ["single_hop"], 60)
     res = evaluate_compression(model, questions, documents, settings=["memory", "wrong_memory"])
     right, wrong = res["choice_right"], res["choice_wrong"]
     seen = (f"choice accuracy {right:.3f} right memory vs {wrong:.3f} wrong (of {res['choices']:.1f}); "

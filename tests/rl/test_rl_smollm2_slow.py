@@ -16,21 +16,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-READER = ROOT / "out" / "backbones" / "smollm2-135m-reader"
 RELEASE = ROOT / "assets" / "scp-smollm2-cr16"
 
 
 @pytest.mark.slow
-def test_short_grpo_run_raises_the_mean_reward(tmp_path):
-    if not (READER / "config.json").is_file():
-        pytest.skip(f"{READER} missing: run `make demo` (or `clara backbone reader`, see README)")
+def test_short_grpo_run_raises_the_mean_reward(tmp_path, smollm2_reader, world_0):
     from clara.config import load_config
     from clara.joint.rl import run_rl
     from clara.training import read_metrics
-    from clara.world import generate_world, write_world
 
-    world = write_world(generate_world(seed=0, entities=300), tmp_path / "world")
-    common = [f"model.backbone={READER}", f"joint.world={world}", f"joint.cache_dir={tmp_path / 'cache'}",
+    common = [f"model.backbone={smollm2_reader}", f"joint.world={world_0}", f"joint.cache_dir={tmp_path / 'cache'}",
               "train.save_every=0", "train.log_every=1"]  # fmt: skip
     cold = load_config(ROOT / "configs" / "rl-smollm2.yaml", common + [
         "rl.cold_start=true", f"rl.init_adapters={RELEASE}", "train.max_steps=12", f"out_dir={tmp_path / 'cold'}"])
