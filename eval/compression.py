@@ -106,41 +106,54 @@ def answer_from_memory(model, questions: Sequence[str], mem: torch.Tensor, *, pr
     return replies
 
 
+def _relation(q: dict) -> str:
+    return q.get("relation") or q.get("type", "")
+
+
 def answer_choices(qs: Sequence[dict], n_choices: int = 4, seed: int = 0) -> list[list[str]]:
     """Per question: its first gold answer, then up to ``n_choices - 1`` answers that other questions of
     the same relation have (e.g. other birth cities), so the choice needs the document, not the type."""
     rng = random.Random(seed)
-    by_relation: dict[str, list[str]] = {}
+    by_relation: dict[str, set[str]] = {}
     for q in qs:
-        by_relation.setdefault(q.get("relation") or q.get("type", ""), []).append(q["answers"][0])
+        by_relation.setdefault(_relation(q), set()).add(q["answers"][0])
     out = []
     for q in qs:
-        gold = q["answers"][0]
-        pool = sorted({a for a in by_relation[q.get("relation") or q.get("type", "")]} - set(q["answers"]))
-        out.append([gold] + rng.sample(pool, min(n_choices - 1, len(pool))))
+        pool = sorted(by_relation[_relation(q)] - set(q["answers"]))
+        out.append([q["answers"][0]] + rng.sample(pool, min(n_choices - 1, len(pool))))
     return out
 
 
 @torch.no_grad()
+def answer_losses(model, questions: Sequence[str], answers: Sequence[str], mem: torch.Tensor, *,
+                  reduction: str = "none", batch_size: int = 8) -> torch.Tensor:
+    """Teacher-forced loss of ``Question: q\nAnswer: a`` given mem (N, m, H), one per row (N,) on the CPU;
+    ``reduction`` as in ``ClaraModel.generator_loss`` ("none": mean per token, "sum": the answer's NLL)."""
+    from clara.pretrain.scp import QA_INSTRUCTION
+
+    out = torch.empty(len(questions))
+    for i in range(0, len(questions), batch_size):
+        qs, ans = questions[i : i + batch_size], answers[i : i + batch_size]
+        targets = [f"Question: {q}\nAnswer: {a}" for q, a in zip(qs, ans)]
+        out[i : i + len(qs)] = model.generator_loss([QA_INSTRUCTION] * len(qs), mem[i : i + batch_size, None].to(
+            model.device), targets, reduction=reduction).float().cpu()  # fmt: skip
+    return out
+
+
 def choice_accuracy(model, questions: Sequence[str], choices: Sequence[Sequence[str]], mem: torch.Tensor,
                     batch_size: int = 8) -> float:
-    """Share of questions whose gold answer (choices[i][0]) is strictly likelier than every other choice given mem (N, m, H).
+    """Share of questions whose gold answer (``choices[i][0]``) is strictly likelier, given mem (N, m, H),
+    than every other choice.
 
     More sensitive than greedy EM early in training: an answer can be ranked first long before it is
     generated letter by letter. Questions with a single choice are skipped; chance is 1/len(choices[i]).
     """
-    from clara.pretrain.scp import QA_INSTRUCTION
-
     rows = [(i, c) for i, cs in enumerate(choices) if len(cs) > 1 for c in range(len(cs))]
     if not rows:
         return float("nan")
-    nll = torch.empty(len(rows))
-    for s in range(0, len(rows), batch_size):
-        part = rows[s : s + batch_size]
-        targets = [f"Question: {questions[i]}\nAnswer: {choices[i][c]}" for i, c in part]
-        idx = torch.tensor([i for i, _ in part])
-        nll[s : s + len(part)] = model.generator_loss([QA_INSTRUCTION] * len(part), mem[idx, None].to(model.device),
-                                                      targets, reduction="sum").float().cpu()  # fmt: skip
+    idx = torch.tensor([i for i, _ in rows])
+    nll = answer_losses(model, [questions[i] for i, _ in rows], [choices[i][c] for i, c in rows], mem[idx],
+                        reduction="sum", batch_size=batch_size)  # fmt: skip
     per_q: dict[int, list[float]] = {}
     for (i, _), v in zip(rows, nll.tolist()):
         per_q.setdefault(i, []).append(v)
@@ -148,19 +161,11 @@ def choice_accuracy(model, questions: Sequence[str], choices: Sequence[Sequence[
     return sum(v[0] < min(v[1:]) for v in per_q.values()) / len(per_q)
 
 
-@torch.no_grad()
 def target_nll(model, questions: Sequence[str], answers: Sequence[str], mem: torch.Tensor, batch_size: int = 8) -> float:
-    """Mean teacher-forced loss of ``Question: q\\nAnswer: a`` given mem (N, m, H)."""
-    from clara.pretrain.scp import QA_INSTRUCTION
-
-    total = 0.0
-    for i in range(0, len(questions), batch_size):
-        qs, ans = questions[i : i + batch_size], answers[i : i + batch_size]
-        targets = [f"Question: {q}\nAnswer: {a}" for q, a in zip(qs, ans)]
-        per_row = model.generator_loss([QA_INSTRUCTION] * len(qs), mem[i : i + batch_size, None].to(model.device),
-                                       targets, reduction="none")  # (b,)  # fmt: skip
-        total += float(per_row.sum())
-    return total / max(len(questions), 1)
+    """Mean teacher-forced loss of ``Question: q\nAnswer: a`` given mem (N, m, H)."""
+    if not questions:
+        return 0.0
+    return float(answer_losses(model, questions, answers, mem, batch_size=batch_size).mean())
 
 
 def evaluate_compression(
