@@ -172,22 +172,17 @@ def answer_eval(
 
     from clara.eval.reading import extract_answer
 
-    golds = [list(r.answers) for r in records]
-    out: dict[str, Any] = {}
-    for setting in settings:
-        if setting not in SELECTIONS:
-            raise ValueError(f"unknown setting {setting!r}; use one of {sorted(SELECTIONS)}")
-        preds = []
-        for start in range(0, len(records), batch_size):
-            batch = records[start : start + batch_size]
-            blocks = []
-            for r, ranking in zip(batch, rankings[start : start + batch_size]):
-                kk = min(k, len(r.candidates) - (len(r.pos_index) if setting == "no_gold" else 0))
-                picks = SELECTIONS[setting](ranking, r.pos_index, kk)
-                mem = cache.candidates([r], model.device)[0]  # (N, m, H)
-                blocks.append(mem[torch.tensor(picks)])  # (k, m, H)
+    unknown = [s for s in settings if s not in SELECTIONS]
+    if unknown:
+        raise ValueError(f"unknown setting {unknown[0]!r}; use one of {sorted(SELECTIONS)}")
+    preds: dict[str, list[str]] = {s: [] for s in settings}
+    for start in range(0, len(records), batch_size):
+        batch = records[start : start + batch_size]
+        mems = [cache.candidates([r], model.device)[0] for r in batch]  # (N, m, H) each, looked up once
+        for setting in settings:
+            blocks = [mem[torch.tensor(SELECTIONS[setting](ranking, r.pos_index, min(k, len(r.candidates))))]
+                      for r, ranking, mem in zip(batch, rankings[start : start + batch_size], mems)]  # (k, m, H) each
             replies = model.generate([r.question for r in batch], torch.stack(blocks), max_new_tokens=max_new_tokens)
-            preds += [extract_answer(t) for t in replies]
-        out[setting] = answer_scores(preds, golds)
-        out[setting]["predictions"] = preds
-    return out
+            preds[setting] += [extract_answer(t) for t in replies]
+    golds = [list(r.answers) for r in records]
+    return {s: {**answer_scores(preds[s], golds), "predictions": preds[s]} for s in settings}
