@@ -184,6 +184,7 @@ class ScpConfig:
     max_target_tokens: int = 192  # target tokens per example (longer targets are cut)
     fresh_seed: int = 1  # --world-fresh: seed of the fresh-document stream (not the eval world's)
     instruct_k: int = 1  # `clara pretrain instruct`: gold + first non-gold candidates; gold slot by id hash
+    init_adapters: str = ""  # adapters to start from (train an SCP run further, fresh optimizer); "" = fresh LoRA
 
     def __post_init__(self):
         _check(self.mse_weight >= 0, "scp.mse_weight", f"must be >= 0, got {self.mse_weight}")

@@ -4,6 +4,10 @@ The baseline trains the generator adapter on the *same target tokens* with the d
 in its prompt (no compressor, no memory). Repetitions of the two are interleaved so both see the
 same machine load; medians and their ratio come from one run.
 
+Also the cost of switching adapters: the same SCP step with peft's own ``set_adapter`` (walks
+every module of the model) against AdapterSet's cached LoRA-layer switch, and the two switches
+alone (``switch_ms``: one ``activate`` call, median over ``--switches`` calls).
+
     python -m clara.eval.bench_scp --backbone out/backbones/smollm2-135m-instruct --kind hf --cr 16
 """
 
@@ -27,7 +31,8 @@ def _batch(n: int, seed: int = 11):
     return [e for e in (fresh[i] for i in range(4 * n)) if e.instruction == QA_INSTRUCTION][:n]
 
 
-def bench(backbone: str, kind: str, cr: int, chunk_len: int, batch_size: int, reps: int, max_target: int) -> dict:
+def bench(backbone: str, kind: str, cr: int, chunk_len: int, batch_size: int, reps: int, max_target: int,
+          switches: int = 200) -> dict:
     from clara.config import LoraConfig, ModelConfig
     from clara.model import ClaraModel
     from clara.pretrain.scp import scp_loss
@@ -50,17 +55,38 @@ def bench(backbone: str, kind: str, cr: int, chunk_len: int, batch_size: int, re
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    times = {"scp": [], "lora_text": []}
-    for fn in (scp_step, lora_step):  # warm-up
+    sets = model.adapters
+
+    def scp_step_peft_switch():
+        sets._fast_switch = False
+        try:
+            scp_step()
+        finally:
+            sets._fast_switch = True
+
+    steps = (("scp", scp_step), ("lora_text", lora_step), ("scp_peft_switch", scp_step_peft_switch))
+    times: dict[str, list[float]] = {name: [] for name, _ in steps}
+    for _, fn in steps:  # warm-up
         fn()
     for _ in range(reps):
-        for name, fn in (("scp", scp_step), ("lora_text", lora_step)):
+        for name, fn in steps:
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
+    switch_ms = {}
+    for fast in (True, False):
+        sets._fast_switch, one = fast, []
+        for i in range(switches):
+            t = time.perf_counter()
+            sets.activate("generator" if i % 2 else "compressor")
+            one.append(1e3 * (time.perf_counter() - t))
+        switch_ms["cached_layers" if fast else "peft_set_adapter"] = statistics.median(one)
+    sets._fast_switch = True
     return {"backbone": backbone, "cr": cr, "num_mem": model.num_mem, "batch_size": batch_size, "reps": reps,
             "threads": torch.get_num_threads(), "median_s": med, "ratio_scp_over_lora": med["scp"] / med["lora_text"],
+            "ratio_peft_switch_over_cached": med["scp_peft_switch"] / med["scp"], "switch_ms": switch_ms,
+            "ratio_switch_peft_over_cached": switch_ms["peft_set_adapter"] / switch_ms["cached_layers"],
             "times": times}  # fmt: skip
 
 
@@ -74,11 +100,12 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=5, help="interleaved repetitions of each step kind")
     p.add_argument("--max-target", type=int, default=96, help="target tokens per example")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--switches", type=int, default=200, help="adapter switches timed for switch_ms")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    r = bench(args.backbone, args.kind, args.cr, args.chunk_len, args.batch_size, args.reps, args.max_target)
+    r = bench(args.backbone, args.kind, args.cr, args.chunk_len, args.batch_size, args.reps, args.max_target, args.switches)
     print(json.dumps({k: v for k, v in r.items() if k != "times"}, indent=1))
     return 0
 

@@ -56,7 +56,7 @@ def model_config_from_adapters(adapters_dir: str, backbone: str | None = None):
 
     from clara.config import LoraConfig, ModelConfig, from_dict
     from clara.errors import CheckpointError
-    from clara.joint.train import resolve_adapters_dir
+    from clara.adapters import resolve_adapters_dir
     from clara.model import MODEL_INFO
 
     try:

@@ -143,10 +143,10 @@ class RLObjective(nn.Module):
 
 
 def build_rl_model(cfg: ClaraConfig):
-    from clara.joint.train import model_from_adapters
+    from clara.adapters import model_from_adapters
 
-    model = model_from_adapters(cfg, cfg.rl.init_adapters, "rl.init_adapters is empty: the agent starts from "
-                                "fresh adapters (mechanics only)")
+    model = model_from_adapters(cfg, cfg.rl.init_adapters, "rl.init_adapters",
+                                "rl.init_adapters is empty: the agent starts from fresh adapters (mechanics only)")
     if not cfg.rl.init_adapters:
         model.adapters.copy_adapter("compressor", "query")
     model.set_trainable(["generator"], mem_embed=False)
@@ -157,13 +157,13 @@ def load_teacher(cfg: ClaraConfig, model) -> list[torch.Tensor] | None:
     """The teacher's generator weights (``rl.teacher_adapters``), or None (= the starting generator)."""
     if not cfg.rl.teacher_adapters:
         return None
-    from clara.joint.train import resolve_adapters_dir
+    from clara.adapters import resolve_adapters_dir
 
     start = [p.detach().clone() for p in model.adapters.parameters("generator")]
-    model.load_adapters(resolve_adapters_dir(cfg.rl.teacher_adapters))
+    model.load_adapters(resolve_adapters_dir(cfg.rl.teacher_adapters, "rl.teacher_adapters"))
     teacher = [p.detach().clone() for p in model.adapters.parameters("generator")]
     if cfg.rl.init_adapters:
-        model.load_adapters(resolve_adapters_dir(cfg.rl.init_adapters))
+        model.load_adapters(resolve_adapters_dir(cfg.rl.init_adapters, "rl.init_adapters"))
     else:
         with torch.no_grad():
             for p, v in zip(model.adapters.parameters("generator"), start):

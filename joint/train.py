@@ -31,20 +31,6 @@ log = logging.getLogger(__name__)
 EVAL_KS = (1, 2, 3, 5)
 
 
-def resolve_adapters_dir(path: str | Path) -> Path:
-    """An adapters directory (holds clara_model.json) or a run directory with ``adapters/`` in it."""
-    from clara.model import MODEL_INFO
-
-    path = Path(path)
-    for candidate in (path, path / "adapters"):
-        if (candidate / MODEL_INFO).is_file():
-            return candidate
-    raise ConfigError(
-        f"config key 'joint.init_adapters': {path} holds no adapters ({MODEL_INFO} not found there or in "
-        f"{path / 'adapters'}); point it at the SCP run's adapters directory"
-    )
-
-
 def cache_root(cfg: ClaraConfig) -> Path:
     return Path(cfg.joint.cache_dir) if cfg.joint.cache_dir else Path(cfg.out_dir).parent / "memory-cache"
 
@@ -72,24 +58,12 @@ def load_split(cfg: ClaraConfig, split: str, train: bool) -> list:
     return records
 
 
-def model_from_adapters(cfg: ClaraConfig, init_adapters: str, missing: str):
-    """A seeded ClaraModel with the earlier stage's adapters loaded (or fresh ones, logging ``missing``)."""
-    from clara.model import ClaraModel
-    from clara.training import seed_everything
-
-    seed_everything(cfg.train.seed)  # LoRA init draws from the torch RNG: same model on every run
-    model = ClaraModel.from_config(cfg.model, seed=cfg.train.seed)
-    if init_adapters:
-        model.load_adapters(resolve_adapters_dir(init_adapters))
-    else:
-        log.warning(missing)
-    return model
-
-
 def build_joint_model(cfg: ClaraConfig):
     """The model with SCP adapters loaded, query = copy of compressor, trainable set for this stage."""
-    model = model_from_adapters(cfg, cfg.joint.init_adapters, "joint.init_adapters is empty: the query "
-                                "reasoner starts from an untrained compressor")
+    from clara.adapters import model_from_adapters
+
+    model = model_from_adapters(cfg, cfg.joint.init_adapters, "joint.init_adapters",
+                                "joint.init_adapters is empty: the query reasoner starts from an untrained compressor")
     model.adapters.copy_adapter("compressor", "query")
     trained = ["query", "generator"] + (["compressor"] if cfg.joint.unfreeze_compressor else [])
     # mem_embed feeds compress(): trained only when the compressor is (else the cache goes stale)

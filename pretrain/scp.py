@@ -169,12 +169,13 @@ def mean_pairwise_cosine(mem: torch.Tensor) -> float:
 
 
 def build_scp_model(cfg: ClaraConfig):
-    """ClaraModel with compressor + generator (+ memory-token embeddings) trainable, the rest frozen."""
-    from clara.model import ClaraModel
-    from clara.training import seed_everything
+    """ClaraModel with compressor + generator (+ memory-token embeddings) trainable, the rest frozen.
 
-    seed_everything(cfg.train.seed)  # LoRA init draws from torch's RNG: same config, same start
-    model = ClaraModel.from_config(cfg.model, seed=cfg.train.seed)
+    Starts from ``scp.init_adapters`` when set (e.g. to train the release further), else fresh LoRA.
+    """
+    from clara.adapters import model_from_adapters
+
+    model = model_from_adapters(cfg, cfg.scp.init_adapters, "scp.init_adapters")
     model.set_trainable(["compressor", "generator"], mem_embed=True)
     return model
 

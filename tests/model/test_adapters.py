@@ -79,3 +79,21 @@ def test_copy_adapter_makes_query_equal_compressor(model):
         model.adapters.copy_adapter("compressor", "query")
         torch.testing.assert_close(model.compress(DOCS), model.encode_query(DOCS))
     assert all(p.requires_grad for p in model.adapters.parameters("query"))
+
+
+def test_fast_switch_runs_the_same_adapter_as_peft_set_adapter(model):
+    """AdapterSet switches by setting each LoRA layer's active adapter (cached layer list); every
+    adapter then gives exactly the output of peft's own set_adapter, and gradients still flow."""
+    ids = model.tokenizer(DOCS[0], return_tensors="pt")["input_ids"]
+    sets = model.adapters
+    assert sets._fast_switch and sets._layers
+    with torch.no_grad():
+        for name in ("generator", "query", "compressor", "generator"):
+            sets.activate(name)
+            assert all(m.active_adapters == [name] for m in sets._layers)
+            fast = model.lm.get_decoder()(input_ids=ids).last_hidden_state
+            sets.peft.base_model.set_adapter(name)
+            slow = model.lm.get_decoder()(input_ids=ids).last_hidden_state
+            torch.testing.assert_close(fast, slow, rtol=0, atol=0)
+            sets._sync_requires_grad()  # peft's path flipped requires_grad; AdapterSet owns it
+    test_one_loss_trains_every_adapter_and_no_base_weight(model)

@@ -29,15 +29,20 @@ def setup(tmp_path_factory):
     return backbone, data
 
 
-def test_center_stats_train_checkpoint_and_export(setup, tmp_path):
-    backbone, data = setup
-    cfg = ClaraConfig(
-        out_dir=str(tmp_path / "run"),
+def center_cfg(backbone, out_dir, steps, scp=ScpConfig(max_target_tokens=32)) -> ClaraConfig:
+    """Tiny-backbone SCP with memory_norm=center, batch 3, a checkpoint at the last step."""
+    return ClaraConfig(
+        out_dir=str(out_dir),
         model=ModelConfig(backbone=str(backbone), kind="tiny", chunk_len=32, compression_rate=8,
                           lora=LoraConfig(r=4, alpha=8), memory_norm="center"),
-        train=TrainConfig(lr=3e-3, max_steps=3, batch_size=3, save_every=3, log_every=1, seed=0),
-        scp=ScpConfig(max_target_tokens=32),
+        train=TrainConfig(lr=3e-3, max_steps=steps, batch_size=3, save_every=steps, log_every=1, seed=0),
+        scp=scp,
     )
+
+
+def test_center_stats_train_checkpoint_and_export(setup, tmp_path):
+    backbone, data = setup
+    cfg = center_cfg(backbone, tmp_path / "run", 3)
     model = build_scp_model(cfg)
     assert not memory_stats_ready(model.mem_stats.data)
     train_scp(cfg, data, model=model)
@@ -77,3 +82,28 @@ def test_a_finished_fresh_run_extends_to_more_steps_exactly(setup, tmp_path):
     for name, p in whole.named_parameters():
         if p.requires_grad:
             assert torch.equal(dict(extended.named_parameters())[name], p), name
+
+
+def test_scp_starts_from_init_adapters(setup, tmp_path):
+    """scp.init_adapters: a new run starts from a finished run's adapters (compressor, generator,
+    memory tokens), not from fresh LoRA; a directory without adapters is a ConfigError naming the key."""
+    import dataclasses
+
+    from clara.errors import ConfigError
+
+    backbone, data = setup
+    cfg = center_cfg(backbone, tmp_path / "first", 2)
+    trained = build_scp_model(cfg)
+    train_scp(cfg, data, model=trained)
+    fresh = build_scp_model(cfg)
+    cont = build_scp_model(dataclasses.replace(cfg, scp=ScpConfig(max_target_tokens=32, init_adapters=str(tmp_path / "first"))))
+    for name in ("compressor", "generator"):
+        want = [p.detach() for p in trained.adapters.parameters(name)]
+        got = [p.detach() for p in cont.adapters.parameters(name)]
+        assert any(not torch.equal(w, f.detach()) for w, f in zip(want, fresh.adapters.parameters(name)))
+        for w, g in zip(want, got):
+            torch.testing.assert_close(g, w, rtol=0, atol=0)
+        assert all(p.requires_grad for p in cont.adapters.parameters(name))
+    torch.testing.assert_close(cont.mem_stats, trained.mem_stats, rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="scp.init_adapters"):
+        build_scp_model(dataclasses.replace(cfg, scp=ScpConfig(init_adapters=str(tmp_path))))
