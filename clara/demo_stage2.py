@@ -87,19 +87,23 @@ def run_stage2(args, backbone: Path, kind: str, world_dir: Path, out: Path, timi
 def two_hop_lens_overlap(model, records) -> dict[str, Any]:
     """DESIGN §10: how many words of the bridge document — absent from the question — the query's
     logit lens surfaces, after joint training and before it (the compressor the query started as),
-    against the bare backbone's lens of the raw question."""
+    against the bare backbone's lens of the raw question. ``read_by_type``: the same counts in the
+    ``read`` view (states centred over the questions, by cosine against the input embeddings)."""
     from clara.eval.lens import lens_overlap
 
     two_hop = [r for r in records if (r.type or "").startswith("two_hop")]
     if not two_hop:
         return {}
-    after = lens_overlap(model, two_hop, adapter="query", top=LENS_TOP)
-    before = lens_overlap(model, two_hop, adapter="compressor", top=LENS_TOP)
-    rows = {g: {"n": s["n"], "target_words": s["target_words"], "before": before["by_type"][g]["query_overlap"],
-                "after": s["query_overlap"], "raw": s["raw_overlap"]} for g, s in after["by_type"].items()}  # fmt: skip
-    examples = [{"question": q["question"], "after": q["query"]["words"], "raw": q["raw"]["words"]}
-                for q in after["questions"] if q["query"]["words"] or q["raw"]["words"]][:3]  # fmt: skip
-    return {"top": LENS_TOP, "by_type": rows, "examples": examples}
+    result: dict[str, Any] = {"top": LENS_TOP}
+    for view, key in (("lens", "by_type"), ("read", "read_by_type")):
+        after = lens_overlap(model, two_hop, adapter="query", top=LENS_TOP, view=view)
+        before = lens_overlap(model, two_hop, adapter="compressor", top=LENS_TOP, view=view)
+        result[key] = {g: {"n": s["n"], "target_words": s["target_words"], "before": before["by_type"][g]["query_overlap"],
+                           "after": s["query_overlap"], "raw": s["raw_overlap"]} for g, s in after["by_type"].items()}  # fmt: skip
+        if view == "lens":
+            result["examples"] = [{"question": q["question"], "after": q["query"]["words"], "raw": q["raw"]["words"]}
+                                  for q in after["questions"] if q["query"]["words"] or q["raw"]["words"]][:3]  # fmt: skip
+    return result
 
 
 def stage2_plots(summary: dict, run_dir: Path, recall: dict, out: Path) -> dict[str, str]:
@@ -143,10 +147,14 @@ def lens_report(lens: dict[str, Any]) -> list[str]:
     lines = ["", f"Logit lens of the two-hop test questions (last layer, top {lens['top']} tokens per memory slot): "
              "mean number of content words of the bridge document, absent from the question, that the lens "
              "surfaces — the query reasoner before and after joint training, and the bare backbone on the raw "
-             "question (`clara lens compare`).", "",
-             "| type | n | bridge words | query before | query after | raw question |", "|---|---|---|---|---|---|"]  # fmt: skip
-    for g, r in lens["by_type"].items():
-        lines.append(f"| {g} | {r['n']} | {r['target_words']:.1f} | {r['before']:.3f} | {r['after']:.3f} | {r['raw']:.3f} |")
+             "question (`clara lens compare`; `read`: the same states centred over the questions and ranked by "
+             "cosine against the input embeddings, as the generator reads memory — `--view read`).", "",
+             "| view | type | n | bridge words | query before | query after | raw question |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for view, key in (("lens", "by_type"), ("read", "read_by_type")):
+        for g, r in (lens.get(key) or {}).items():
+            lines.append(f"| {view} | {g} | {r['n']} | {r['target_words']:.1f} | {r['before']:.3f} | {r['after']:.3f} | "
+                         f"{r['raw']:.3f} |")  # fmt: skip
     for ex in lens.get("examples", []):
         lines.append(f"- *{ex['question']}* — query after: {', '.join(ex['after']) or '–'}; raw: {', '.join(ex['raw']) or '–'}")
     return lines + [""]

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from clara.errors import ClaraError, ConfigError
 
@@ -276,49 +277,70 @@ def _target_doc(record):
     return record.candidates[record.pos_index[-1]]
 
 
-def _union_top_ids(model, states: torch.Tensor, layer: int, top: int) -> list[set[int]]:
-    """states (B, L+1, m, H) -> per text, the union over slots of the top ids at ``layer``."""
-    norm, head = final_norm(model.lm), output_head(model.lm)
+VIEWS = ("lens", "read")
+
+
+def _union_top_ids(model, states: torch.Tensor, top: int, view: str = "lens") -> list[set[int]]:
+    """states (B, m, H) at one layer -> per text, the union over slots of the top token ids.
+
+    ``lens``: the logit lens (final norm, LM head). ``read``: memory as the generator reads it — a
+    vector spliced among input embeddings — with the component shared by all B texts removed (the
+    mean over the batch, per slot, as ``memory_norm=center`` removes the documents' shared mean),
+    ranked by cosine against the input-embedding matrix.
+    """
+    excluded = excluded_ids(model)
     with torch.no_grad():
-        probs = project(states[:, layer].to(head.weight.dtype), norm, head, excluded_ids(model))  # (B, m, V)
-    ids = probs.topk(top, dim=-1).indices  # (B, m, top)
+        if view == "lens":
+            norm, head = final_norm(model.lm), output_head(model.lm)
+            scores = project(states.to(head.weight.dtype), norm, head, excluded)  # (B, m, V)
+        elif view == "read":
+            emb = model.lm.get_input_embeddings().weight.float()  # (V', H)
+            centred = states.float() - states.float().mean(0, keepdim=True)  # (B, m, H)
+            scores = F.normalize(centred, dim=-1) @ F.normalize(emb, dim=-1).T  # (B, m, V')
+            scores[..., [i for i in excluded if i < scores.shape[-1]]] = float("-inf")
+        else:
+            raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+    ids = scores.topk(top, dim=-1).indices  # (B, m, top)
     return [set(row.flatten().tolist()) for row in ids]
 
 
 def lens_overlap(model: ClaraModel, records: Sequence, *, adapter: str = "query", layer: int = -1,
-                 top: int = 20, batch_size: int = 8) -> dict[str, Any]:  # fmt: skip
+                 top: int = 20, batch_size: int = 8, view: str = "lens") -> dict[str, Any]:  # fmt: skip
     """How many of the target document's content words (not in the question) the query lens surfaces.
 
-    For each question: the union over memory slots of the top-``top`` lens tokens at ``layer``,
-    as stemmed content words, intersected with the content words of the target document (the
-    bridge document for two-hop, :func:`_target_doc`) minus the question's own words and
-    stopwords. The same count for the bare backbone at the same positions (``raw``) is the
-    baseline. ``token_overlap`` counts token ids instead of words (sub-word names count too).
+    For each question: the union over memory slots of the top-``top`` tokens at ``layer`` (logit
+    lens, or with ``view="read"`` the centred states against the input embeddings, see
+    :func:`_union_top_ids`), as stemmed content words, intersected with the content words of the
+    target document (the bridge document for two-hop, :func:`_target_doc`) minus the question's own
+    words and stopwords. The same count for the bare backbone at the same positions (``raw``) is
+    the baseline. ``token_overlap`` counts token ids instead of words (sub-word names count too).
     """
     from tqdm.auto import tqdm
 
     from clara.world.lexical import content_words
 
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
     tok = model.tokenizer
-    per_q: list[dict[str, Any]] = []
+    chosen: dict[str, list[torch.Tensor]] = {"query": [], "raw": []}  # per side: (b, m, H) per batch
     for start in tqdm(range(0, len(records), batch_size), desc="lens compare", unit="batch", leave=False):
-        batch = records[start : start + batch_size]
-        questions = [r.question for r in batch]
-        views = {}
+        questions = [r.question for r in records[start : start + batch_size]]
         for name, ad in (("query", adapter), ("raw", None)):
-            states = memory_states(model, questions, ad)  # (B, L+1, m, H)
-            chosen = parse_layers([layer], states.shape[1] - 1)[0]
-            views[name] = _union_top_ids(model, states, chosen, top)
-        for i, r in enumerate(batch):
-            doc = _target_doc(r).as_text()
-            target = content_words(doc) - content_words(r.question)
-            target_ids = _content_token_ids(tok, doc) - set(tok(r.question, add_special_tokens=False)["input_ids"])
-            row = {"id": r.id, "type": r.type or "untyped", "question": r.question, "target_words": len(target)}
-            for name, ids in views.items():
-                hits = sorted(_token_words(tok, ids[i]) & target)
-                row[name] = {"overlap": len(hits), "words": hits, "token_overlap": len(ids[i] & target_ids)}
-            per_q.append(row)
-    return {"adapter": adapter, "layer": layer, "top": top, "n": len(per_q),
+            states = memory_states(model, questions, ad)  # (b, L+1, m, H)
+            chosen[name].append(states[:, parse_layers([layer], states.shape[1] - 1)[0]])
+    # all questions at once: the read view centres over the whole set
+    views = {name: _union_top_ids(model, torch.cat(parts), top, view) for name, parts in chosen.items()}
+    per_q: list[dict[str, Any]] = []
+    for i, r in enumerate(records):
+        doc = _target_doc(r).as_text()
+        target = content_words(doc) - content_words(r.question)
+        target_ids = _content_token_ids(tok, doc) - set(tok(r.question, add_special_tokens=False)["input_ids"])
+        row = {"id": r.id, "type": r.type or "untyped", "question": r.question, "target_words": len(target)}
+        for name, ids in views.items():
+            hits = sorted(_token_words(tok, ids[i]) & target)
+            row[name] = {"overlap": len(hits), "words": hits, "token_overlap": len(ids[i] & target_ids)}
+        per_q.append(row)
+    return {"adapter": adapter, "layer": layer, "top": top, "view": view, "n": len(per_q),
             "by_type": _mean_by_type(per_q), "questions": per_q}  # fmt: skip
 
 

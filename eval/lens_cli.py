@@ -76,6 +76,11 @@ def register_lens(subparsers) -> None:
     p.add_argument("--limit", type=int, default=50, help="at most this many questions (0 = all)")
     p.add_argument("--layer", type=int, default=-1, help="layer to read (-1 = last)")
     p.add_argument("--adapter", default="query", choices=["query", "compressor"], help="adapter of the lens side")
+    p.add_argument("--view", default="lens", choices=["lens", "read"],
+                   help="lens: final norm + LM head (the logit lens); read: the states as the generator reads memory "
+                   "- centred over the compared questions (per slot, on each side), ranked by cosine against the "
+                   "input embeddings. Memory is spliced in as input embeddings, and raw last-layer memory states share "
+                   "one dominant direction that the logit lens decodes to the same few words in every slot")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=8, help="questions per forward")
     p.set_defaults(func=run_compare)
 
@@ -152,10 +157,10 @@ def run_compare(args: argparse.Namespace) -> int:
         raise ConfigError("lens compare needs trained adapters: pass --model ADAPTERS_DIR")
     records = load_eval_records(world=args.world, splits=args.split, types=args.types, limit=args.limit or None)
     stats = lens_overlap(model, records, adapter=args.adapter, layer=args.layer, top=args.top or 10,
-                         batch_size=args.batch_size)  # fmt: skip
+                         batch_size=args.batch_size, view=args.view)  # fmt: skip
     stats.update({"world": args.world, "splits": args.split, "types": args.types, "model": args.model})
     print(f"lens compare: {len(records)} questions, top {stats['top']} per slot x {model.num_mem} slots, "
-          f"layer {args.layer}")  # fmt: skip
+          f"layer {args.layer}, view {args.view}")  # fmt: skip
     print(format_overlap_table(stats))
     print(json.dumps({"by_type": stats["by_type"]}, indent=2))
     if args.out:

@@ -21,6 +21,7 @@ from clara.eval.lens import (
     parse_layers,
     project,
 )
+from clara.eval.lens import _union_top_ids
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -181,3 +182,25 @@ def test_compare_mode_on_a_tiny_world(model, adapters_dir, tmp_path, capsys):
     assert direct["by_type"] == stats["by_type"]
     # the two sides really are different forwards (query adapter vs bare backbone)
     assert direct["by_type"]["all"]["query_token_overlap"] != direct["by_type"]["all"]["raw_token_overlap"]
+
+
+def test_read_view_removes_the_shared_direction_and_decodes_each_text_by_cosine(model):
+    """view="read": states sharing one large component decode, once it is removed, to the token
+    whose input embedding each text's own part points at; the logit lens of the same states does not
+    tell the texts apart (every slot shows the shared component's tokens)."""
+    emb = model.lm.get_input_embeddings().weight.detach().float()
+    a, b = word_tokens(model, 2)
+    shared = 50.0 * torch.nn.functional.normalize(torch.randn(emb.shape[1], generator=torch.Generator().manual_seed(3)), dim=0)
+    # two texts, one slot each: shared ± (e_a - e_b); centred over the two, they are ±(e_a - e_b)
+    diff = emb[a] - emb[b]
+    states = torch.stack([shared + diff, shared - diff])[:, None]  # (2, 1, H)
+    first, second = _union_top_ids(model, states, top=1, view="read")
+    cos = torch.nn.functional.normalize(diff, dim=0) @ torch.nn.functional.normalize(emb, dim=-1).T
+    words = torch.ones_like(cos, dtype=torch.bool)
+    words[excluded_ids(model)] = False
+    assert first == {int(cos.where(words, -2).argmax())} and second == {int((-cos).where(words, -2).argmax())}
+    assert first != second
+    lens = _union_top_ids(model, states, top=1, view="lens")
+    assert lens[0] == lens[1]  # the shared component dominates the logit lens
+    with pytest.raises(ValueError, match="view"):
+        _union_top_ids(model, states, top=1, view="nope")
