@@ -229,6 +229,7 @@ class RLConfig:
     reward_format: float = 0.1
     reward_self_certainty: float = 0.0
     reward_retrieval_hit: float = 0.0
+    reward_bridge_hit: float = 0.0  # a search retrieved the bridge (last gold of a two-hop question)
     answer_metric: AnswerMetric = AnswerMetric.EM
     distractor_start: float = 0.0  # p_s of the distractor curriculum
     distractor_end: float = 0.0  # p_e

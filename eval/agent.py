@@ -58,7 +58,7 @@ def agent_rollouts(model, records: Sequence, cache, settings: AgentSettings) -> 
 def agent_scores(trajs: Sequence, records: Sequence) -> dict[str, Any]:
     """EM/F1/Cover-EM of the final answers plus the behaviour metrics of RL training."""
     from clara.eval.metrics import answer_scores
-    from clara.joint.rewards import behaviour_metrics
+    from clara.joint.rewards import behaviour_metrics, bridge_hit
 
     preds = [t.answer or "" for t in trajs]
     scores = {k: v for k, v in answer_scores(preds, [list(r.answers) for r in records]).items() if k != "predictions"}
@@ -67,6 +67,9 @@ def agent_scores(trajs: Sequence, records: Sequence) -> dict[str, Any]:
     searches = [(t.group, ids) for t in trajs for ids in t.retrieved]
     if searches:
         scores["recall_written"] = sum(bool(set(ids) & set(records[g].pos_index)) for g, ids in searches) / len(searches)
+    two_gold = [t for t in trajs if len(records[t.group].pos_index) >= 2]
+    if two_gold:  # questions with a bridge document: did any search reach it
+        scores["bridge_hit"] = sum(bridge_hit(t, records[t.group].pos_index) for t in two_gold) / len(two_gold)
     return scores
 
 
@@ -93,11 +96,11 @@ def evaluate_agent(model, records: Sequence, cache, settings: AgentSettings = Ag
 
 
 def format_agent_table(results: dict[str, Any]) -> str:
-    lines = ["| system | n | EM | F1 | Cover-EM | searches/q | ≥2 searches | thinking | query rewriting | source ref. |",
-             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| system | n | EM | F1 | Cover-EM | searches/q | ≥2 searches | thinking | query rewriting | source ref. | "
+             "bridge hit |", "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, s in results["systems"].items():
         extra = [s.get(k) for k in ("search_count", "two_plus_searches", "thinking_rate", "query_rewriting",
-                                    "source_referencing")]  # fmt: skip
+                                    "source_referencing", "bridge_hit")]  # fmt: skip
         cells = " | ".join("–" if v is None else f"{v:.3f}" for v in extra)
         lines.append(f"| {name} | {s['n']} | {s['em']:.3f} | {s['f1']:.3f} | {s['cover_em']:.3f} | {cells} |")
     return "\n".join(lines)

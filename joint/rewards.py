@@ -34,6 +34,7 @@ class RewardWeights:
     self_certainty: float = 0.0
     retrieval_hit: float = 0.0
     metric: AnswerMetric = AnswerMetric.EM
+    bridge_hit: float = 0.0
 
 
 def answer_reward(answer: str | None, golds: Sequence[str], metric: AnswerMetric | str = AnswerMetric.EM) -> float:
@@ -67,6 +68,15 @@ def retrieval_hit(traj: Trajectory, gold_ids: Sequence[int]) -> float:
     return float(any(gold & set(ids) for ids in traj.retrieved))
 
 
+def bridge_hit(traj: Trajectory, gold_ids: Sequence[int]) -> float:
+    """1 when a search retrieved the *bridge* — the last gold document of a question with two or more
+    (DESIGN §7: for hidden two-hop questions a search with the question alone cannot find it) — else 0;
+    always 0 for a question with one gold document."""
+    if len(gold_ids) < 2:
+        return 0.0
+    return float(any(gold_ids[-1] in ids for ids in traj.retrieved))
+
+
 def group_normalise(values: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
     """(B,) -> (B,) z-scores within each group of ``group_size`` (population std; constant group -> 0)."""
     v = values.float().view(-1, group_size)  # (B/G, G)
@@ -93,6 +103,9 @@ def combine_rewards(
     if weights.retrieval_hit and gold_ids:
         terms["retrieval_hit"] = torch.tensor([retrieval_hit(t, gold_ids[t.group]) for t in trajs])
         reward = reward + weights.retrieval_hit * terms["retrieval_hit"]
+    if gold_ids:  # logged whatever its weight: how often any search reached the bridge
+        terms["bridge_hit"] = torch.tensor([bridge_hit(t, gold_ids[t.group]) for t in trajs])
+        reward = reward + weights.bridge_hit * terms["bridge_hit"]
     return reward, terms
 
 
@@ -130,6 +143,6 @@ def behaviour_metrics(trajs: Sequence[Trajectory], doc_text=None) -> dict[str, f
 
 __all__ = [
     "ANSWER_CLOSE", "ANSWER_OPEN", "SEARCH_CLOSE", "SEARCH_OPEN", "AnswerMetric", "RewardWeights", "answer_reward",
-    "behaviour_metrics", "combine_rewards", "distractor_probability", "format_reward", "group_normalise",
+    "behaviour_metrics", "bridge_hit", "combine_rewards", "distractor_probability", "format_reward", "group_normalise",
     "retrieval_hit", "well_formed",
 ]

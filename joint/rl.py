@@ -88,7 +88,7 @@ class RLObjective(nn.Module):
         trajs = rollout(self.model, [r.question for r in records], rl.group_size,
                         self._retriever(records, p_distract, seed), SamplingPolicy(seed=seed), params)
         weights = RewardWeights(rl.reward_answer, rl.reward_format, rl.reward_self_certainty,
-                                rl.reward_retrieval_hit, rl.answer_metric)
+                                rl.reward_retrieval_hit, rl.answer_metric, rl.reward_bridge_hit)
         golds = [r.answers for r in records]
         reward, terms = combine_rewards(trajs, golds, weights, rl.group_size, [r.pos_index for r in records])
         adv, zero_var = group_advantages(reward, rl.group_size)
@@ -124,7 +124,8 @@ class RLObjective(nn.Module):
             "reward_mean": float(reward.mean()), "reward_std": float(reward.std(unbiased=False)),
             "zero_var_groups": float(zero_var.float().mean()),
             "em": sum(t.answer is not None and exact_match(t.answer, records[t.group].answers) for t in trajs) / len(trajs),
-            "format": float(terms["format"].mean()), "distractor_p": p_distract, **stats,
+            "format": float(terms["format"].mean()), "bridge_hit": float(terms["bridge_hit"].mean()),
+            "distractor_p": p_distract, **stats,
             **behaviour_metrics(trajs, doc_text),
         }
         searches = [(t.group, ids) for t in trajs for ids in t.retrieved]

@@ -46,6 +46,9 @@ def test_agent_scores_count_answers_searches_and_behaviour(model, hidden, tmp_pa
     assert s["search_count"] == 1.0 and s["two_plus_searches"] == 0.5 and s["thinking_rate"] == 0.5
     assert s["query_rewriting"] == 1.0 and s["answer_rate"] == 1.0
     assert 0.0 <= s["recall_written"] <= 1.0 and 0.0 <= s["source_referencing"] <= 1.0
+    # bridge hit: question 1 made no search; question 0 hit iff a search retrieved its last gold document
+    bridge = hidden[0].pos_index[-1]
+    assert len(hidden[0].pos_index) >= 2 and s["bridge_hit"] == float(any(bridge in ids for ids in trajs[0].retrieved)) / 2
 
 
 def test_eval_agent_command_writes_all_three_systems(model, world_dir, tmp_path):

@@ -55,6 +55,12 @@ def test_combined_reward_em_format_hit_and_self_certainty():
     assert terms["self_certainty"] == pytest.approx(z.tolist(), abs=1e-5)
     expected = torch.tensor([1.5 + 0.2, 0.0, 1.5, 0.0]) + 0.1 * z
     assert reward.tolist() == pytest.approx(expected.tolist(), abs=1e-5)
+    assert terms["bridge_hit"].tolist() == [0.0] * 4  # one gold document: no bridge
+    # two gold documents: the bridge is the last; only a search that retrieved it earns bridge_hit
+    two = [traj(["<answer>x</answer>"], "x", retrieved=[[1, 5], [2, 7]]), traj(["<answer>x</answer>"], "x", retrieved=[[1, 5]]),
+           traj(["<answer>x</answer>"], "x", retrieved=[[7]]), traj(["<answer>x</answer>"], "x")]
+    r2, t2 = combine_rewards(two, [["y"]], RewardWeights(format=0.0, bridge_hit=0.5), 4, gold_ids=[[1, 7]])
+    assert t2["bridge_hit"].tolist() == [1.0, 0.0, 1.0, 0.0] and r2.tolist() == [0.5, 0.0, 0.5, 0.0]
     w_f1 = RewardWeights(metric="f1", format=0.0)
     r, _ = combine_rewards([traj(["<answer>paris france</answer>"], "paris france")], [["Paris"]], w_f1, 1)
     assert float(r) == pytest.approx(2 * 0.5 * 1.0 / 1.5)
