@@ -1,4 +1,5 @@
-"""Arguments shared by every training stage command (`clara pretrain train`, `clara joint`, `clara rl`).
+"""Arguments shared by every training stage command (`clara pretrain train`, `clara joint`, `clara rl`),
+and the comma-list argument types of every command.
 
 All take the same form, as in the house style: ``clara joint configs/smollm2.yaml train.lr=3e-4``
 (a YAML preset, optional, then dotted overrides); ``--config FILE`` is accepted too.
@@ -9,6 +10,16 @@ from __future__ import annotations
 import argparse
 
 from clara.errors import ConfigError
+
+
+def csv_list(text: str) -> list[str]:
+    """Argument type of comma lists (``--split test,test_unseen``): stripped, empty items dropped."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def int_list(text: str) -> list[int]:
+    """Argument type of comma lists of integers (``--ks 1,3,5``)."""
+    return [int(t) for t in csv_list(text)]
 
 
 def add_run_arguments(p: argparse.ArgumentParser, example: str) -> None:

@@ -110,7 +110,7 @@ def format_agent_table(results: dict[str, Any]) -> str:
 
 
 def register_agent(sub) -> None:
-    from clara.eval.cli import _csv  # the comma-list argument type every `clara eval` command uses
+    from clara.cli_args import csv_list  # the comma-list argument type of every command
 
     p = sub.add_parser(
         "agent",
@@ -125,8 +125,8 @@ def register_agent(sub) -> None:
     p.add_argument("--model", required=True, help="adapters directory (`clara rl` or `clara joint` out_dir/adapters)")
     p.add_argument("--world", required=True, help="world directory (from `clara world --out DIR`)")
     p.add_argument("--backbone", default=None, help="backbone path, if not the one recorded with the adapters")
-    p.add_argument("--split", default="test", type=_csv, help="world split(s), comma-separated")
-    p.add_argument("--types", default="two_hop_hidden", type=_csv, help="question types, comma-separated (empty = all)")
+    p.add_argument("--split", default="test", type=csv_list, help="world split(s), comma-separated")
+    p.add_argument("--types", default="two_hop_hidden", type=csv_list, help="question types, comma-separated (empty = all)")
     p.add_argument("--limit", type=int, default=0, help="at most this many questions (0 = all)")
     p.add_argument("--top-k", type=int, default=2, help="memory blocks per search (rl.top_k)")
     p.add_argument("--max-turns", type=int, default=4, help="turns per rollout (rl.max_turns)")

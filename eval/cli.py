@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+from clara.cli_args import csv_list, int_list
 
 
 def register(subparsers) -> None:
@@ -23,10 +21,10 @@ def register(subparsers) -> None:
     p.add_argument("--backbone", required=True, help="backbone directory (from `clara backbone convert|tiny`) or .gguf file")
     p.add_argument("--kind", default="hf", choices=["hf", "gguf", "tiny"], help="backbone kind")
     p.add_argument("--world", required=True, help="world directory (from `clara world --out DIR`)")
-    p.add_argument("--split", default="test", type=_csv, help="split(s), comma-separated, e.g. test,test_unseen")
-    p.add_argument("--types", default="single_hop", type=_csv, help="question types, comma-separated")
+    p.add_argument("--split", default="test", type=csv_list, help="split(s), comma-separated, e.g. test,test_unseen")
+    p.add_argument("--types", default="single_hop", type=csv_list, help="question types, comma-separated")
     p.add_argument("--limit", type=int, default=100, help="at most this many questions (0 = all)")
-    p.add_argument("--settings", default="open_book,closed_book", type=_csv, help="open_book and/or closed_book")
+    p.add_argument("--settings", default="open_book,closed_book", type=csv_list, help="open_book and/or closed_book")
     p.add_argument("--style", default="fewshot", choices=["plain", "terse", "system", "fewshot"],
                    help="prompt: the short-answer instruction only; a reworded instruction; + a short-answer "
                    "system prompt; + system prompt and one invented demonstration turn")
@@ -45,7 +43,7 @@ def register(subparsers) -> None:
 
 def add_answer_options(p) -> None:
     """How compressed documents are asked and scored (shared by `eval compression` and `pretrain sweep`)."""
-    p.add_argument("--settings", default="memory,wrong_memory,raw_text,closed_book", type=_csv,
+    p.add_argument("--settings", default="memory,wrong_memory,raw_text,closed_book", type=csv_list,
                    help="any of memory, wrong_memory, raw_text, closed_book (default: %(default)s)")
     p.add_argument("--prompt", default="scp", choices=["scp", "direct"],
                    help="scp: the SCP QA instruction with the reply forced to start 'Question: q\\nAnswer:'; "
@@ -54,10 +52,6 @@ def add_answer_options(p) -> None:
                    help="prompt style of the raw-text and closed-book baselines, see `clara eval reading` "
                    "(default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=16, help="greedy tokens per answer (default: %(default)s)")
-
-
-def _ints(text: str) -> list[int]:
-    return [int(t) for t in _csv(text)]
 
 
 def register_compression(sub) -> None:
@@ -74,11 +68,11 @@ def register_compression(sub) -> None:
     p.add_argument("--model", action="append", required=True,
                    help="run directory of `clara pretrain train` (or its adapters/ directory); repeat for a CR sweep")
     p.add_argument("--world", required=True, help="world directory (from `clara world --out DIR`)")
-    p.add_argument("--cr", type=_ints, default=[], help="only these compression rates, e.g. 4,16,32,64,128,256; "
+    p.add_argument("--cr", type=int_list, default=[], help="only these compression rates, e.g. 4,16,32,64,128,256; "
                    "each must have a checkpoint among --model (each CR needs its own trained adapters)")
     p.add_argument("--backbone", default=None, help="backbone directory, if not where the adapters were trained")
-    p.add_argument("--split", default="test_unseen", type=_csv, help="split(s): test_unseen holds entities never asked about in training")
-    p.add_argument("--types", default="single_hop", type=_csv, help="question types (single-document ones)")
+    p.add_argument("--split", default="test_unseen", type=csv_list, help="split(s): test_unseen holds entities never asked about in training")
+    p.add_argument("--types", default="single_hop", type=csv_list, help="question types (single-document ones)")
     p.add_argument("--limit", type=int, default=100, help="at most this many questions (0 = all)")
     add_answer_options(p)
     p.add_argument("--batch-size", type=int, default=8, help="questions per batch")

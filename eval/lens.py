@@ -321,6 +321,8 @@ def lens_overlap(model: ClaraModel, records: Sequence, *, adapter: str = "query"
 
     if view not in VIEWS:
         raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+    if view == "read" and len(records) < 2:
+        raise ConfigError(f"the read view centres over the compared questions: needs at least 2, got {len(records)}")
     tok = model.tokenizer
     chosen: dict[str, list[torch.Tensor]] = {"query": [], "raw": []}  # per side: (b, m, H) per batch
     for start in tqdm(range(0, len(records), batch_size), desc="lens compare", unit="batch", leave=False):

@@ -6,15 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
+from clara.cli_args import csv_list, int_list
+
 FORMATTER = argparse.ArgumentDefaultsHelpFormatter
-
-
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _ints(text: str) -> list[int]:
-    return [int(t) for t in _csv(text)]
 
 
 def _model_options(p: argparse.ArgumentParser, suppress: bool) -> None:
@@ -71,8 +65,8 @@ def register_lens(subparsers) -> None:
                        "bridge document for two-hop questions) that are not stopwords and not in the question. "
                        "Reported per type for the query adapter and for the bare backbone at the same positions.")  # fmt: skip
     p.add_argument("--world", required=True, help="world directory (from `clara world --out DIR`)")
-    p.add_argument("--split", default="test", type=_csv, help="split(s), comma-separated")
-    p.add_argument("--types", default="two_hop_linked,two_hop_hidden", type=_csv, help="question types, comma-separated")
+    p.add_argument("--split", default="test", type=csv_list, help="split(s), comma-separated")
+    p.add_argument("--types", default="two_hop_linked,two_hop_hidden", type=csv_list, help="question types, comma-separated")
     p.add_argument("--limit", type=int, default=50, help="at most this many questions (0 = all)")
     p.add_argument("--layer", type=int, default=-1, help="layer to read (-1 = last)")
     p.add_argument("--adapter", default="query", choices=["query", "compressor"], help="adapter of the lens side")
@@ -177,7 +171,7 @@ def register_plot(subparsers) -> None:
     sub = parser.add_subparsers(dest="plot_command", metavar="KIND", required=True)
     p = sub.add_parser("curves", formatter_class=FORMATTER, help="one panel per metric key of a metrics.jsonl, x = step")
     p.add_argument("metrics", metavar="METRICS_JSONL", help="metrics.jsonl written by a training stage")
-    p.add_argument("--keys", default="", type=_csv, help="metric keys to plot, comma-separated (empty = all numeric)")
+    p.add_argument("--keys", default="", type=csv_list, help="metric keys to plot, comma-separated (empty = all numeric)")
     p.add_argument("--out", required=True, help="PNG to write")
     p.set_defaults(func=run_plot)
     p = sub.add_parser("sweep", formatter_class=FORMATTER, help="metric vs compression rate, per setting")
@@ -187,7 +181,7 @@ def register_plot(subparsers) -> None:
     p.set_defaults(func=run_plot)
     p = sub.add_parser("retrieval", formatter_class=FORMATTER, help="Recall@k per question type, per retriever")
     p.add_argument("results", metavar="RESULTS_JSON", help="JSON from `clara eval retrieval --out`")
-    p.add_argument("--ks", default="", type=_ints, help="k values, comma-separated (empty = all in the results)")
+    p.add_argument("--ks", default="", type=int_list, help="k values, comma-separated (empty = all in the results)")
     p.add_argument("--out", required=True, help="PNG to write")
     p.set_defaults(func=run_plot)
 

@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _ints(text: str) -> list[int]:
-    return [int(t) for t in _csv(text)]
+from clara.cli_args import csv_list, int_list
 
 
 RETRIEVERS = ("query", "bm25", "minilm")
@@ -34,12 +28,12 @@ def register_retrieval(sub) -> None:
     p.add_argument("--model", default=None, help="adapters directory (out_dir/adapters of `clara joint`); "
                    "needed for the 'query' retriever and --answers")
     p.add_argument("--backbone", default=None, help="backbone path, if not the one recorded with the adapters")
-    p.add_argument("--split", default="test", type=_csv, help="world split(s), comma-separated")
-    p.add_argument("--types", default="", type=_csv, help="question types to keep, comma-separated (empty = all)")
+    p.add_argument("--split", default="test", type=csv_list, help="world split(s), comma-separated")
+    p.add_argument("--types", default="", type=csv_list, help="question types to keep, comma-separated (empty = all)")
     p.add_argument("--limit", type=int, default=0, help="at most this many questions (0 = all)")
-    p.add_argument("--retrievers", default=None, type=_csv,
+    p.add_argument("--retrievers", default=None, type=csv_list,
                    help=f"comma-separated from {','.join(RETRIEVERS)} (default: all that apply)")
-    p.add_argument("--ks", default="1,2,3,5", type=_ints, help="k values of Recall@k")
+    p.add_argument("--ks", default="1,2,3,5", type=int_list, help="k values of Recall@k")
     p.add_argument("--answers", action="store_true", help="also EM/F1/Cover-EM (needs --model)")
     p.add_argument("--k", type=int, default=5, help="documents the generator reads with --answers")
     p.add_argument("--scoring", default="flattened", choices=["flattened", "pooled"], help="query scoring")
@@ -52,11 +46,10 @@ def register_retrieval(sub) -> None:
 def model_config_from_adapters(adapters_dir: str, backbone: str | None = None):
     """The ModelConfig the adapters were trained with, from their clara_model.json."""
     import json
-    from pathlib import Path
 
+    from clara.adapters import resolve_adapters_dir
     from clara.config import LoraConfig, ModelConfig, from_dict
     from clara.errors import CheckpointError
-    from clara.adapters import resolve_adapters_dir
     from clara.model import MODEL_INFO
 
     try:

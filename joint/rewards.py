@@ -70,7 +70,7 @@ def retrieval_hit(traj: Trajectory, gold_ids: Sequence[int]) -> float:
 
 def bridge_hit(traj: Trajectory, gold_ids: Sequence[int]) -> float:
     """1 when a search retrieved the *bridge* — the last gold document of a question with two or more
-    (DESIGN §7: for hidden two-hop questions a search with the question alone cannot find it) — else 0;
+    (DESIGN §7: a hidden two-hop question never names it, so a second search must) — else 0;
     always 0 for a question with one gold document."""
     if len(gold_ids) < 2:
         return 0.0

@@ -10,7 +10,6 @@ GB/s counts the bytes a kernel must read (bank or docs, once) and write.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from clara.cli_args import add_run_arguments, load_run_config, split_config_args
+from clara.cli_args import add_run_arguments, csv_list, int_list, load_run_config, split_config_args
 from clara.eval.cli import add_answer_options
 
 
@@ -235,10 +235,6 @@ def register_sweep(sub) -> None:
     s.set_defaults(func=run_sweep_command)
 
 
-def _sweep_csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
 def run_sweep_command(args) -> int:
     import time
 
@@ -248,7 +244,7 @@ def run_sweep_command(args) -> int:
 
     config, overrides = split_config_args(args)
     try:
-        crs = [int(t) for t in _sweep_csv(args.crs)]
+        crs = int_list(args.crs)
     except ValueError:
         raise ConfigError(f"--crs {args.crs}: expected integers separated by commas, e.g. 4,16,32,64,128,256") from None
     if args.threads:
@@ -258,7 +254,7 @@ def run_sweep_command(args) -> int:
     start = time.perf_counter()
     results = run_sweep(
         config, overrides, crs, args.out, data=args.data, fresh=args.world_fresh, eval_world=args.eval_world,
-        eval_splits=_sweep_csv(args.eval_split), eval_types=_sweep_csv(args.eval_types), eval_limit=args.eval_limit or None,
+        eval_splits=csv_list(args.eval_split), eval_types=csv_list(args.eval_types), eval_limit=args.eval_limit or None,
         skip_bad=args.skip_bad_records, allow_config_change=args.allow_config_change, plot_metric=args.plot_metric,
         settings=args.settings, prompt=args.prompt, style=args.style, batch_size=args.eval_batch_size,
         max_new_tokens=args.max_new_tokens,

@@ -204,3 +204,5 @@ def test_read_view_removes_the_shared_direction_and_decodes_each_text_by_cosine(
     assert lens[0] == lens[1]  # the shared component dominates the logit lens
     with pytest.raises(ValueError, match="view"):
         _union_top_ids(model, states, top=1, view="nope")
+    with pytest.raises(ConfigError, match="at least 2"):
+        lens_overlap(model, [object()], view="read")

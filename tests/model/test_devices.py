@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from clara.devices import ENV, default_device, module_device
+from clara.devices import ENV, default_device
 from clara.errors import ConfigError
 
 

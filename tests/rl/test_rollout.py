@@ -1,6 +1,5 @@
 """Rollout mechanics with latent search: scripted actions, splicing, exact log-prob replay."""
 
-import pytest
 import torch
 
 from clara.joint.rollout import (
