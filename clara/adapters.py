@@ -96,7 +96,8 @@ class AdapterSet:
 
         modules = list(self.peft.modules())
         self._layers = [m for m in modules if isinstance(m, BaseTunerLayer)]
-        self._fast_switch = not any(isinstance(m, AuxiliaryTrainingWrapper) for m in modules)
+        # False: switch through peft's set_adapter (auxiliary modules need it; the benchmark compares)
+        self.fast_switch = not any(isinstance(m, AuxiliaryTrainingWrapper) for m in modules)
         self.trainable: set[str] = set(names)
         self.active: str | None = None
         self.activate(names[0])
@@ -126,7 +127,7 @@ class AdapterSet:
     def activate(self, name: str) -> None:
         self._check(name)
         if name != self.active:
-            if self._fast_switch and not any(m.merged for m in self._layers):
+            if self.fast_switch and not any(m.merged for m in self._layers):
                 for m in self._layers:  # what peft's set_adapter does per layer, minus requires_grad
                     m._active_adapter = [name]
                 self.peft.base_model.active_adapter = name

@@ -58,11 +58,11 @@ def bench(backbone: str, kind: str, cr: int, chunk_len: int, batch_size: int, re
     sets = model.adapters
 
     def scp_step_peft_switch():
-        sets._fast_switch = False
+        sets.fast_switch = False
         try:
             scp_step()
         finally:
-            sets._fast_switch = True
+            sets.fast_switch = True
 
     steps = (("scp", scp_step), ("lora_text", lora_step), ("scp_peft_switch", scp_step_peft_switch))
     times: dict[str, list[float]] = {name: [] for name, _ in steps}
@@ -76,13 +76,13 @@ def bench(backbone: str, kind: str, cr: int, chunk_len: int, batch_size: int, re
     med = {k: statistics.median(v) for k, v in times.items()}
     switch_ms = {}
     for fast in (True, False):
-        sets._fast_switch, one = fast, []
+        sets.fast_switch, one = fast, []
         for i in range(switches):
             t = time.perf_counter()
             sets.activate("generator" if i % 2 else "compressor")
             one.append(1e3 * (time.perf_counter() - t))
         switch_ms["cached_layers" if fast else "peft_set_adapter"] = statistics.median(one)
-    sets._fast_switch = True
+    sets.fast_switch = True
     return {"backbone": backbone, "cr": cr, "num_mem": model.num_mem, "batch_size": batch_size, "reps": reps,
             "threads": torch.get_num_threads(), "median_s": med, "ratio_scp_over_lora": med["scp"] / med["lora_text"],
             "ratio_peft_switch_over_cached": med["scp_peft_switch"] / med["scp"], "switch_ms": switch_ms,

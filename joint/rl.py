@@ -87,8 +87,9 @@ class RLObjective(nn.Module):
         params = RolloutParams(rl.max_turns, rl.max_turn_tokens, rl.temperature)
         trajs = rollout(self.model, [r.question for r in records], rl.group_size,
                         self._retriever(records, p_distract, seed), SamplingPolicy(seed=seed), params)
-        weights = RewardWeights(rl.reward_answer, rl.reward_format, rl.reward_self_certainty,
-                                rl.reward_retrieval_hit, rl.answer_metric, rl.reward_bridge_hit)
+        weights = RewardWeights(answer=rl.reward_answer, format=rl.reward_format,
+                                self_certainty=rl.reward_self_certainty, retrieval_hit=rl.reward_retrieval_hit,
+                                metric=rl.answer_metric, bridge_hit=rl.reward_bridge_hit)  # fmt: skip
         golds = [r.answers for r in records]
         reward, terms = combine_rewards(trajs, golds, weights, rl.group_size, [r.pos_index for r in records])
         adv, zero_var = group_advantages(reward, rl.group_size)
