@@ -58,15 +58,15 @@ def agent_rollouts(model, records: Sequence, cache, settings: AgentSettings) -> 
 def agent_scores(trajs: Sequence, records: Sequence) -> dict[str, Any]:
     """EM/F1/Cover-EM of the final answers plus the behaviour metrics of RL training."""
     from clara.eval.metrics import answer_scores
-    from clara.joint.rewards import behaviour_metrics, bridge_hit
+    from clara.joint.rewards import behaviour_metrics, bridge_hit, written_recall
 
     preds = [t.answer or "" for t in trajs]
     scores = {k: v for k, v in answer_scores(preds, [list(r.answers) for r in records]).items() if k != "predictions"}
     scores.update(behaviour_metrics(trajs, lambda g, c: records[g].candidates[c].as_text()))
     scores["two_plus_searches"] = sum(len(t.queries) >= 2 for t in trajs) / max(1, len(trajs))
-    searches = [(t.group, ids) for t in trajs for ids in t.retrieved]
-    if searches:
-        scores["recall_written"] = sum(bool(set(ids) & set(records[g].pos_index)) for g, ids in searches) / len(searches)
+    recall = written_recall(trajs, records)
+    if recall is not None:
+        scores["recall_written"] = recall
     two_gold = [t for t in trajs if len(records[t.group].pos_index) >= 2]
     if two_gold:  # questions with a bridge document: did any search reach it
         scores["bridge_hit"] = sum(bridge_hit(t, records[t.group].pos_index) for t in two_gold) / len(two_gold)

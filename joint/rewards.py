@@ -77,6 +77,15 @@ def bridge_hit(traj: Trajectory, gold_ids: Sequence[int]) -> float:
     return float(any(gold_ids[-1] in ids for ids in traj.retrieved))
 
 
+def written_recall(trajs: Sequence[Trajectory], records: Sequence) -> float | None:
+    """Share of all searches whose retrieved documents include a gold one (None without searches);
+    ``records[t.group].pos_index`` holds each trajectory's gold candidates."""
+    searches = [(t.group, ids) for t in trajs for ids in t.retrieved]
+    if not searches:
+        return None
+    return sum(bool(set(ids) & set(records[g].pos_index)) for g, ids in searches) / len(searches)
+
+
 def group_normalise(values: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
     """(B,) -> (B,) z-scores within each group of ``group_size`` (population std; constant group -> 0)."""
     v = values.float().view(-1, group_size)  # (B/G, G)
@@ -144,5 +153,5 @@ def behaviour_metrics(trajs: Sequence[Trajectory], doc_text=None) -> dict[str, f
 __all__ = [
     "ANSWER_CLOSE", "ANSWER_OPEN", "SEARCH_CLOSE", "SEARCH_OPEN", "AnswerMetric", "RewardWeights", "answer_reward",
     "behaviour_metrics", "bridge_hit", "combine_rewards", "distractor_probability", "format_reward", "group_normalise",
-    "retrieval_hit", "well_formed",
+    "retrieval_hit", "well_formed", "written_recall",
 ]

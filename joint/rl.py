@@ -116,7 +116,7 @@ class RLObjective(nn.Module):
 
     def _metrics(self, records, trajs, reward, terms, zero_var, stats, p_distract, failed) -> dict[str, float]:
         from clara.eval.metrics import exact_match
-        from clara.joint.rewards import behaviour_metrics
+        from clara.joint.rewards import behaviour_metrics, written_recall
 
         def doc_text(group: int, cand: int) -> str:
             return records[group].candidates[cand].as_text()
@@ -129,9 +129,9 @@ class RLObjective(nn.Module):
             "distractor_p": p_distract, **stats,
             **behaviour_metrics(trajs, doc_text),
         }
-        searches = [(t.group, ids) for t in trajs for ids in t.retrieved]
-        if searches:  # gold recall of the written queries; raw-question recall for comparison
-            out["recall_written"] = sum(bool(set(ids) & set(records[g].pos_index)) for g, ids in searches) / len(searches)
+        recall = written_recall(trajs, records)  # gold recall of the written queries
+        if recall is not None:
+            out["recall_written"] = recall
         if failed is not None:
             out["dgpo_rows"] = float(failed.float().mean())
         out["tokens"] = float(sum(t.num_generated for t in trajs))
