@@ -172,10 +172,12 @@ class AdapterSet:
         set_peft_model_state_dict(self.peft, state, adapter_name=dst)
         self._sync_requires_grad()
 
-    def save(self, directory: Path) -> None:
-        """One standard PEFT directory per adapter: ``directory/<name>/adapter_model.safetensors``."""
+    def save(self, directory: Path, names: Sequence[str] | None = None) -> None:
+        """One standard PEFT directory per adapter (``names``, default all): ``directory/<name>/adapter_model.safetensors``."""
+        for name in names or ():
+            self._check(name)
         self.peft.save_pretrained(
-            str(directory), selected_adapters=list(self.names), save_embedding_layers=False
+            str(directory), selected_adapters=list(names or self.names), save_embedding_layers=False
         )
 
     def load(self, directory: Path, names: Sequence[str] | None = None) -> None:

@@ -185,6 +185,10 @@ class ScpConfig:
     fresh_seed: int = 1  # --world-fresh: seed of the fresh-document stream (not the eval world's)
     instruct_k: int = 1  # `clara pretrain instruct`: gold + first non-gold candidates; gold slot by id hash
     init_adapters: str = ""  # adapters to start from (train an SCP run further, fresh optimizer); "" = fresh LoRA
+    # beyond the reference: in-batch InfoNCE between each document's pooled memory and its own text states
+    # (both centred over the batch), a signal that keeps documents' memories apart (DESIGN §11, collapse)
+    contrastive_weight: float = 0.0
+    contrastive_temperature: float = 0.1
 
     def __post_init__(self):
         _check(self.mse_weight >= 0, "scp.mse_weight", f"must be >= 0, got {self.mse_weight}")
@@ -192,6 +196,8 @@ class ScpConfig:
         _check(not bad and bool(self.data_types), "scp.data_types", f"must be a non-empty subset of qa,paraphrase; got {list(self.data_types)}")
         _check(self.max_target_tokens >= 1, "scp.max_target_tokens", "must be >= 1")
         _check(self.instruct_k >= 1, "scp.instruct_k", "must be >= 1")
+        _check(self.contrastive_weight >= 0, "scp.contrastive_weight", f"must be >= 0, got {self.contrastive_weight}")
+        _check(self.contrastive_temperature > 0, "scp.contrastive_temperature", f"must be > 0, got {self.contrastive_temperature}")
 
 
 class Aggregation(str, enum.Enum):

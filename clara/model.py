@@ -370,21 +370,23 @@ class ClaraModel(nn.Module):
             h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
 
-    def save_adapters(self, directory: str | Path) -> Path:
-        """Write the three PEFT adapter directories, tokenizer, memory embeddings and metadata."""
+    def save_adapters(self, directory: str | Path, names: Sequence[str] | None = None) -> Path:
+        """Write the PEFT adapter directories (``names``, default all three), tokenizer, memory embeddings
+        and metadata. A stage saves the adapters it trains; one left out keeps its init when loaded
+        (a missing query reasoner becomes a copy of the compressor, see :meth:`load_adapters`)."""
         from safetensors.torch import save_file
 
         from clara.fileio import atomic_dir, atomic_write_json, write_manifest
 
         directory = Path(directory)
         with atomic_dir(directory) as tmp:
-            self.adapters.save(tmp)
+            self.adapters.save(tmp, names)
             self.tokenizer.save_pretrained(str(tmp / "tokenizer"))
             tensors = {"mem_embed": self.mem_embed.detach().cpu().contiguous()}
             if self.mem_stats is not None:
                 tensors["mem_stats"] = self.mem_stats.detach().cpu().contiguous()
             save_file(tensors, str(tmp / MEM_EMBED_FILE))
-            atomic_write_json(tmp / MODEL_INFO, self._info())
+            atomic_write_json(tmp / MODEL_INFO, {**self._info(), "adapters": list(names or self.adapters.names)})
             write_manifest(tmp, {"kind": "clara_adapters"})
         log.info("adapters saved to %s", directory)
         return directory
@@ -411,7 +413,10 @@ class ClaraModel(nn.Module):
         }
 
     def load_adapters(self, directory: str | Path) -> None:
-        """Load adapters saved by :meth:`save_adapters`; refuse ones trained on another backbone."""
+        """Load adapters saved by :meth:`save_adapters`; refuse ones trained on another backbone.
+
+        Adapters without a query reasoner (stage 1's) get a copy of the compressor as one, as joint training starts.
+        """
         from safetensors.torch import load_file
 
         from clara.backbone import same_backbone
@@ -441,6 +446,12 @@ class ClaraModel(nn.Module):
                     "set model.chunk_len/model.compression_rate to match the checkpoint"
                 )
         self.adapters.load(directory, info.get("adapters"))
+        saved_names = info.get("adapters") or []
+        if "query" not in saved_names and "compressor" in saved_names and "query" in self.adapters.names:
+            # stage 1's adapters hold no query reasoner: it starts as the compressor (DESIGN §5), so retrieval
+            # with them measures that starting point, not an untrained query adapter (the bare backbone)
+            self.adapters.copy_adapter("compressor", "query")
+            log.info("%s: no query adapter saved; the query reasoner is a copy of the compressor", directory)
         saved = load_file(str(directory / MEM_EMBED_FILE))
         # the generator was trained on memory normalised this way: adopt it (older dirs lack the key)
         norm = info.get("memory_norm", self.memory_norm)

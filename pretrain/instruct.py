@@ -140,13 +140,14 @@ def resolve_init(cfg: ClaraConfig) -> Path:
 def build_instruct_model(cfg: ClaraConfig):
     """ClaraModel with the SCP adapters of ``joint.init_adapters`` loaded and SCP's trainable set."""
     from clara.model import ClaraModel
+    from clara.pretrain.scp import SCP_ADAPTERS
     from clara.training import seed_everything
 
     init = resolve_init(cfg)
     seed_everything(cfg.train.seed)  # LoRA init draws from torch's RNG: same config, same start
     model = ClaraModel.from_config(cfg.model, seed=cfg.train.seed)
     model.load_adapters(init)
-    model.set_trainable(["compressor", "generator"], mem_embed=True)
+    model.set_trainable(list(SCP_ADAPTERS), mem_embed=True)
     return model
 
 
@@ -175,7 +176,7 @@ def train_instruct(
     ``init`` overrides ``joint.init_adapters``. ``model``: an already built model (tests inspect it
     afterwards; default :func:`build_instruct_model`). ``on_step(step, record)`` goes to the Trainer.
     """
-    from clara.pretrain.scp import ADAPTERS_SUBDIR
+    from clara.pretrain.scp import ADAPTERS_SUBDIR, SCP_ADAPTERS
     from clara.training import ResumableBatches, Trainer
 
     cfg = with_init(cfg, init)
@@ -185,12 +186,12 @@ def train_instruct(
     if model is None:
         model = build_instruct_model(cfg)
     else:
-        model.set_trainable(["compressor", "generator"], mem_embed=True)
+        model.set_trainable(list(SCP_ADAPTERS), mem_embed=True)
     objective = InstructObjective(model, cfg.scp.instruct_k, cfg.scp.max_target_tokens)
     batches = ResumableBatches(dataset, cfg.train.batch_size, list, seed=cfg.train.seed)
     trainer = Trainer(objective, cfg.train, out, lambda m, batch: m(batch), batches, config_for_hash=cfg,
                       on_step=on_step, allow_config_change=allow_config_change)
     result = trainer.train(resume=resume)
     if trainer.ctx.is_main:
-        model.save_adapters(out / ADAPTERS_SUBDIR)
+        model.save_adapters(out / ADAPTERS_SUBDIR, SCP_ADAPTERS)
     return result

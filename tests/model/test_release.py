@@ -36,8 +36,11 @@ def test_release_keeps_trained_adapters_in_bf16_and_loads_back(model, make_model
             got = lora_weights(fresh, name)[key]
             assert torch.equal(got, w.to(torch.bfloat16).float()), key  # exactly the bf16-rounded weights
             assert not torch.equal(got, w) or w.abs().sum() == 0  # rounding really happened
+    # not shipped: the query reasoner becomes a copy of the (bf16-rounded) compressor, as joint training starts
+    query, compressor = lora_weights(fresh, "query"), lora_weights(fresh, "compressor")
     for key, w in query_init.items():
-        assert torch.equal(lora_weights(fresh, "query")[key], w)  # not shipped: stays at its init
+        assert torch.equal(query[key], compressor[key.replace(".query.", ".compressor.")])
+        assert not torch.equal(query[key], w)
 
 
 def test_release_refuses_unknown_adapters_and_dtypes(model, tmp_path):

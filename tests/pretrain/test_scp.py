@@ -109,3 +109,84 @@ def test_fresh_stream_is_deterministic_and_never_repeats():
     assert [a[i] for i in (5, 0, 39)] == [b[i] for i in (5, 0, 39)]
     qa_docs = [a[i].doc for i in range(40) if a[i].instruction == QA_INSTRUCTION]
     assert len(qa_docs) == len(set(qa_docs)) >= 15
+
+
+def test_infonce_matches_hand_values_and_ranks_own_document_first():
+    from clara.pretrain.scp import memory_text_infonce
+
+    text = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    mem = text[:, None].expand(3, 2, 3).clone()  # every slot of document i equals its text mean
+    loss, acc = memory_text_infonce(mem, text, temperature=0.5)
+    # centred rows of the identity: cos = 1 on the diagonal and -1/2 off it, so each row's softmax is
+    # exp(2) / (exp(2) + 2·exp(-1)) in both directions
+    expected = -torch.log(torch.exp(torch.tensor(2.0)) / (torch.exp(torch.tensor(2.0)) + 2 * torch.exp(torch.tensor(-1.0))))
+    assert acc == 1.0 and loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    # memory of the wrong documents: every row picks another document's text
+    shuffled, acc_wrong = memory_text_infonce(mem[[1, 2, 0]], text, temperature=0.5)
+    assert acc_wrong == 0.0 and shuffled.item() > loss.item() + 2
+    # a large shared direction changes nothing: the batch centring removes it
+    shifted, _ = memory_text_infonce(mem + 100.0, text + 50.0, temperature=0.5)
+    assert shifted.item() == pytest.approx(loss.item(), rel=1e-4)
+
+
+def test_contrastive_term_adds_to_the_loss_and_reaches_the_compressor(tiny_backbone, tmp_path, fresh_docs):
+    model = build_scp_model(make_cfg(tiny_backbone, tmp_path))
+    batch = examples(fresh_docs[:8])
+    assert len({e.doc for e in batch}) >= 3
+    grads, metrics = [], []
+    for w in (0.0, 0.5):
+        model.zero_grad(set_to_none=True)
+        loss, m = scp_loss(model, batch, mse_weight=0.1, contrastive_weight=w)
+        loss.backward()
+        metrics.append((loss.item(), m))
+        grads.append(torch.cat([p.grad.flatten() for p in model.adapters.parameters("compressor") if p.grad is not None]))
+    (plain, m0), (full, m1) = metrics
+    assert "nce" not in m0 and 0 <= m1["nce_acc"] <= 1 and m1["nce"] > 0
+    assert full == pytest.approx(m1["ce"] + 0.1 * m1["mse"] + 0.5 * m1["nce"], rel=1e-5)
+    assert not torch.allclose(grads[0], grads[1])
+
+
+def test_contrastive_scp_training_lowers_the_term(tiny_backbone, tmp_path, fresh_docs):
+    """A short run with the contrastive term logs its in-batch accuracy, and afterwards the term on the
+    documents is lower than after the same run without it (same seed, same data): training optimises it."""
+    import dataclasses
+
+    from clara.pretrain.scp import memory_text_infonce
+
+    data = tmp_path / "synth.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in fresh_docs))
+    docs = list(dict.fromkeys(r["doc"] for r in fresh_docs))
+    nce = {}
+    for w in (0.0, 1.0):
+        cfg = make_cfg(tiny_backbone, tmp_path / f"run{w}", max_steps=8, batch_size=6)
+        cfg = dataclasses.replace(cfg, scp=dataclasses.replace(cfg.scp, contrastive_weight=w))
+        model = build_scp_model(cfg)
+        train_scp(cfg, data, model=model)
+        with torch.no_grad():
+            nce[w] = memory_text_infonce(*model.compress(docs, return_text_mean=True))[0].item()
+        rows = [json.loads(x) for x in (tmp_path / f"run{w}/metrics.jsonl").read_text().splitlines()]
+        train_rows = [r for r in rows if r.get("kind") == "train"]
+        assert train_rows and all(("nce_acc" in r) == bool(w) for r in train_rows)
+    assert nce[1.0] < 0.5 * nce[0.0], nce
+
+
+def test_scp_saves_what_it_trains_and_a_loaded_query_reasoner_is_the_compressor(tiny_backbone, tmp_path, fresh_docs):
+    """Stage 1 saves compressor + generator only; loading them (e.g. `clara eval retrieval` before joint
+    training) makes the query reasoner a copy of the compressor, as joint training starts — not the
+    untrained query LoRA, which is the bare backbone."""
+    from clara.model import ClaraModel
+
+    data = tmp_path / "synth.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in fresh_docs))
+    cfg = make_cfg(tiny_backbone, tmp_path / "run", max_steps=2)
+    train_scp(cfg, data, model=build_scp_model(cfg))
+    adapters = tmp_path / "run/adapters"
+    assert json.loads((adapters / "clara_model.json").read_text())["adapters"] == ["compressor", "generator"]
+    assert not (adapters / "query").exists()
+    model = ClaraModel.from_config(cfg.model, seed=123)  # another seed: a query LoRA unlike the compressor's
+    docs = list(dict.fromkeys(r["doc"] for r in fresh_docs))[:3]
+    with torch.no_grad():
+        untrained = model.encode_query(docs)
+        model.load_adapters(adapters)
+        assert torch.equal(model.encode_query(docs), model.compress(docs))
+        assert not torch.allclose(untrained, model.encode_query(docs))

@@ -72,7 +72,7 @@ def test_sigkill_then_resume_is_bitwise_exact(setup):
     assert reference.wait(timeout=300) == 0, reference.stderr.read()[-3000:]
 
     files = ["compressor/adapter_model.safetensors", "generator/adapter_model.safetensors",
-             "query/adapter_model.safetensors", "memory_tokens.safetensors"]  # fmt: skip
+             "memory_tokens.safetensors"]  # fmt: skip (stage 1 saves no query adapter)
     for f in files:
         a, b = load_file(str(straight / "adapters" / f)), load_file(str(killed / "adapters" / f))
         assert a.keys() == b.keys() and a
