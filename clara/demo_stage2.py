@@ -99,7 +99,8 @@ def two_hop_lens_overlap(model, records) -> dict[str, Any]:
         after = lens_overlap(model, two_hop, adapter="query", top=LENS_TOP, view=view)
         before = lens_overlap(model, two_hop, adapter="compressor", top=LENS_TOP, view=view)
         result[key] = {g: {"n": s["n"], "target_words": s["target_words"], "before": before["by_type"][g]["query_overlap"],
-                           "after": s["query_overlap"], "raw": s["raw_overlap"]} for g, s in after["by_type"].items()}  # fmt: skip
+                           "after": s["query_overlap"], "after_wrong": s["query_wrong_overlap"], "raw": s["raw_overlap"],
+                           "raw_wrong": s["raw_wrong_overlap"]} for g, s in after["by_type"].items()}  # fmt: skip
         if view == "lens":
             result["examples"] = [{"question": q["question"], "after": q["query"]["words"], "raw": q["raw"]["words"]}
                                   for q in after["questions"] if q["query"]["words"] or q["raw"]["words"]][:3]  # fmt: skip
@@ -148,13 +149,16 @@ def lens_report(lens: dict[str, Any]) -> list[str]:
              "mean number of content words of the bridge document, absent from the question, that the lens "
              "surfaces — the query reasoner before and after joint training, and the bare backbone on the raw "
              "question (`clara lens compare`; `read`: the same states centred over the questions and ranked by "
-             "cosine against the input embeddings, as the generator reads memory — `--view read`).", "",
-             "| view | type | n | bridge words | query before | query after | raw question |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+             "cosine against the input embeddings, as the generator reads memory — `--view read`). Control "
+             "(*wrong doc*): the same words counted against another question's bridge document; words every "
+             "document shares hit both alike, so only the margin over it is specific to the bridge.", "",
+             "| view | type | n | bridge words | query before | query after | after, wrong doc | raw question | "
+             "raw, wrong doc |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for view, key in (("lens", "by_type"), ("read", "read_by_type")):
         for g, r in (lens.get(key) or {}).items():
             lines.append(f"| {view} | {g} | {r['n']} | {r['target_words']:.1f} | {r['before']:.3f} | {r['after']:.3f} | "
-                         f"{r['raw']:.3f} |")  # fmt: skip
+                         f"{r.get('after_wrong', float('nan')):.3f} | {r['raw']:.3f} | "
+                         f"{r.get('raw_wrong', float('nan')):.3f} |")  # fmt: skip
     for ex in lens.get("examples", []):
         lines.append(f"- *{ex['question']}* — query after: {', '.join(ex['after']) or '–'}; raw: {', '.join(ex['raw']) or '–'}")
     return lines + [""]

@@ -332,18 +332,30 @@ def lens_overlap(model: ClaraModel, records: Sequence, *, adapter: str = "query"
             chosen[name].append(states[:, parse_layers([layer], states.shape[1] - 1)[0]])
     # all questions at once: the read view centres over the whole set
     views = {name: _union_top_ids(model, torch.cat(parts), top, view) for name, parts in chosen.items()}
+    docs = [_target_doc(r).as_text() for r in records]
+    wrong = wrong_targets(docs)
     per_q: list[dict[str, Any]] = []
     for i, r in enumerate(records):
-        doc = _target_doc(r).as_text()
-        target = content_words(doc) - content_words(r.question)
-        target_ids = _content_token_ids(tok, doc) - set(tok(r.question, add_special_tokens=False)["input_ids"])
+        target = content_words(docs[i]) - content_words(r.question)
+        # control: another question's target document (same question words removed); words every
+        # document of a kind shares ("company", "founded") hit it as often as the right one
+        wrong_target = content_words(docs[wrong[i]]) - content_words(r.question) if wrong[i] is not None else set()
+        target_ids = _content_token_ids(tok, docs[i]) - set(tok(r.question, add_special_tokens=False)["input_ids"])
         row = {"id": r.id, "type": r.type or "untyped", "question": r.question, "target_words": len(target)}
         for name, ids in views.items():
-            hits = sorted(_token_words(tok, ids[i]) & target)
-            row[name] = {"overlap": len(hits), "words": hits, "token_overlap": len(ids[i] & target_ids)}
+            words = _token_words(tok, ids[i])
+            hits = sorted(words & target)
+            row[name] = {"overlap": len(hits), "words": hits, "token_overlap": len(ids[i] & target_ids),
+                         "wrong_overlap": len(words & wrong_target)}  # fmt: skip
         per_q.append(row)
     return {"adapter": adapter, "layer": layer, "top": top, "view": view, "n": len(per_q),
             "by_type": _mean_by_type(per_q), "questions": per_q}  # fmt: skip
+
+
+def wrong_targets(docs: Sequence[str]) -> list[int | None]:
+    """For each question, the index of the next question (cyclically) whose target document differs."""
+    n = len(docs)
+    return [next((j % n for j in range(i + 1, i + n) if docs[j % n] != docs[i]), None) for i in range(n)]
 
 
 def _mean_by_type(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -359,13 +371,16 @@ def _mean_by_type(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         for name in ("query", "raw"):
             out[g][f"{name}_overlap"] = sum(r[name]["overlap"] for r in rs) / n
             out[g][f"{name}_token_overlap"] = sum(r[name]["token_overlap"] for r in rs) / n
+            out[g][f"{name}_wrong_overlap"] = sum(r[name]["wrong_overlap"] for r in rs) / n
     return out
 
 
 def format_overlap_table(stats: dict[str, Any]) -> str:
-    lines = ["| type | n | target words | query lens overlap | raw question overlap | query token overlap | "
-             "raw token overlap |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| type | n | target words | query lens overlap | same, wrong document | raw question overlap | "
+             "same, wrong document | query token overlap | raw token overlap |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for g, s in stats["by_type"].items():
-        lines.append(f"| {g} | {s['n']} | {s['target_words']:.1f} | {s['query_overlap']:.3f} | {s['raw_overlap']:.3f} | "
+        lines.append(f"| {g} | {s['n']} | {s['target_words']:.1f} | {s['query_overlap']:.3f} | {s['query_wrong_overlap']:.3f} | "
+                     f"{s['raw_overlap']:.3f} | {s['raw_wrong_overlap']:.3f} | "
                      f"{s['query_token_overlap']:.3f} | {s['raw_token_overlap']:.3f} |")  # fmt: skip
     return "\n".join(lines)

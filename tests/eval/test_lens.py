@@ -15,6 +15,7 @@ from clara.eval.lens import (
     final_norm,
     format_lens_table,
     lens_overlap,
+    wrong_targets,
     logit_lens,
     memory_states,
     output_head,
@@ -178,6 +179,12 @@ def test_compare_mode_on_a_tiny_world(model, adapters_dir, tmp_path, capsys):
             words = set(q[side]["words"])
             assert q[side]["overlap"] == len(words) <= q["target_words"]
             assert words <= bridge and not words & content_words(r.question)
+    # the control: each question's lens words against another question's target document
+    order = [records[q["id"]] for q in stats["questions"]]
+    wrong = wrong_targets([r.candidates[r.pos_index[-1]].as_text() for r in order])
+    for q, r, j in zip(stats["questions"], order, wrong):
+        other = content_words(order[j].candidates[order[j].pos_index[-1]].as_text()) - content_words(r.question)
+        assert 0 <= q["query"]["wrong_overlap"] <= len(other)
     direct = lens_overlap(model, list(records.values()), top=50)
     assert direct["by_type"] == stats["by_type"]
     # the two sides really are different forwards (query adapter vs bare backbone)
@@ -206,3 +213,9 @@ def test_read_view_removes_the_shared_direction_and_decodes_each_text_by_cosine(
         _union_top_ids(model, states, top=1, view="nope")
     with pytest.raises(ConfigError, match="at least 2"):
         lens_overlap(model, [object()], view="read")
+
+
+def test_wrong_targets_pick_the_next_question_with_another_document():
+    assert wrong_targets(["a", "a", "b", "c"]) == [2, 2, 3, 0]
+    assert wrong_targets(["a", "a"]) == [None, None]
+    assert wrong_targets([]) == []
