@@ -167,12 +167,17 @@ class JointConfig:
     eval_every: int = 0  # steps between Recall@k evaluations on the dev subset; 0 = off
     eval_limit: int = 64  # dev questions in each evaluation
     max_answer_len: int = 32  # answer tokens in the loss
+    # steps at the start in which the query reasoner is held fixed (the generator alone learns, reading the memory
+    # the starting query retrieves): the generator first adapts to the joint prompt, whose early loss gradients
+    # otherwise pull the query away from where it started (measured: R@1 0.599 -> 0.469 by step 50, r 64)
+    query_warmup_steps: int = 0
 
     def __post_init__(self):
         _check(self.temperature > 0, "joint.temperature", f"must be > 0, got {self.temperature}")
         _check(self.top_k >= 1, "joint.top_k", "must be >= 1")
         _check(self.candidates >= self.top_k, "joint.candidates", f"must be >= joint.top_k={self.top_k}")
         _check(self.eval_every >= 0, "joint.eval_every", "must be >= 0")
+        _check(self.query_warmup_steps >= 0, "joint.query_warmup_steps", "must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -81,12 +81,17 @@ class JointObjective(nn.Module):
             return mem.view(len(records), n, *mem.shape[1:])
         return self.cache.candidates(records, self.model.device)
 
-    def forward(self, records: Sequence) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, records: Sequence, query_grad: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
+        """``query_grad=False`` (``joint.query_warmup_steps``): the query's gradient is exactly zero. The query
+        stays in the graph (times 0) so DDP sees every parameter used; Adam with all-zero gradients leaves
+        it unchanged (with ``train.weight_decay`` 0, the default)."""
         cfg = self.cfg
         questions = [r.question for r in records]
         answers = [r.answers[0] for r in records]
         cand_mem = self.candidate_memory(records)  # (B, N, m, H)
         query = self.model.encode_query(questions)  # (B, m, H)
+        if not query_grad:
+            query = query.detach() + 0.0 * query
         scores = model_scores(self.model, query, cand_mem, cfg.scoring)  # (B, N)
         selected, _, indices = select_memory(scores, cand_mem, cfg.top_k, cfg.temperature)
         loss = self.model.generator_loss(questions, selected, answers, max_answer_len=cfg.max_answer_len)

@@ -114,7 +114,8 @@ def run_joint(cfg: ClaraConfig, resume: bool = False, allow_config_change: bool 
     batches = ResumableBatches(train, cfg.train.batch_size, list, seed=cfg.train.seed)
 
     def loss_fn(m, batch):
-        return m(batch)
+        # the step about to be taken; a resumed run knows it from its checkpoint, so warm-up resumes exactly
+        return m(batch, query_grad=trainer.counters.step >= cfg.joint.query_warmup_steps)
 
     trainer = Trainer(objective, cfg.train, out, loss_fn, batches, config_for_hash=cfg,
                       eval_fn=eval_fn if dev else None, eval_every=cfg.joint.eval_every,

@@ -71,3 +71,33 @@ def test_straight_through_forward_is_the_hard_top_k_memory(scoring):
     assert torch.equal(selected, hard)
     selected.sum().backward()
     assert query.grad is not None and query.grad.abs().sum() > 0
+
+
+def test_query_warmup_gives_the_query_exactly_zero_gradient_and_the_generator_its_own(setup):
+    model, objective, records = setup
+    objective(records, query_grad=False)[0].backward()
+    query = _grads(model, "query")
+    assert query and all(g is not None and g.abs().sum() == 0 for g in query)  # in the graph, zero (DDP-safe)
+    assert all(g is not None and g.abs().sum() > 0 for g in _grads(model, "generator"))
+
+
+def test_query_warmup_steps_hold_the_query_then_release_it(joint_cfg, perturb, tmp_path):
+    """joint.query_warmup_steps=2: after 2 steps the query reasoner is still the compressor's copy while the
+    generator moved; a third step moves the query too."""
+    import dataclasses
+
+    from clara.joint.train import run_joint
+
+    def lora(model, name):
+        return torch.cat([p.detach().flatten().clone() for p in model.adapters.parameters(name)])
+
+    moved = {}
+    for steps in (2, 3):
+        cfg = joint_cfg(max_steps=steps)
+        cfg = dataclasses.replace(cfg, out_dir=str(tmp_path / f"run{steps}"),
+                                  joint=dataclasses.replace(cfg.joint, query_warmup_steps=2, eval_every=0))
+        model = run_joint(cfg)["model"]
+        generator_b = [p for n, p in model.adapters.peft.named_parameters() if ".generator." in n and "lora_B" in n]
+        moved[steps] = (not torch.equal(lora(model, "query"), lora(model, "compressor")),
+                        bool(sum(p.detach().abs().sum() for p in generator_b) > 0))  # lora_B starts at zero
+    assert moved[2] == (False, True) and moved[3] == (True, True), moved
