@@ -135,18 +135,14 @@ class FreshExamples(Sequence):
 class ScpObjective(nn.Module):
     """The SCP loss as a module, so DDP can wrap it (its forward is what the Trainer calls)."""
 
-    def __init__(self, model, mse_weight: float = 0.1, max_target_tokens: int = 192,
-                 contrastive_weight: float = 0.0, contrastive_temperature: float = 0.1):
+    def __init__(self, model, scp: ScpConfig | None = None):
         super().__init__()
         self.model = model  # ClaraModel
-        self.mse_weight = mse_weight
-        self.max_target_tokens = max_target_tokens
-        self.contrastive_weight = contrastive_weight
-        self.contrastive_temperature = contrastive_temperature
+        self.scp = scp or ScpConfig()
 
     def forward(self, batch: Sequence[ScpExample]) -> tuple[torch.Tensor, dict[str, float]]:
-        return scp_loss(self.model, batch, self.mse_weight, self.max_target_tokens,
-                        self.contrastive_weight, self.contrastive_temperature)
+        s = self.scp
+        return scp_loss(self.model, batch, s.mse_weight, s.max_target_tokens, s.contrastive_weight, s.contrastive_temperature)
 
 
 def scp_loss(model, batch: Sequence[ScpExample], mse_weight: float = 0.1, max_target_tokens: int = 192,
@@ -160,11 +156,15 @@ def scp_loss(model, batch: Sequence[ScpExample], mse_weight: float = 0.1, max_ta
     )
     loss = ce + mse_weight * mse if mse_weight else ce
     metrics = {"ce": float(ce.detach()), "mse": float(mse.detach())}
-    first = list({d: i for i, d in reversed(list(enumerate(docs)))}.values())  # one row per distinct document
-    if contrastive_weight and len(first) > 2:  # centred over two documents, any two memories are opposite
-        nce, acc = memory_text_infonce(mem[first], text_mean[first], contrastive_temperature)
-        loss = loss + contrastive_weight * nce
-        metrics.update(nce=float(nce.detach()), nce_acc=acc)
+    if contrastive_weight:
+        first: dict[str, int] = {}
+        for i, doc in enumerate(docs):
+            first.setdefault(doc, i)  # one row per distinct document (a file may hold its QA and paraphrase)
+        rows = list(first.values())
+        if len(rows) > 2:  # centred over two documents, any two memories are opposite
+            nce, acc = memory_text_infonce(mem[rows], text_mean[rows], contrastive_temperature)
+            loss = loss + contrastive_weight * nce
+            metrics.update(nce=float(nce.detach()), nce_acc=acc)
     with torch.no_grad():
         metrics["mem_cos"] = mean_pairwise_cosine(mem.detach())
     metrics["tokens"] = float(sum(
@@ -249,8 +249,7 @@ def train_scp(
         model = build_scp_model(cfg)
     else:
         model.set_trainable(list(SCP_ADAPTERS), mem_embed=True)
-    scp = cfg.scp
-    objective = ScpObjective(model, scp.mse_weight, scp.max_target_tokens, scp.contrastive_weight, scp.contrastive_temperature)
+    objective = ScpObjective(model, cfg.scp)
     # fresh documents arrive in a random order already and are read once; a file is reshuffled per epoch
     batches = ResumableBatches(dataset, cfg.train.batch_size, list, seed=cfg.train.seed, shuffle=not fresh)
     trainer = Trainer(objective, cfg.train, out, lambda m, batch: m(batch), batches, config_for_hash=cfg,
