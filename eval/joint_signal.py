@@ -11,7 +11,8 @@ top-k, generator loss on the answer):
 - **single-document losses**: the generator's loss with one candidate's memory alone, over the top-``m``
   candidates by score (the gold swapped in for the last when absent); *loss picks gold* is the share of
   questions whose gold gives the lowest loss — the target a retriever distilled from the generator's
-  preferences (no labels) would learn — beside the retriever's own R@1 on the same questions.
+  preferences (no labels) would learn — beside the retriever's own R@1 on the same questions, and the
+  same share for the bare backbone reading each candidate as text (what a perfect compressor could give).
 - **counterfactual**: the generator's loss on the hard top-k with the gold document among the k (swapped
   in for the last pick when it was not) against the same set without it (swapped for the best other
   candidate). A positive *gold helps* margin is what a retriever could learn from; zero means the
@@ -58,11 +59,13 @@ def _losses(model, questions, answers, mem, sets, max_answer_len) -> list[float]
 
 
 @torch.no_grad()
-def single_document_first(model, questions, answers, mem, scores, batch, top: int, max_answer_len: int) -> list[bool]:
-    """Per question: does its gold candidate give the lowest generator loss among the top-``top`` by score
-    (gold swapped in for the last when absent), each candidate's memory read alone?"""
+def single_document_first(model, questions, answers, mem, scores, batch, top: int,
+                          max_answer_len: int) -> tuple[list[bool], list[bool]]:  # fmt: skip
+    """Per question, among the top-``top`` candidates by score (gold swapped in for the last when absent):
+    does the gold give the lowest loss (1) to the generator reading each candidate's memory alone, and
+    (2) to the bare backbone reading each candidate as text (the prompt of raw-text RAG)?"""
     top = min(top, scores.shape[1])
-    out = []
+    from_memory, from_text = [], []
     for b, r in enumerate(batch):
         cands = scores[b].argsort(descending=True)[:top].tolist()
         if not set(r.pos_index) & set(cands):
@@ -70,15 +73,19 @@ def single_document_first(model, questions, answers, mem, scores, batch, top: in
         blocks = mem[b, cands][:, None]  # (top, 1, m, H): one memory block each
         losses = model.generator_loss([questions[b]] * top, blocks, [answers[b]] * top,
                                       max_answer_len=max_answer_len, reduction="none")  # fmt: skip
-        out.append(cands[int(losses.argmin())] in set(r.pos_index))
-    return out
+        from_memory.append(cands[int(losses.argmin())] in set(r.pos_index))
+        prompts = [f"Documents:\n{r.candidates[c].as_text()}\n\n{questions[b]}" for c in cands]
+        losses = model.generator_loss(prompts, None, [answers[b]] * top, adapter=None,
+                                      max_answer_len=max_answer_len, reduction="none")  # fmt: skip
+        from_text.append(cands[int(losses.argmin())] in set(r.pos_index))
+    return from_memory, from_text
 
 
 def measure(model, cache, records: Sequence, cfg, batch_size: int = 8, top: int = 8) -> dict[str, Any]:
     from clara.joint.objective import model_scores, select_memory
 
     model.eval()  # no dropout; gradients still flow
-    grads, golds, helps, loss_first, retriever_first = [], [], [], [], []
+    grads, golds, helps, loss_first, raw_first, retriever_first = [], [], [], [], [], []
     for start in range(0, len(records), batch_size):
         batch = [r for r in records[start : start + batch_size] if r.pos_index]
         if not batch:
@@ -97,9 +104,13 @@ def measure(model, cache, records: Sequence, cfg, batch_size: int = 8, top: int 
         with_gold = _losses(model, questions, answers, mem, [w for w, _ in pairs], cfg.max_answer_len)
         without = _losses(model, questions, answers, mem, [wo for _, wo in pairs], cfg.max_answer_len)
         helps += [b - a for a, b in zip(with_gold, without)]
-        loss_first += single_document_first(model, questions, answers, mem, scores.detach(), batch, top, cfg.max_answer_len)
+        memory_first, text_first = single_document_first(model, questions, answers, mem, scores.detach(), batch, top,
+                                                         cfg.max_answer_len)  # fmt: skip
+        loss_first += memory_first
+        raw_first += text_first
     stats = score_gradient_stats(torch.cat(grads), golds)
     stats.update(single_top=top, loss_picks_gold=sum(loss_first) / len(loss_first),
+                 text_loss_picks_gold=sum(raw_first) / len(raw_first),  # the same, reading raw text
                  retriever_r1=sum(retriever_first) / len(retriever_first))  # the student's own R@1 here
     stats.update(n=len(golds), gold_helps_share=sum(h > 0 for h in helps) / len(helps),
                  gold_helps_mean=statistics.fmean(helps), gold_helps_median=statistics.median(helps))  # fmt: skip

@@ -33,6 +33,6 @@ def test_measure_runs_the_joint_forward_on_the_tiny_backbone(joint_cfg, perturb,
     stats = measure(model, cache, records, cfg.joint, batch_size=2)
     assert stats["n"] == 5 and 1 <= stats["gold_mean_rank"] <= cfg.joint.candidates
     assert 0 <= stats["gold_first"] <= 1 and 0 <= stats["gold_helps_share"] <= 1 and 0 <= stats["loss_picks_gold"] <= 1
-    assert 0 <= stats["retriever_r1"] <= 1
+    assert 0 <= stats["retriever_r1"] <= 1 and 0 <= stats["text_loss_picks_gold"] <= 1
     assert stats["gold_helps_mean"] != 0  # the two sets differ, so do the generator's losses
     assert all(p.grad is None for p in model.parameters())  # a measurement leaves no gradients behind
