@@ -157,8 +157,7 @@ def lens_report(lens: dict[str, Any]) -> list[str]:
     for view, key in (("lens", "by_type"), ("read", "read_by_type")):
         for g, r in (lens.get(key) or {}).items():
             lines.append(f"| {view} | {g} | {r['n']} | {r['target_words']:.1f} | {r['before']:.3f} | {r['after']:.3f} | "
-                         f"{r.get('after_wrong', float('nan')):.3f} | {r['raw']:.3f} | "
-                         f"{r.get('raw_wrong', float('nan')):.3f} |")  # fmt: skip
+                         f"{r['after_wrong']:.3f} | {r['raw']:.3f} | {r['raw_wrong']:.3f} |")  # fmt: skip
     for ex in lens.get("examples", []):
         lines.append(f"- *{ex['question']}* — query after: {', '.join(ex['after']) or '–'}; raw: {', '.join(ex['raw']) or '–'}")
     return lines + [""]

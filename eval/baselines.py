@@ -123,6 +123,11 @@ def closed_book_answers(model: ClaraModel, records: Sequence, batch_size: int = 
     return preds
 
 
+def raw_text_prompt(question: str, documents: Sequence[str]) -> str:
+    """The question with documents as text in front: the prompt of raw-text RAG."""
+    return "Documents:\n" + "\n\n".join(documents) + f"\n\n{question}"
+
+
 def raw_text_rag_answers(
     model: ClaraModel, records: Sequence, rankings: Sequence[Sequence[int]], k: int = 5,
     batch_size: int = 8, max_new_tokens: int = 32, max_doc_chars: int = 1200,
@@ -132,8 +137,7 @@ def raw_text_rag_answers(
 
     prompts = []
     for r, ranking in zip(records, rankings):
-        docs = "\n\n".join(r.candidates[i].as_text()[:max_doc_chars] for i in ranking[:k])
-        prompts.append(f"Documents:\n{docs}\n\n{r.question}")
+        prompts.append(raw_text_prompt(r.question, [r.candidates[i].as_text()[:max_doc_chars] for i in ranking[:k]]))
     preds = []
     for start in range(0, len(prompts), batch_size):
         preds += [extract_answer(t) for t in model.generate(prompts[start : start + batch_size], None,

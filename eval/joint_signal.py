@@ -64,6 +64,8 @@ def single_document_first(model, questions, answers, mem, scores, batch, top: in
     """Per question, among the top-``top`` candidates by score (gold swapped in for the last when absent):
     does the gold give the lowest loss (1) to the generator reading each candidate's memory alone, and
     (2) to the bare backbone reading each candidate as text (the prompt of raw-text RAG)?"""
+    from clara.eval.baselines import raw_text_prompt
+
     top = min(top, scores.shape[1])
     from_memory, from_text = [], []
     for b, r in enumerate(batch):
@@ -74,7 +76,7 @@ def single_document_first(model, questions, answers, mem, scores, batch, top: in
         losses = model.generator_loss([questions[b]] * top, blocks, [answers[b]] * top,
                                       max_answer_len=max_answer_len, reduction="none")  # fmt: skip
         from_memory.append(cands[int(losses.argmin())] in set(r.pos_index))
-        prompts = [f"Documents:\n{r.candidates[c].as_text()}\n\n{questions[b]}" for c in cands]
+        prompts = [raw_text_prompt(questions[b], [r.candidates[c].as_text()]) for c in cands]
         losses = model.generator_loss(prompts, None, [answers[b]] * top, adapter=None,
                                       max_answer_len=max_answer_len, reduction="none")  # fmt: skip
         from_text.append(cands[int(losses.argmin())] in set(r.pos_index))
@@ -85,7 +87,7 @@ def measure(model, cache, records: Sequence, cfg, batch_size: int = 8, top: int 
     from clara.joint.objective import model_scores, select_memory
 
     model.eval()  # no dropout; gradients still flow
-    grads, golds, helps, loss_first, raw_first, retriever_first = [], [], [], [], [], []
+    grads, golds, helps, memory_first, text_first, retriever_first = [], [], [], [], [], []
     for start in range(0, len(records), batch_size):
         batch = [r for r in records[start : start + batch_size] if r.pos_index]
         if not batch:
@@ -104,15 +106,15 @@ def measure(model, cache, records: Sequence, cfg, batch_size: int = 8, top: int 
         with_gold = _losses(model, questions, answers, mem, [w for w, _ in pairs], cfg.max_answer_len)
         without = _losses(model, questions, answers, mem, [wo for _, wo in pairs], cfg.max_answer_len)
         helps += [b - a for a, b in zip(with_gold, without)]
-        memory_first, text_first = single_document_first(model, questions, answers, mem, scores.detach(), batch, top,
-                                                         cfg.max_answer_len)  # fmt: skip
-        loss_first += memory_first
-        raw_first += text_first
+        from_memory, from_text = single_document_first(model, questions, answers, mem, scores.detach(), batch, top,
+                                                       cfg.max_answer_len)  # fmt: skip
+        memory_first += from_memory
+        text_first += from_text
     stats = score_gradient_stats(torch.cat(grads), golds)
-    stats.update(single_top=top, loss_picks_gold=sum(loss_first) / len(loss_first),
-                 text_loss_picks_gold=sum(raw_first) / len(raw_first),  # the same, reading raw text
-                 retriever_r1=sum(retriever_first) / len(retriever_first))  # the student's own R@1 here
-    stats.update(n=len(golds), gold_helps_share=sum(h > 0 for h in helps) / len(helps),
+    stats.update(single_top=top, loss_picks_gold=statistics.fmean(memory_first),
+                 text_loss_picks_gold=statistics.fmean(text_first),  # the same, reading raw text
+                 retriever_r1=statistics.fmean(retriever_first),  # the student's own R@1 here
+                 n=len(golds), gold_helps_share=statistics.fmean(h > 0 for h in helps),
                  gold_helps_mean=statistics.fmean(helps), gold_helps_median=statistics.median(helps))  # fmt: skip
     return stats
 
