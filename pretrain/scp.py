@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -68,19 +69,28 @@ def _pick(options: Sequence[str], key: str) -> str:
     return options[int(hashlib.sha256(key.encode()).hexdigest(), 16) % len(options)]
 
 
-def example_from_record(rec: PretrainRecord) -> ScpExample:
+def shuffled_pairs(pairs: Sequence, key: str) -> list:
+    """The pairs in an order fixed by a stable hash of ``key``: the same record always gets the same order."""
+    out = list(pairs)
+    random.Random(int(hashlib.sha256(key.encode()).hexdigest(), 16)).shuffle(out)
+    return out
+
+
+def example_from_record(rec: PretrainRecord, shuffle_pairs: bool = False) -> ScpExample:
     if rec.data_type is DataType.QA:
-        return ScpExample(rec.doc, QA_INSTRUCTION, qa_target(rec.pairs))
+        pairs = shuffled_pairs(rec.pairs, rec.id or rec.doc) if shuffle_pairs else rec.pairs
+        return ScpExample(rec.doc, QA_INSTRUCTION, qa_target(pairs))
     instruction = rec.instruction or _pick(PARAPHRASE_INSTRUCTIONS, rec.id or rec.doc)
     return ScpExample(rec.doc, instruction, rec.paraphrase or "")
 
 
-def load_examples(path: str | Path, data_types: Sequence[str] = ("qa", "paraphrase"), skip_bad: bool = False) -> list[ScpExample]:
+def load_examples(path: str | Path, data_types: Sequence[str] = ("qa", "paraphrase"), skip_bad: bool = False,
+                  shuffle_pairs: bool = False) -> list[ScpExample]:
     """SCP examples from a pretrain JSONL (project or reference format); records of other types are left out."""
     from clara.jsonl import read_records
 
     records = read_records(path, "pretrain", skip_bad=skip_bad)
-    examples = [example_from_record(r) for r in records if r.data_type.value in data_types]
+    examples = [example_from_record(r, shuffle_pairs) for r in records if r.data_type.value in data_types]
     examples = [e for e in examples if e.target.strip()]
     if not examples:
         raise DataError(f"{path}: no usable records of data_type {', '.join(data_types)} (empty targets are skipped)")
@@ -88,7 +98,7 @@ def load_examples(path: str | Path, data_types: Sequence[str] = ("qa", "paraphra
     return examples
 
 
-def _fresh_examples(seed: int, data_types: Sequence[str]) -> Iterator[ScpExample]:
+def _fresh_examples(seed: int, data_types: Sequence[str], shuffle_pairs: bool = False) -> Iterator[ScpExample]:
     """Endless examples from never-repeating world documents, synthesised by the world teacher."""
     from clara.pretrain.synth import fresh_world_documents, result_records, synthesize_document
     from clara.pretrain.teachers import make_teacher
@@ -101,7 +111,7 @@ def _fresh_examples(seed: int, data_types: Sequence[str]) -> Iterator[ScpExample
         for obj in result_records(result, teacher.name):
             rec = PretrainRecord.from_json(obj, f"fresh document {doc.id}")
             if rec.data_type.value in data_types:
-                yield example_from_record(rec)
+                yield example_from_record(rec, shuffle_pairs)
 
 
 class FreshExamples(Sequence):
@@ -111,9 +121,10 @@ class FreshExamples(Sequence):
     a resumed run that asks for item i gets the same example the first run got.
     """
 
-    def __init__(self, seed: int, length: int, data_types: Sequence[str] = ("qa", "paraphrase")):
+    def __init__(self, seed: int, length: int, data_types: Sequence[str] = ("qa", "paraphrase"),
+                 shuffle_pairs: bool = False):
         self.seed, self.length = seed, length
-        self._stream = _fresh_examples(seed, tuple(data_types))
+        self._stream = _fresh_examples(seed, tuple(data_types), shuffle_pairs)
         self._items: list[ScpExample] = []
 
     def __len__(self) -> int:
@@ -220,10 +231,10 @@ def scp_dataset(cfg: ClaraConfig, data: str | Path | None, fresh: bool, skip_bad
     if fresh:
         t = cfg.train
         n = t.max_steps * t.batch_size * t.grad_accum  # every example is seen exactly once
-        return FreshExamples(scp.fresh_seed, n, scp.data_types)
+        return FreshExamples(scp.fresh_seed, n, scp.data_types, scp.shuffle_pairs)
     if not data:
         raise DataError("SCP needs data: give --data FILE (from `clara pretrain synth`) or --world-fresh")
-    return load_examples(data, scp.data_types, skip_bad=skip_bad)
+    return load_examples(data, scp.data_types, skip_bad=skip_bad, shuffle_pairs=scp.shuffle_pairs)
 
 
 def train_scp(

@@ -111,6 +111,25 @@ def test_fresh_stream_is_deterministic_and_never_repeats():
     assert len(qa_docs) == len(set(qa_docs)) >= 15
 
 
+def test_shuffled_pairs_keep_every_pair_in_a_stable_order_per_document():
+    from clara.pretrain.scp import FreshExamples
+
+    def lines(e):
+        return e.target.split("\n")
+
+    fixed, shuffled, again = (FreshExamples(3, 30, ("qa",), shuffle_pairs=s) for s in (False, True, True))
+    firsts_shuffled = set()
+    for i in range(30):
+        a, b = fixed[i], shuffled[i]
+        assert a.doc == b.doc and b == again[i]  # same documents; the order is a function of the record
+        pairs_a = set(zip(lines(a)[0::2], lines(a)[1::2]))
+        assert pairs_a == set(zip(lines(b)[0::2], lines(b)[1::2])) and len(pairs_a) >= 4
+        firsts_shuffled.add(lines(b)[0])
+    # the teacher's order puts the same kind of fact first; shuffled, the first pair varies
+    assert sum(a != b for a, b in ((fixed[i].target, shuffled[i].target) for i in range(30))) >= 25
+    assert len(firsts_shuffled) == 30
+
+
 def test_infonce_matches_hand_values_and_ranks_own_document_first():
     from clara.pretrain.scp import memory_text_infonce
 
