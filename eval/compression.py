@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from clara.errors import CheckpointError, DataError
-from clara.eval.metrics import answer_scores, cover_em
+from clara.eval.metrics import answer_scores, cover_em, exact_match
 from clara.eval.reading import evaluate_reading, extract_answer, load_world_questions
 from clara.records import Document
 
@@ -209,6 +209,7 @@ def evaluate_compression(
         results["settings"][setting] = scores
         for rec, reply, pred in zip(records, replies, preds):
             rec[setting] = {"reply": reply, "prediction": pred}
+    results["em_by_relation"] = em_by_relation(qs, records, [s for s in ("memory", "wrong_memory") if s in settings])
     first = [g[0] for g in golds]
     results["nll_right"] = target_nll(model, texts, first, mem, batch_size)
     results["nll_wrong"] = target_nll(model, texts, first, mem[wrong], batch_size)
@@ -229,6 +230,23 @@ def evaluate_compression(
     results["settings"] = {s: results["settings"][s] for s in SETTINGS if s in results["settings"]}
     results["records"] = records
     return results
+
+
+def em_by_relation(qs: Sequence[dict], records: Sequence[dict], settings: Sequence[str]) -> dict[str, dict[str, float]]:
+    """EM per question relation (birth_city, employer, ...) for each memory setting, with the count ``n``.
+
+    A compressor can keep some facts of a document and drop others (a target cut at max_target_tokens
+    never trains the later ones); the mean over all questions hides which."""
+    out: dict[str, dict[str, float]] = {}
+    for q, rec in zip(qs, records):
+        row = out.setdefault(_relation(q) or "?", {"n": 0, **{s: 0.0 for s in settings}})
+        row["n"] += 1
+        for s in settings:
+            row[s] += exact_match(rec[s]["prediction"], rec["answers"])
+    for row in out.values():
+        for s in settings:
+            row[s] /= row["n"]
+    return dict(sorted(out.items()))
 
 
 # ---------------------------------------------------------------------------- checkpoints and the table
@@ -311,4 +329,9 @@ def format_table(results: dict[str, Any]) -> str:
                      f"{run['mem_between_share']:.4f} | "
                      f"{run['nll_right']:.4f} | {run['nll_wrong']:.4f} | {run.get('choice_right', float('nan')):.3f} | "
                      f"{run.get('choice_wrong', float('nan')):.3f} ({run.get('choices', float('nan')):.1f}) |")  # fmt: skip
+    lines += ["", "| CR | relation | n | EM memory | EM wrong memory |", "|---|---|---|---|---|"]
+    for run in results["runs"]:
+        for rel, row in run.get("em_by_relation", {}).items():
+            lines.append(f"| {run['cr']} | {rel} | {row['n']} | {row.get('memory', float('nan')):.3f} | "
+                         f"{row.get('wrong_memory', float('nan')):.3f} |")  # fmt: skip
     return "\n".join(lines)

@@ -46,6 +46,22 @@ def test_evaluate_compression_reports_every_setting(world_and_adapters):
     for rec in res["records"]:
         assert rec["wrong_doc_id"] != rec["doc_id"]
         assert all(s in rec for s in SETTINGS)
+    by_rel = res["em_by_relation"]
+    assert sum(r["n"] for r in by_rel.values()) == 6 and set(by_rel) <= {q["relation"] for q in questions}
+    for setting in ("memory", "wrong_memory"):  # the relations' EM, weighted by n, is the overall EM
+        total = sum(r[setting] * r["n"] for r in by_rel.values()) / 6
+        assert total == pytest.approx(res["settings"][setting]["em"])
+
+
+def test_em_by_relation_hand_values():
+    from clara.eval.compression import em_by_relation
+
+    qs = [{"relation": "birth_city"}, {"relation": "birth_city"}, {"relation": "employer"}]
+    recs = [{"answers": ["Tovin"], "memory": {"prediction": "Tovin"}},
+            {"answers": ["Maath"], "memory": {"prediction": "Vathruskonia"}},
+            {"answers": ["Feis Systems"], "memory": {"prediction": "feis systems"}}]
+    assert em_by_relation(qs, recs, ["memory"]) == {"birth_city": {"n": 2, "memory": 0.5},
+                                                    "employer": {"n": 1, "memory": 1.0}}
 
 
 def test_cli_run_with_cr_filter(world_and_adapters, tmp_path):
