@@ -64,15 +64,20 @@ def qa_target(pairs) -> str:
     return "\n".join(f"Question: {p.question}\nAnswer: {p.answer}" for p in pairs)
 
 
+def _stable_int(key: str) -> int:
+    """A hash of ``key`` that is the same in every process (Python's ``hash`` of a str is salted)."""
+    return int(hashlib.sha256(key.encode()).hexdigest(), 16)
+
+
 def _pick(options: Sequence[str], key: str) -> str:
     """A template chosen by a stable hash of ``key``: the same record always gets the same one."""
-    return options[int(hashlib.sha256(key.encode()).hexdigest(), 16) % len(options)]
+    return options[_stable_int(key) % len(options)]
 
 
 def shuffled_pairs(pairs: Sequence, key: str) -> list:
     """The pairs in an order fixed by a stable hash of ``key``: the same record always gets the same order."""
     out = list(pairs)
-    random.Random(int(hashlib.sha256(key.encode()).hexdigest(), 16)).shuffle(out)
+    random.Random(_stable_int(key)).shuffle(out)
     return out
 
 
