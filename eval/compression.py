@@ -92,15 +92,20 @@ def _between_over_total(mem: torch.Tensor) -> float:
 
 @torch.no_grad()
 def answer_from_memory(model, questions: Sequence[str], mem: torch.Tensor, *, prompt: str = "scp",
-                       batch_size: int = 8, max_new_tokens: int = 16, desc: str = "memory") -> list[str]:  # fmt: skip
+                       batch_size: int = 8, max_new_tokens: int = 16, desc: str = "memory",
+                       before: Sequence[str] | None = None) -> list[str]:  # fmt: skip
+    """Greedy answers, one per question from its memory mem (N, m, H). ``prompt="scp"``: the SCP QA
+    instruction with the reply forced to start ``Question: q\nAnswer:``, after ``before[i]`` when given
+    (e.g. the QA lines that precede the question in a training target)."""
     from clara.pretrain.scp import QA_INSTRUCTION
 
     replies = []
     for i in tqdm(range(0, len(questions), batch_size), desc=desc, unit="batch"):
         qs, m = list(questions[i : i + batch_size]), mem[i : i + batch_size]
         if prompt == "scp":
+            pre = before[i : i + batch_size] if before is not None else [""] * len(qs)
             replies += model.generate([QA_INSTRUCTION] * len(qs), m[:, None], max_new_tokens=max_new_tokens,
-                                      stop=("\n",), reply_prefixes=[f"Question: {q}\nAnswer:" for q in qs])
+                                      stop=("\n",), reply_prefixes=[f"{b}Question: {q}\nAnswer:" for b, q in zip(pre, qs)])
         else:
             replies += model.generate(qs, m[:, None], max_new_tokens=max_new_tokens, stop=("\n",))
     return replies

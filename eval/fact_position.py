@@ -49,18 +49,15 @@ def fact_rows(docs: Sequence, teacher) -> list[FactRow]:
 @torch.no_grad()
 def position_em(model, mem: torch.Tensor, rows: Sequence[FactRow], batch_size: int = 8) -> dict[str, Any]:
     """EM overall and per position, answering alone and in place; mem (D, m, H) per document."""
+    from clara.eval.compression import answer_from_memory
     from clara.eval.metrics import exact_match
     from clara.eval.reading import extract_answer
-    from clara.pretrain.scp import QA_INSTRUCTION
 
     out: dict[str, Any] = {}
+    row_mem = mem[[r.doc for r in rows]]  # (R, m, H)
     for way in ("alone", "in_place"):
-        preds = []
-        for s in range(0, len(rows), batch_size):
-            batch = rows[s : s + batch_size]
-            starts = [(r.prefix if way == "in_place" else "") + f"Question: {r.question}\nAnswer:" for r in batch]
-            preds += model.generate([QA_INSTRUCTION] * len(batch), mem[[r.doc for r in batch]][:, None],
-                                    max_new_tokens=16, stop=("\n",), reply_prefixes=starts)  # fmt: skip
+        preds = answer_from_memory(model, [r.question for r in rows], row_mem, batch_size=batch_size, desc=way,
+                                   before=[r.prefix for r in rows] if way == "in_place" else None)  # fmt: skip
         hits = [exact_match(extract_answer(p), [r.answer]) for p, r in zip(preds, rows)]
         by_pos: dict[int, list[float]] = {}
         for r, h in zip(rows, hits):
