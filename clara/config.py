@@ -181,6 +181,14 @@ class JointConfig:
         _check(self.query_warmup_steps >= 0, "joint.query_warmup_steps", "must be >= 0")
 
 
+class QaLayout(str, enum.Enum):
+    """How SCP turns a QA record's pairs into generator targets (see ScpConfig.qa_layout)."""
+
+    LINES = "lines"  # one target: every pair as Question/Answer lines, in the teacher's order (DESIGN §4)
+    SHUFFLED = "shuffled"  # one target, the pairs in a stable random order per record
+    ROWS = "rows"  # one target per pair, all from one compression of the document
+
+
 @dataclass(frozen=True)
 class ScpConfig:
     """Stage 1 (SCP, DESIGN §4): L = CE(generator(instruction, mem) -> target) + mse_weight * MSE."""
@@ -195,14 +203,20 @@ class ScpConfig:
     # (both centred over the batch), a signal that keeps documents' memories apart (DESIGN §11, collapse)
     contrastive_weight: float = 0.0
     contrastive_temperature: float = 0.1
-    # QA targets list a document's pairs in the teacher's fixed fact order, and max_target_tokens cuts
-    # the list: at 64 tokens only 2.8 of a world document's 6.4 pairs fit, so the later facts never train
-    # (the release answers employer, mentor, industry, founding year, population with EM 0). Shuffled (a
-    # stable order per record), every fact trains and comes first in some documents, as in `clara eval
-    # compression`. Measured from the release, 600 more steps each way, 200 world-9 questions: answer NLL
-    # 3.07 -> 1.88 and 4-way choice accuracy 0.570 -> 0.725, but greedy EM 0.260 -> 0.200: the memory
-    # spreads over all facts and spells each less exactly (birth city 0.92 -> 0.38, industry 0 -> 0.50)
-    shuffle_pairs: bool = False
+    # How a QA record becomes targets. "lines": every pair as one target, in the teacher's fixed fact order
+    # (DESIGN §4). max_target_tokens cuts it: at 64 tokens only 2.8 of a world document's 6.4 pairs fit, so
+    # the later facts never train (the release answers employer, mentor, industry, founding year, population
+    # with EM 0). "shuffled": the same target with the pairs in a stable random order per record, so every
+    # fact comes first in some documents. Measured from the release, 600 more steps each way, 200 world-9
+    # questions: answer NLL 3.07 -> 1.88 and 4-way choice accuracy 0.570 -> 0.725, but greedy EM 0.260 ->
+    # 0.200: the memory spreads over all facts and spells each less exactly (birth city 0.92 -> 0.38,
+    # industry 0 -> 0.50). "rows": one generator row per pair, all reading one compression of the document,
+    # each in the form `clara eval compression` asks (a question alone); every fact trains, none is cut.
+    qa_layout: QaLayout = QaLayout.LINES
+    # layout "rows": how many of a document's pairs train (a stable draw per record); 0 = all. Each row repeats
+    # the prompt (~55 tokens on SmolLM2), so all pairs cost ~4x a lines step; fresh documents are read once,
+    # so a few rows per document still train every kind of fact across documents
+    rows_per_document: int = 0
 
     def __post_init__(self):
         _check(self.mse_weight >= 0, "scp.mse_weight", f"must be >= 0, got {self.mse_weight}")
@@ -210,6 +224,7 @@ class ScpConfig:
         _check(not bad and bool(self.data_types), "scp.data_types", f"must be a non-empty subset of qa,paraphrase; got {list(self.data_types)}")
         _check(self.max_target_tokens >= 1, "scp.max_target_tokens", "must be >= 1")
         _check(self.instruct_k >= 1, "scp.instruct_k", "must be >= 1")
+        _check(self.rows_per_document >= 0, "scp.rows_per_document", f"must be >= 0, got {self.rows_per_document}")
         _check(self.contrastive_weight >= 0, "scp.contrastive_weight", f"must be >= 0, got {self.contrastive_weight}")
         _check(self.contrastive_temperature > 0, "scp.contrastive_temperature", f"must be > 0, got {self.contrastive_temperature}")
 

@@ -9,8 +9,9 @@ its own text states among the batch's, both centred over the batch — it keeps 
 apart (measured on SmolLM2, r = 64, 500 steps × 32 on a GPU: between-document variance share
 0.011 -> 0.036, held-out EM from memory 0.240 -> 0.305 on 200 questions). The generator sees only
 ``mem`` (spliced into its prompt), never the text. QA target: every pair of the document as
-``Question: …\\nAnswer: …`` lines; paraphrase target: the rewritten document, asked for with one
-of several instruction templates. Compressor + generator LoRA and the memory-token embeddings
+``Question: …\\nAnswer: …`` lines (``scp.qa_layout``: in the teacher's order, shuffled per record,
+or one generator row per pair, all reading one compression); paraphrase target: the rewritten
+document, asked for with one of several instruction templates. Compressor + generator LoRA and the memory-token embeddings
 train; the query adapter and every base weight stay frozen.
 
     result = train_scp(cfg, data="data/synth.jsonl")          # or fresh=True: endless new documents
@@ -34,7 +35,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from clara.config import ClaraConfig, ScpConfig
+from clara.config import ClaraConfig, QaLayout, ScpConfig
 from clara.errors import DataError
 from clara.records import DataType, PretrainRecord
 
@@ -53,11 +54,20 @@ SCP_ADAPTERS = ("compressor", "generator")  # what stage 1 trains and saves; the
 
 @dataclass(frozen=True)
 class ScpExample:
-    """One SCP sample: the document to compress, the generator's instruction and its target."""
+    """One SCP sample: the document to compress, the generator's instruction and its target.
+
+    ``rows`` (``qa_layout: rows``): the targets the generator is trained on, one row each, all reading
+    one compression of ``doc``; ``target`` then holds the same pairs as lines. Empty: ``target`` is the row.
+    """
 
     doc: str
     instruction: str
     target: str
+    rows: tuple[str, ...] = ()
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return self.rows or (self.target,)
 
 
 def qa_target(pairs) -> str:
@@ -81,21 +91,28 @@ def shuffled_pairs(pairs: Sequence, key: str) -> list:
     return out
 
 
-def example_from_record(rec: PretrainRecord, shuffle_pairs: bool = False) -> ScpExample:
+def example_from_record(rec: PretrainRecord, qa_layout: QaLayout = QaLayout.LINES, rows_per_document: int = 0) -> ScpExample:
+    """``rows_per_document`` (layout ``rows``): train that many of the pairs, drawn by a stable shuffle per
+    record (0 = every pair); ``target`` still lists them all."""
     if rec.data_type is DataType.QA:
-        pairs = shuffled_pairs(rec.pairs, rec.id or rec.doc) if shuffle_pairs else rec.pairs
-        return ScpExample(rec.doc, QA_INSTRUCTION, qa_target(pairs))
+        layout, key = QaLayout(qa_layout), rec.id or rec.doc
+        pairs = shuffled_pairs(rec.pairs, key) if layout is QaLayout.SHUFFLED else rec.pairs
+        rows = ()
+        if layout is QaLayout.ROWS:
+            picked = shuffled_pairs(rec.pairs, key)[:rows_per_document] if rows_per_document else rec.pairs
+            rows = tuple(qa_target([p]) for p in picked)
+        return ScpExample(rec.doc, QA_INSTRUCTION, qa_target(pairs), rows)
     instruction = rec.instruction or _pick(PARAPHRASE_INSTRUCTIONS, rec.id or rec.doc)
     return ScpExample(rec.doc, instruction, rec.paraphrase or "")
 
 
 def load_examples(path: str | Path, data_types: Sequence[str] = ("qa", "paraphrase"), skip_bad: bool = False,
-                  shuffle_pairs: bool = False) -> list[ScpExample]:
+                  qa_layout: QaLayout = QaLayout.LINES, rows_per_document: int = 0) -> list[ScpExample]:
     """SCP examples from a pretrain JSONL (project or reference format); records of other types are left out."""
     from clara.jsonl import read_records
 
     records = read_records(path, "pretrain", skip_bad=skip_bad)
-    examples = [example_from_record(r, shuffle_pairs) for r in records if r.data_type.value in data_types]
+    examples = [example_from_record(r, qa_layout, rows_per_document) for r in records if r.data_type.value in data_types]
     examples = [e for e in examples if e.target.strip()]
     if not examples:
         raise DataError(f"{path}: no usable records of data_type {', '.join(data_types)} (empty targets are skipped)")
@@ -103,7 +120,8 @@ def load_examples(path: str | Path, data_types: Sequence[str] = ("qa", "paraphra
     return examples
 
 
-def _fresh_examples(seed: int, data_types: Sequence[str], shuffle_pairs: bool = False) -> Iterator[ScpExample]:
+def _fresh_examples(seed: int, data_types: Sequence[str], qa_layout: QaLayout = QaLayout.LINES,
+                    rows_per_document: int = 0) -> Iterator[ScpExample]:
     """Endless examples from never-repeating world documents, synthesised by the world teacher."""
     from clara.pretrain.synth import fresh_world_documents, result_records, synthesize_document
     from clara.pretrain.teachers import make_teacher
@@ -116,7 +134,7 @@ def _fresh_examples(seed: int, data_types: Sequence[str], shuffle_pairs: bool = 
         for obj in result_records(result, teacher.name):
             rec = PretrainRecord.from_json(obj, f"fresh document {doc.id}")
             if rec.data_type.value in data_types:
-                yield example_from_record(rec, shuffle_pairs)
+                yield example_from_record(rec, qa_layout, rows_per_document)
 
 
 class FreshExamples(Sequence):
@@ -127,9 +145,9 @@ class FreshExamples(Sequence):
     """
 
     def __init__(self, seed: int, length: int, data_types: Sequence[str] = ("qa", "paraphrase"),
-                 shuffle_pairs: bool = False):
+                 qa_layout: QaLayout = QaLayout.LINES, rows_per_document: int = 0):
         self.seed, self.length = seed, length
-        self._stream = _fresh_examples(seed, tuple(data_types), shuffle_pairs)
+        self._stream = _fresh_examples(seed, tuple(data_types), qa_layout, rows_per_document)
         self._items: list[ScpExample] = []
 
     def __len__(self) -> int:
@@ -167,8 +185,11 @@ def scp_loss(model, batch: Sequence[ScpExample], mse_weight: float = 0.1, max_ta
     docs = [e.doc for e in batch]
     mem, text_mean = model.compress(docs, return_text_mean=True)  # (B, m, H), (B, H)
     mse = nn.functional.mse_loss(mem.mean(1).float(), text_mean.float())
+    # one generator row per target; a document's rows all read its one compression
+    owner = [i for i, e in enumerate(batch) for _ in e.targets]
+    targets = [t for e in batch for t in e.targets]
     ce = model.generator_loss(
-        [e.instruction for e in batch], mem[:, None], [e.target for e in batch], max_answer_len=max_target_tokens
+        [batch[i].instruction for i in owner], mem[owner][:, None], targets, max_answer_len=max_target_tokens
     )
     loss = ce + mse_weight * mse if mse_weight else ce
     metrics = {"ce": float(ce.detach()), "mse": float(mse.detach())}
@@ -184,7 +205,7 @@ def scp_loss(model, batch: Sequence[ScpExample], mse_weight: float = 0.1, max_ta
     with torch.no_grad():
         metrics["mem_cos"] = mean_pairwise_cosine(mem.detach())
     metrics["tokens"] = float(sum(
-        len(model.tokenizer(e.target, add_special_tokens=False)["input_ids"][:max_target_tokens]) for e in batch))
+        len(model.tokenizer(t, add_special_tokens=False)["input_ids"][:max_target_tokens]) for t in targets))
     return loss, metrics
 
 
@@ -236,10 +257,11 @@ def scp_dataset(cfg: ClaraConfig, data: str | Path | None, fresh: bool, skip_bad
     if fresh:
         t = cfg.train
         n = t.max_steps * t.batch_size * t.grad_accum  # every example is seen exactly once
-        return FreshExamples(scp.fresh_seed, n, scp.data_types, scp.shuffle_pairs)
+        return FreshExamples(scp.fresh_seed, n, scp.data_types, scp.qa_layout, scp.rows_per_document)
     if not data:
         raise DataError("SCP needs data: give --data FILE (from `clara pretrain synth`) or --world-fresh")
-    return load_examples(data, scp.data_types, skip_bad=skip_bad, shuffle_pairs=scp.shuffle_pairs)
+    return load_examples(data, scp.data_types, skip_bad=skip_bad, qa_layout=scp.qa_layout,
+                         rows_per_document=scp.rows_per_document)
 
 
 def train_scp(

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from clara.config import ClaraConfig, LoraConfig, ModelConfig, ScpConfig, TrainConfig
+from clara.config import ClaraConfig, LoraConfig, ModelConfig, QaLayout, ScpConfig, TrainConfig
 from clara.pretrain.scp import (
     PARAPHRASE_INSTRUCTIONS, QA_INSTRUCTION, ScpExample, build_scp_model, load_examples, mean_pairwise_cosine,
     scp_loss, train_scp,
@@ -34,11 +34,11 @@ def make_cfg(backbone, out, **train):
     )
 
 
-def examples(recs):
+def examples(recs, qa_layout="lines"):
     from clara.pretrain.scp import example_from_record
     from clara.records import PretrainRecord
 
-    return [example_from_record(PretrainRecord.from_json(r, "test")) for r in recs]
+    return [example_from_record(PretrainRecord.from_json(r, "test"), QaLayout(qa_layout)) for r in recs]
 
 
 def test_loss_is_finite_and_both_terms_contribute(tiny_backbone, tmp_path, fresh_docs):
@@ -117,7 +117,7 @@ def test_shuffled_pairs_keep_every_pair_in_a_stable_order_per_document():
     def lines(e):
         return e.target.split("\n")
 
-    fixed, shuffled, again = (FreshExamples(3, 30, ("qa",), shuffle_pairs=s) for s in (False, True, True))
+    fixed, shuffled, again = (FreshExamples(3, 30, ("qa",), QaLayout(s)) for s in ("lines", "shuffled", "shuffled"))
     firsts_shuffled = set()
     for i in range(30):
         a, b = fixed[i], shuffled[i]
@@ -128,6 +128,43 @@ def test_shuffled_pairs_keep_every_pair_in_a_stable_order_per_document():
     # the teacher's order puts the same kind of fact first; shuffled, the first pair varies
     assert sum(a != b for a, b in ((fixed[i].target, shuffled[i].target) for i in range(30))) >= 25
     assert len(firsts_shuffled) == 30
+
+
+def test_rows_layout_gives_one_row_per_pair_in_the_eval_form():
+    from clara.pretrain.scp import FreshExamples
+
+    lines, rows = (FreshExamples(3, 20, ("qa",), QaLayout(s)) for s in ("lines", "rows"))
+    for i in range(20):
+        a, b = lines[i], rows[i]
+        assert a.doc == b.doc and a.target == b.target and a.targets == (a.target,)
+        assert "\n".join(b.targets) == a.target and len(b.targets) >= 4  # every pair, none cut
+        assert all(t.startswith("Question: ") and t.count("\nAnswer: ") == 1 for t in b.targets)
+    two, again = (FreshExamples(3, 20, ("qa",), QaLayout.ROWS, rows_per_document=2) for _ in range(2))
+    picked = [two[i].targets for i in range(20)]
+    assert picked == [again[i].targets for i in range(20)]  # a stable draw per document
+    assert all(len(p) == 2 and set(p) <= set(rows[i].targets) for i, p in enumerate(picked))
+    assert len({p[0].split("\n")[0].split()[1] for p in picked}) >= 3  # different kinds of fact come first
+
+
+def test_rows_layout_loss_is_the_token_mean_over_every_pair_from_one_compression(tiny_backbone, tmp_path, fresh_docs):
+    model = build_scp_model(make_cfg(tiny_backbone, tmp_path))
+    model.eval()
+    qa = [r for r in fresh_docs if r.get("data_type") == "qa"][:3]
+    batch = examples(qa, "rows")
+    loss, m = scp_loss(model, batch, mse_weight=0.0, max_target_tokens=256)  # no row is cut
+    # by hand: each row's summed NLL from its own document's memory, over all rows' tokens
+    with torch.no_grad():
+        mem = model.compress([e.doc for e in batch])
+        total, tokens = 0.0, 0
+        for i, e in enumerate(batch):
+            for t in e.targets:
+                total += float(model.generator_loss([e.instruction], mem[i : i + 1, None], [t], reduction="sum",
+                                                    max_answer_len=256)[0])
+                tokens += len(model._answer_ids(t, 256))
+    assert loss.item() == pytest.approx(total / tokens, rel=1e-4)
+    assert m["tokens"] == sum(len(model.tokenizer(t, add_special_tokens=False)["input_ids"]) for e in batch for t in e.targets)
+    lines_loss, _ = scp_loss(model, examples(qa), mse_weight=0.0)
+    assert abs(lines_loss.item() - loss.item()) > 1e-4  # a different objective from the lines target
 
 
 def test_infonce_matches_hand_values_and_ranks_own_document_first():
