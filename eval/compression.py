@@ -320,11 +320,11 @@ def run_compression_eval(
 
 
 def format_table(results: dict[str, Any]) -> str:
-    lines = ["| CR | setting | n | EM | F1 | Cover-EM | raw Cover-EM |", "|---|---|---|---|---|---|---|"]
+    lines = ["| CR | setting | n | EM | F1 | Cover-EM | raw Cover-EM | char sim |", "|---|---|---|---|---|---|---|---|"]
     for run in results["runs"]:
         for setting, s in run["settings"].items():
             lines.append(f"| {run['cr']} | {setting} | {s['n']} | {s['em']:.3f} | {s['f1']:.3f} | {s['cover_em']:.3f} | "
-                         f"{s.get('raw_cover_em', float('nan')):.3f} |")  # fmt: skip
+                         f"{s.get('raw_cover_em', float('nan')):.3f} | {s.get('char_sim', float('nan')):.3f} |")  # fmt: skip
     lines.append("")
     lines.append("| CR | m | mean pairwise cos (flat) | (pooled) | between-doc var share | "
                  "target NLL right mem | wrong mem | choice acc right mem | wrong mem (of) |")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from clara.eval.metrics import answer_scores, cover_em, exact_match, f1, normalize_answer, recall_at_k
+from clara.eval.metrics import answer_scores, char_sim, cover_em, exact_match, f1, normalize_answer, recall_at_k
 
 
 @pytest.mark.parametrize(
@@ -63,6 +63,12 @@ def test_recall_at_k():
         recall_at_k(ranked, 2, 0)
 
 
+def test_char_sim_grades_near_spellings_and_takes_the_best_gold():
+    assert char_sim("Teibath", "Teisath") == pytest.approx(12 / 14)  # "tei" + "ath" match
+    assert char_sim("The Teisath.", ["Kor", "teisath"]) == 1.0  # normalised, best gold
+    assert char_sim("", "Teisath") == 0.0 and char_sim("1994", "1984") == pytest.approx(6 / 8)
+
+
 def test_answer_scores_means():
     s = answer_scores(["Paris", "It is Lyon", "Rome"], [["paris"], ["Lyon"], ["Milan"]])
     assert s["n"] == 3
@@ -70,5 +76,7 @@ def test_answer_scores_means():
     assert s["cover_em"] == pytest.approx(2 / 3)
     # f1: 1 + (pred [it, is, lyon] vs [lyon] -> P=1/3 R=1 -> 0.5) + 0
     assert s["f1"] == pytest.approx(1.5 / 3)
+    # char_sim: 1 + "it is lyon" vs "lyon" (2·4/14) + "rome" vs "milan" (one "m": 2·1/9)
+    assert s["char_sim"] == pytest.approx((1 + 8 / 14 + 2 / 9) / 3)
     with pytest.raises(ValueError):
         answer_scores(["a"], [])
