@@ -230,6 +230,8 @@ class ScpConfig:
         _check(self.max_target_tokens >= 1, "scp.max_target_tokens", "must be >= 1")
         _check(self.instruct_k >= 1, "scp.instruct_k", "must be >= 1")
         _check(self.rows_per_document >= 0, "scp.rows_per_document", f"must be >= 0, got {self.rows_per_document}")
+        _check(not self.rows_per_document or QaLayout(self.qa_layout) is QaLayout.ROWS, "scp.rows_per_document",
+               f"applies to scp.qa_layout rows only, not {QaLayout(self.qa_layout).value}")
         _check(self.contrastive_weight >= 0, "scp.contrastive_weight", f"must be >= 0, got {self.contrastive_weight}")
         _check(self.contrastive_temperature > 0, "scp.contrastive_temperature", f"must be > 0, got {self.contrastive_temperature}")
 

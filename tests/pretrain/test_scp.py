@@ -146,6 +146,14 @@ def test_rows_layout_gives_one_row_per_pair_in_the_eval_form():
     assert len({p[0].split("\n")[0].split()[1] for p in picked}) >= 3  # different kinds of fact come first
 
 
+def test_rows_per_document_is_refused_outside_the_rows_layout():
+    from clara.errors import ConfigError
+
+    assert ScpConfig(qa_layout=QaLayout.ROWS, rows_per_document=2).rows_per_document == 2
+    with pytest.raises(ConfigError, match="scp.rows_per_document.*rows only, not lines"):
+        ScpConfig(rows_per_document=2)
+
+
 def test_rows_layout_loss_is_the_token_mean_over_every_pair_from_one_compression(tiny_backbone, tmp_path, fresh_docs):
     model = build_scp_model(make_cfg(tiny_backbone, tmp_path))
     model.eval()
