@@ -11,8 +11,8 @@ apart (measured on SmolLM2, r = 64, 500 steps × 32 on a GPU: between-document v
 ``mem`` (spliced into its prompt), never the text. QA target: every pair of the document as
 ``Question: …\\nAnswer: …`` lines (``scp.qa_layout``: in the teacher's order, shuffled per record,
 or one generator row per pair, all reading one compression); paraphrase target: the rewritten
-document, asked for with one of several instruction templates. Compressor + generator LoRA and the memory-token embeddings
-train; the query adapter and every base weight stay frozen.
+document, asked for with one of several instruction templates. Compressor + generator LoRA and
+the memory-token embeddings train; the query adapter and every base weight stay frozen.
 
     result = train_scp(cfg, data="data/synth.jsonl")          # or fresh=True: endless new documents
     # out_dir/adapters is a standard adapter directory (ClaraModel.load_adapters)
@@ -91,15 +91,16 @@ def shuffled_pairs(pairs: Sequence, key: str) -> list:
     return out
 
 
-def example_from_record(rec: PretrainRecord, qa_layout: QaLayout = QaLayout.LINES, rows_per_document: int = 0) -> ScpExample:
-    """``rows_per_document`` (layout ``rows``): train that many of the pairs, drawn by a stable shuffle per
-    record (0 = every pair); ``target`` still lists them all."""
+def example_from_record(rec: PretrainRecord, scp: ScpConfig | None = None) -> ScpExample:
+    """QA targets as ``scp.qa_layout`` says; with ``rows``, ``scp.rows_per_document`` of the pairs (drawn by
+    a stable shuffle per record; 0 = every pair) train, and ``target`` still lists them all."""
     if rec.data_type is DataType.QA:
-        layout, key = QaLayout(qa_layout), rec.id or rec.doc
+        scp, key = scp or ScpConfig(), rec.id or rec.doc
+        layout, n = QaLayout(scp.qa_layout), scp.rows_per_document
         pairs = shuffled_pairs(rec.pairs, key) if layout is QaLayout.SHUFFLED else rec.pairs
         rows = ()
         if layout is QaLayout.ROWS:
-            picked = shuffled_pairs(rec.pairs, key)[:rows_per_document] if rows_per_document else rec.pairs
+            picked = shuffled_pairs(rec.pairs, key)[:n] if n else rec.pairs
             rows = tuple(qa_target([p]) for p in picked)
         return ScpExample(rec.doc, QA_INSTRUCTION, qa_target(pairs), rows)
     instruction = rec.instruction or _pick(PARAPHRASE_INSTRUCTIONS, rec.id or rec.doc)
@@ -107,12 +108,12 @@ def example_from_record(rec: PretrainRecord, qa_layout: QaLayout = QaLayout.LINE
 
 
 def load_examples(path: str | Path, data_types: Sequence[str] = ("qa", "paraphrase"), skip_bad: bool = False,
-                  qa_layout: QaLayout = QaLayout.LINES, rows_per_document: int = 0) -> list[ScpExample]:
+                  scp: ScpConfig | None = None) -> list[ScpExample]:
     """SCP examples from a pretrain JSONL (project or reference format); records of other types are left out."""
     from clara.jsonl import read_records
 
     records = read_records(path, "pretrain", skip_bad=skip_bad)
-    examples = [example_from_record(r, qa_layout, rows_per_document) for r in records if r.data_type.value in data_types]
+    examples = [example_from_record(r, scp) for r in records if r.data_type.value in data_types]
     examples = [e for e in examples if e.target.strip()]
     if not examples:
         raise DataError(f"{path}: no usable records of data_type {', '.join(data_types)} (empty targets are skipped)")
@@ -120,8 +121,7 @@ def load_examples(path: str | Path, data_types: Sequence[str] = ("qa", "paraphra
     return examples
 
 
-def _fresh_examples(seed: int, data_types: Sequence[str], qa_layout: QaLayout = QaLayout.LINES,
-                    rows_per_document: int = 0) -> Iterator[ScpExample]:
+def _fresh_examples(seed: int, data_types: Sequence[str], scp: ScpConfig | None = None) -> Iterator[ScpExample]:
     """Endless examples from never-repeating world documents, synthesised by the world teacher."""
     from clara.pretrain.synth import fresh_world_documents, result_records, synthesize_document
     from clara.pretrain.teachers import make_teacher
@@ -134,7 +134,7 @@ def _fresh_examples(seed: int, data_types: Sequence[str], qa_layout: QaLayout = 
         for obj in result_records(result, teacher.name):
             rec = PretrainRecord.from_json(obj, f"fresh document {doc.id}")
             if rec.data_type.value in data_types:
-                yield example_from_record(rec, qa_layout, rows_per_document)
+                yield example_from_record(rec, scp)
 
 
 class FreshExamples(Sequence):
@@ -145,9 +145,9 @@ class FreshExamples(Sequence):
     """
 
     def __init__(self, seed: int, length: int, data_types: Sequence[str] = ("qa", "paraphrase"),
-                 qa_layout: QaLayout = QaLayout.LINES, rows_per_document: int = 0):
+                 scp: ScpConfig | None = None):
         self.seed, self.length = seed, length
-        self._stream = _fresh_examples(seed, tuple(data_types), qa_layout, rows_per_document)
+        self._stream = _fresh_examples(seed, tuple(data_types), scp)
         self._items: list[ScpExample] = []
 
     def __len__(self) -> int:
@@ -257,11 +257,10 @@ def scp_dataset(cfg: ClaraConfig, data: str | Path | None, fresh: bool, skip_bad
     if fresh:
         t = cfg.train
         n = t.max_steps * t.batch_size * t.grad_accum  # every example is seen exactly once
-        return FreshExamples(scp.fresh_seed, n, scp.data_types, scp.qa_layout, scp.rows_per_document)
+        return FreshExamples(scp.fresh_seed, n, scp.data_types, scp)
     if not data:
         raise DataError("SCP needs data: give --data FILE (from `clara pretrain synth`) or --world-fresh")
-    return load_examples(data, scp.data_types, skip_bad=skip_bad, qa_layout=scp.qa_layout,
-                         rows_per_document=scp.rows_per_document)
+    return load_examples(data, scp.data_types, skip_bad=skip_bad, scp=scp)
 
 
 def train_scp(

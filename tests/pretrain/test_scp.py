@@ -38,7 +38,7 @@ def examples(recs, qa_layout="lines"):
     from clara.pretrain.scp import example_from_record
     from clara.records import PretrainRecord
 
-    return [example_from_record(PretrainRecord.from_json(r, "test"), QaLayout(qa_layout)) for r in recs]
+    return [example_from_record(PretrainRecord.from_json(r, "test"), ScpConfig(qa_layout=qa_layout)) for r in recs]
 
 
 def test_loss_is_finite_and_both_terms_contribute(tiny_backbone, tmp_path, fresh_docs):
@@ -117,7 +117,7 @@ def test_shuffled_pairs_keep_every_pair_in_a_stable_order_per_document():
     def lines(e):
         return e.target.split("\n")
 
-    fixed, shuffled, again = (FreshExamples(3, 30, ("qa",), QaLayout(s)) for s in ("lines", "shuffled", "shuffled"))
+    fixed, shuffled, again = (FreshExamples(3, 30, ("qa",), ScpConfig(qa_layout=s)) for s in ("lines", "shuffled", "shuffled"))
     firsts_shuffled = set()
     for i in range(30):
         a, b = fixed[i], shuffled[i]
@@ -133,13 +133,13 @@ def test_shuffled_pairs_keep_every_pair_in_a_stable_order_per_document():
 def test_rows_layout_gives_one_row_per_pair_in_the_eval_form():
     from clara.pretrain.scp import FreshExamples
 
-    lines, rows = (FreshExamples(3, 20, ("qa",), QaLayout(s)) for s in ("lines", "rows"))
+    lines, rows = (FreshExamples(3, 20, ("qa",), ScpConfig(qa_layout=s)) for s in ("lines", "rows"))
     for i in range(20):
         a, b = lines[i], rows[i]
         assert a.doc == b.doc and a.target == b.target and a.targets == (a.target,)
         assert "\n".join(b.targets) == a.target and len(b.targets) >= 4  # every pair, none cut
         assert all(t.startswith("Question: ") and t.count("\nAnswer: ") == 1 for t in b.targets)
-    two, again = (FreshExamples(3, 20, ("qa",), QaLayout.ROWS, rows_per_document=2) for _ in range(2))
+    two, again = (FreshExamples(3, 20, ("qa",), ScpConfig(qa_layout=QaLayout.ROWS, rows_per_document=2)) for _ in range(2))
     picked = [two[i].targets for i in range(20)]
     assert picked == [again[i].targets for i in range(20)]  # a stable draw per document
     assert all(len(p) == 2 and set(p) <= set(rows[i].targets) for i, p in enumerate(picked))
