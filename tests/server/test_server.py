@@ -4,7 +4,7 @@ import argparse
 import json
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import httpx
 import numpy as np
@@ -141,16 +141,40 @@ def test_unknown_path_is_json_404(server):
 
 
 def test_queue_full_is_429(bank_dir):
+    """One request runs (held on a gate), one waits in the size-1 queue, the rest are refused.
+
+    The gate makes this independent of timing: while the model is held no request can leave
+    the queue, so exactly one of the five later requests is queued and four get 429.
+    """
+
+    class Gated(HashingModel):
+        def __init__(self):
+            super().__init__(4, 256)
+            self.running, self.release = threading.Event(), threading.Event()
+
+        def encode_query(self, questions):
+            self.running.set()
+            assert self.release.wait(20), "test never released the model"
+            return super().encode_query(questions)
+
+    model = Gated()
     settings = ServerSettings(k_max=8, max_batch=1, queue_size=1, max_wait_ms=0.0)
-    app = create_app(settings, model=HashingModel(4, 256, delay_s=0.4), bank=MemoryBank.open(bank_dir))
-    with ServerThread(app) as s, httpx.Client(base_url=s.url, timeout=20) as client:
-        with ThreadPoolExecutor(6) as pool:
-            codes = list(pool.map(lambda i: client.post("/v1/retrieve", json={"queries": [f"person{i}"]}).status_code,
-                                  range(6)))
-        assert codes.count(200) >= 2 and codes.count(429) >= 1, codes
-        assert set(codes) <= {200, 429}
-        r = client.post("/v1/retrieve", json={"queries": ["person1"]})
-        assert r.status_code == 200  # the server recovers once the queue drains
+    app = create_app(settings, model=model, bank=MemoryBank.open(bank_dir))
+    post = lambda client, i: client.post("/v1/retrieve", json={"queries": [f"person{i}"]}).status_code  # noqa: E731
+    with ServerThread(app) as s, httpx.Client(base_url=s.url, timeout=30) as client, ThreadPoolExecutor(6) as pool:
+        first = pool.submit(post, client, 0)
+        assert model.running.wait(20), "the first request never reached the model"
+        later = [pool.submit(post, client, i) for i in range(1, 6)]
+        refused = []
+        for fut in as_completed(later, timeout=20):  # four come back at once, refused
+            refused.append(fut.result())
+            if len(refused) == 4:
+                break
+        assert refused == [429] * 4, refused
+        model.release.set()
+        codes = [first.result(timeout=20)] + [f.result(timeout=20) for f in later]
+        assert sorted(codes) == [200, 200, 429, 429, 429, 429], codes
+        assert post(client, 1) == 200  # the server recovers once the queue drains
 
 
 def test_model_failure_is_json_500(bank_dir):
@@ -203,14 +227,31 @@ def test_bank_of_another_compressor_is_refused(bank_dir):
 
 
 def test_concurrent_requests_are_batched(bank_dir):
+    """Requests that arrive while the model is busy share its next calls (at most max_batch each)."""
+
+    class Gated(HashingModel):
+        def __init__(self):
+            super().__init__(4, 256)
+            self.release, self.held = threading.Event(), 0
+
+        def generate(self, questions, *a, **kw):
+            self.held = self.held or len(questions)  # size of the first batch, the one the gate holds
+            assert self.release.wait(20), "test never released the model"
+            return super().generate(questions, *a, **kw)
+
     settings = ServerSettings(k_max=8, max_batch=8, queue_size=64, max_wait_ms=20.0)
-    model = HashingModel(4, 256, delay_s=0.1)
+    model = Gated()
     app = create_app(settings, model=model, bank=MemoryBank.open(bank_dir))
-    with ServerThread(app) as s, httpx.Client(base_url=s.url, timeout=20) as client:
-        with ThreadPoolExecutor(16) as pool:
-            codes = list(pool.map(lambda i: client.post("/v1/answer", json={"question": f"person{i}"}).status_code,
-                                  range(16)))
-        assert codes == [200] * 16
+    with ServerThread(app) as s, httpx.Client(base_url=s.url, timeout=30) as client, ThreadPoolExecutor(16) as pool:
+        futures = [pool.submit(lambda i: client.post("/v1/answer", json={"question": f"person{i}"}).status_code, i)
+                   for i in range(16)]
+        for _ in range(1000):  # the gate holds the first batch; wait until every other request is queued
+            queue = client.get("/health").json()["queues"]["answer"]
+            if model.held and model.held + queue["waiting"] == 16:
+                break
+            time.sleep(0.02)
+        model.release.set()
+        assert [f.result(timeout=20) for f in futures] == [200] * 16
         queue = client.get("/health").json()["queues"]["answer"]
     assert queue["requests"] == 16 and queue["batches"] <= 8  # 16 requests shared at most 8 model calls
     assert model.calls["generate"] == queue["batches"]  # one generator call per batch
