@@ -150,6 +150,13 @@ class Scoring(str, enum.Enum):
     POOLED = "pooled"  # cosine over the mean-pooled H vectors
 
 
+class GeneratorPrompt(str, enum.Enum):
+    """How the generator is asked a question over memory (stage 2 and the answer evaluations)."""
+
+    DIRECT = "direct"  # the question is the user turn; the reply is the answer
+    SCP = "scp"  # stage 1's QA instruction; the reply starts "Question: q\nAnswer:" (no loss) and continues with the answer
+
+
 @dataclass(frozen=True)
 class JointConfig:
     """Stage 2 (``clara joint``): query reasoner + generator from the generator's loss alone."""
@@ -167,6 +174,8 @@ class JointConfig:
     eval_every: int = 0  # steps between Recall@k evaluations on the dev subset; 0 = off
     eval_limit: int = 64  # dev questions in each evaluation
     max_answer_len: int = 32  # answer tokens in the loss
+    # the form in which the generator reads the question: "scp" asks it the way stage 1 trained it to read memory
+    prompt: GeneratorPrompt = GeneratorPrompt.DIRECT
     # steps at the start in which the query reasoner is held fixed (the generator alone learns, reading the memory
     # the starting query retrieves). Measured from r 64 SCP adapters (lr 2.5e-5, 150 steps): without it R@1 fell
     # 0.599 -> 0.469 by step 50 and ended at 0.573; with 50 warm-up steps it held 0.599 to step 50, then fell

@@ -211,6 +211,15 @@ class ClaraModel(nn.Module):
         prefix = "" if getattr(self.tokenizer, "chat_template", None) else " "
         return self._ids(prefix + answer)[:max_answer_len] + [self.eos_ids[0]]
 
+    def _prefixed_answer_ids(self, reply_prefix: str, answer: str, max_answer_len: int) -> tuple[list[int], list[int]]:
+        """(prefix ids, answer ids + eos) of the reply ``reply_prefix + " " + answer``, tokenised as one text
+        (as SCP trains ``Question: q\nAnswer: a``); the answer starts where the prefix's own ids stop matching."""
+        whole, alone = self._ids(f"{reply_prefix} {answer}"), self._ids(reply_prefix)
+        n = 0
+        while n < min(len(alone), len(whole)) and alone[n] == whole[n]:
+            n += 1
+        return whole[:n], whole[n:][:max_answer_len] + [self.eos_ids[0]]
+
     def _set_memory_norm(self, mode: str) -> None:
         """Splice-side normalisation; its running stats (2, m, H) exist only when it is on, so default
         models keep exactly their old parameters. The stats are a Parameter (so checkpoints keep them)
@@ -289,18 +298,25 @@ class ClaraModel(nn.Module):
         adapter: str = "generator",
         max_answer_len: int = 128,
         reduction: str = "mean",
+        reply_prefixes: Sequence[str] | None = None,
     ) -> torch.Tensor:
         """Next-token cross-entropy on the answer tokens (and the closing eos) only.
 
         ``reduction="none"`` gives one mean loss per row (B,), e.g. for right-vs-wrong-memory ablations;
         ``"sum"`` one summed loss per row (B,), the negative log-likelihood of the whole answer.
+        ``reply_prefixes`` start each reply (as in :meth:`generate`) and carry no loss: the answer is
+        scored as their continuation (``"Question: q\nAnswer:"`` -> the answer after it).
         """
         if reduction not in ("mean", "none", "sum"):
             raise ValueError(f"reduction must be mean, none or sum, got {reduction!r}")
         k = self._check_blocks(questions, mem_blocks)
         prompts = [self.prompt_ids(q, k) for q in questions]
-        targets = [self._answer_ids(a, max_answer_len) for a in answers]
-        ids, mask = left_pad([p + t for p, t in zip(prompts, targets)], self.pad_id)  # (B, T)
+        if reply_prefixes is None:
+            prefixes, targets = [[]] * len(answers), [self._answer_ids(a, max_answer_len) for a in answers]
+        else:
+            prefixes, targets = zip(*(self._prefixed_answer_ids(p, a, max_answer_len)
+                                      for p, a in zip(reply_prefixes, answers)))  # fmt: skip
+        ids, mask = left_pad([p + f + t for p, f, t in zip(prompts, prefixes, targets)], self.pad_id)  # (B, T)
         labels = torch.full_like(ids, -100)
         for i, t in enumerate(targets):
             labels[i, ids.shape[1] - len(t) :] = torch.tensor(t)

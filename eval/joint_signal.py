@@ -30,6 +30,8 @@ from typing import Any, Sequence
 
 import torch
 
+from clara.pretrain.scp import ask
+
 
 def score_gradient_stats(grad: torch.Tensor, golds: Sequence[Sequence[int]]) -> dict[str, float]:
     """grad (B, N) of the loss w.r.t. the scores; per question the best-ranked gold by ascending gradient."""
@@ -52,15 +54,20 @@ def with_and_without_gold(picks: Sequence[int], scores: Sequence[float], gold: S
     return picks[:-1] + [gold[0]], picks
 
 
+def _generator_loss(model, questions, blocks, answers, max_answer_len, prompt, **kw) -> torch.Tensor:
+    inputs, prefixes = ask(questions, prompt)
+    return model.generator_loss(inputs, blocks, answers, max_answer_len=max_answer_len, reply_prefixes=prefixes, **kw)
+
+
 @torch.no_grad()
-def _losses(model, questions, answers, mem, sets, max_answer_len) -> list[float]:
+def _losses(model, questions, answers, mem, sets, max_answer_len, prompt) -> list[float]:
     blocks = torch.stack([mem[b, s] for b, s in enumerate(sets)])  # (B, k, m, H)
-    return model.generator_loss(questions, blocks, answers, max_answer_len=max_answer_len, reduction="none").tolist()
+    return _generator_loss(model, questions, blocks, answers, max_answer_len, prompt, reduction="none").tolist()
 
 
 @torch.no_grad()
-def single_document_first(model, questions, answers, mem, scores, batch, top: int,
-                          max_answer_len: int) -> tuple[list[bool], list[bool]]:  # fmt: skip
+def single_document_first(model, questions, answers, mem, scores, batch, top: int, max_answer_len: int,
+                          prompt: str = "direct") -> tuple[list[bool], list[bool]]:  # fmt: skip
     """Per question, among the top-``top`` candidates by score (gold swapped in for the last when absent):
     does the gold give the lowest loss (1) to the generator reading each candidate's memory alone, and
     (2) to the bare backbone reading each candidate as text (the prompt of raw-text RAG)?"""
@@ -73,8 +80,8 @@ def single_document_first(model, questions, answers, mem, scores, batch, top: in
         if not set(r.pos_index) & set(cands):
             cands[-1] = r.pos_index[0]
         blocks = mem[b, cands][:, None]  # (top, 1, m, H): one memory block each
-        losses = model.generator_loss([questions[b]] * top, blocks, [answers[b]] * top,
-                                      max_answer_len=max_answer_len, reduction="none")  # fmt: skip
+        losses = _generator_loss(model, [questions[b]] * top, blocks, [answers[b]] * top, max_answer_len, prompt,
+                                 reduction="none")  # fmt: skip
         from_memory.append(cands[int(losses.argmin())] in set(r.pos_index))
         prompts = [raw_text_prompt(questions[b], [r.candidates[c].as_text()]) for c in cands]
         losses = model.generator_loss(prompts, None, [answers[b]] * top, adapter=None,
@@ -97,17 +104,17 @@ def measure(model, cache, records: Sequence, cfg, batch_size: int = 8, top: int 
         scores = model_scores(model, model.encode_query(questions), mem, cfg.scoring)
         scores.retain_grad()
         selected, _, picks = select_memory(scores, mem, cfg.top_k, cfg.temperature)
-        model.generator_loss(questions, selected, answers, max_answer_len=cfg.max_answer_len).backward()
+        _generator_loss(model, questions, selected, answers, cfg.max_answer_len, cfg.prompt).backward()
         model.zero_grad(set_to_none=True)
         grads.append(scores.grad.detach().float())
         retriever_first += [int(s.argmax()) in set(r.pos_index) for s, r in zip(scores.detach(), batch)]
         golds += [r.pos_index for r in batch]
         pairs = [with_and_without_gold(p, s, r.pos_index) for p, s, r in zip(picks.tolist(), scores.tolist(), batch)]
-        with_gold = _losses(model, questions, answers, mem, [w for w, _ in pairs], cfg.max_answer_len)
-        without = _losses(model, questions, answers, mem, [wo for _, wo in pairs], cfg.max_answer_len)
+        with_gold = _losses(model, questions, answers, mem, [w for w, _ in pairs], cfg.max_answer_len, cfg.prompt)
+        without = _losses(model, questions, answers, mem, [wo for _, wo in pairs], cfg.max_answer_len, cfg.prompt)
         helps += [b - a for a, b in zip(with_gold, without)]
         from_memory, from_text = single_document_first(model, questions, answers, mem, scores.detach(), batch, top,
-                                                       cfg.max_answer_len)  # fmt: skip
+                                                       cfg.max_answer_len, cfg.prompt)  # fmt: skip
         memory_first += from_memory
         text_first += from_text
     stats = score_gradient_stats(torch.cat(grads), golds)

@@ -162,8 +162,10 @@ def answer_eval(
     settings: Sequence[str] = ("normal", "oracle", "no_gold"),
     batch_size: int = 8,
     max_new_tokens: int = 32,
+    prompt: str = "direct",
 ) -> dict[str, Any]:
-    """EM / F1 / Cover-EM of the generator reading the memory of the k selected candidates.
+    """EM / F1 / Cover-EM of the generator reading the memory of the k selected candidates, asked in the
+    form ``prompt`` names (``joint.prompt`` of the run that trained it).
 
     normal: the retriever's top-k; oracle: the gold guaranteed among them; no_gold: the top-k with
     every gold left out (wrong memory: equal scores to normal mean the memory is not read).
@@ -171,6 +173,7 @@ def answer_eval(
     import torch
 
     from clara.eval.reading import extract_answer
+    from clara.pretrain.scp import ask
 
     unknown = [s for s in settings if s not in SELECTIONS]
     if unknown:
@@ -182,7 +185,9 @@ def answer_eval(
         for setting in settings:
             blocks = [mem[torch.tensor(SELECTIONS[setting](ranking, r.pos_index, min(k, len(r.candidates))))]
                       for r, ranking, mem in zip(batch, rankings[start : start + batch_size], mems)]  # (k, m, H) each
-            replies = model.generate([r.question for r in batch], torch.stack(blocks), max_new_tokens=max_new_tokens)
+            inputs, prefixes = ask([r.question for r in batch], prompt)
+            replies = model.generate(inputs, torch.stack(blocks), max_new_tokens=max_new_tokens, reply_prefixes=prefixes,
+                                     stop=("\n",) if prefixes else ())  # fmt: skip
             preds[setting] += [extract_answer(t) for t in replies]
     golds = [list(r.answers) for r in records]
     return {s: {**answer_scores(preds[s], golds), "predictions": preds[s]} for s in settings}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from clara.cli_args import csv_list, int_list
+from clara.config import GeneratorPrompt
 
 
 RETRIEVERS = ("query", "bm25", "minilm")
@@ -36,6 +37,8 @@ def register_retrieval(sub) -> None:
     p.add_argument("--ks", default="1,2,3,5", type=int_list, help="k values of Recall@k")
     p.add_argument("--answers", action="store_true", help="also EM/F1/Cover-EM (needs --model)")
     p.add_argument("--k", type=int, default=5, help="documents the generator reads with --answers")
+    p.add_argument("--prompt", default="direct", choices=[g.value for g in GeneratorPrompt],
+                   help="how --answers asks the generator (the joint.prompt it was trained with)")
     p.add_argument("--scoring", default="flattened", choices=["flattened", "pooled"], help="query scoring")
     p.add_argument("--cache-dir", default="out/memory-cache", help="candidate-memory cache (shared with `clara joint`)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="greedy tokens per answer")
@@ -128,8 +131,8 @@ def answers_table(model, records, cache, rankings, args) -> dict:
     golds = [list(r.answers) for r in records]
     rows = {"closed_book": answer_scores(closed_book_answers(model, records, max_new_tokens=args.max_new_tokens), golds)}
     for name, ranking in rankings.items():
-        for setting, scores in answer_eval(model, records, cache, ranking, k=args.k,
-                                           max_new_tokens=args.max_new_tokens).items():
+        for setting, scores in answer_eval(model, records, cache, ranking, k=args.k, max_new_tokens=args.max_new_tokens,
+                                           prompt=args.prompt).items():
             rows[f"memory/{name}/{setting}"] = {k: v for k, v in scores.items() if k != "predictions"}
         preds = raw_text_rag_answers(model, records, ranking, k=args.k, max_new_tokens=args.max_new_tokens)
         rows[f"raw_text_rag/{name}"] = answer_scores(preds, golds)

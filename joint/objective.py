@@ -17,6 +17,7 @@ from torch import nn
 
 from clara.config import JointConfig, Scoring
 from clara.kernels import cosine_scores, straight_through_topk
+from clara.pretrain.scp import ask
 
 if TYPE_CHECKING:
     from clara.joint.memory_cache import MemoryCache
@@ -94,7 +95,9 @@ class JointObjective(nn.Module):
             query = query.detach() + 0.0 * query
         scores = model_scores(self.model, query, cand_mem, cfg.scoring)  # (B, N)
         selected, _, indices = select_memory(scores, cand_mem, cfg.top_k, cfg.temperature)
-        loss = self.model.generator_loss(questions, selected, answers, max_answer_len=cfg.max_answer_len)
+        inputs, prefixes = ask(questions, cfg.prompt)
+        loss = self.model.generator_loss(inputs, selected, answers, max_answer_len=cfg.max_answer_len,
+                                         reply_prefixes=prefixes)  # fmt: skip
         hit = [
             float(bool(set(r.pos_index) & set(idx))) for r, idx in zip(records, indices.tolist()) if r.pos_index
         ]

@@ -35,7 +35,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from clara.config import ClaraConfig, QaLayout, ScpConfig
+from clara.config import ClaraConfig, GeneratorPrompt, QaLayout, ScpConfig
 from clara.errors import DataError
 from clara.records import DataType, PretrainRecord
 
@@ -49,6 +49,15 @@ PARAPHRASE_INSTRUCTIONS = (
     "Restate every fact of the background in your own words.",
 )
 ADAPTERS_SUBDIR = "adapters"
+
+
+def ask(questions: Sequence[str], prompt: str = "direct") -> tuple[list[str], list[str] | None]:
+    """(generator inputs, reply prefixes) that ask ``questions`` in the form ``prompt`` names
+    (:class:`~clara.config.GeneratorPrompt`): "direct" as they are; "scp" the way SCP's QA rows read
+    memory, the instruction with each reply forced to start ``Question: q\nAnswer:``."""
+    if GeneratorPrompt(prompt) is GeneratorPrompt.SCP:
+        return [QA_INSTRUCTION] * len(questions), [f"Question: {q}\nAnswer:" for q in questions]
+    return list(questions), None
 SCP_ADAPTERS = ("compressor", "generator")  # what stage 1 trains and saves; the query reasoner is joint's
 
 

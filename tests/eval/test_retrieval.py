@@ -57,9 +57,12 @@ def test_answer_eval_reads_the_selected_memory_per_setting():
         device = torch.device("cpu")
         seen: list = []
 
-        def generate(self, questions, blocks, max_new_tokens):
+        asked: list = []
+
+        def generate(self, questions, blocks, max_new_tokens, reply_prefixes=None, stop=()):
             picks = [sorted(int(v) for v in b[:, 0, 0]) for b in blocks]
             self.seen += picks
+            self.asked.append((questions[0], reply_prefixes, stop))
             return ["a" if 3 in p else "z" for p in picks]
 
     reader = Reader()
@@ -68,3 +71,10 @@ def test_answer_eval_reads_the_selected_memory_per_setting():
     assert (out["normal"]["em"], out["oracle"]["em"], out["no_gold"]["em"]) == (0.0, 1.0, 0.0)
     with pytest.raises(ValueError, match="unknown setting"):
         answer_eval(reader, [rec([3], "single_hop")], Cache(), [[0, 1, 2, 3, 4]], settings=["best"])
+    from clara.pretrain.scp import QA_INSTRUCTION
+
+    q = rec([3], "single_hop").question
+    assert reader.asked[0] == (q, None, ())  # direct: the question as it is
+    reader.asked.clear()
+    answer_eval(reader, [rec([3], "single_hop")], Cache(), [[0, 1, 2, 3, 4]], k=2, settings=["normal"], prompt="scp")
+    assert reader.asked == [(QA_INSTRUCTION, [f"Question: {q}\nAnswer:"], ("\n",))]

@@ -1,14 +1,17 @@
 """The joint loss: gradients reach the query adapter only through the soft half of Z."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 
+from clara.config import GeneratorPrompt
 from clara.joint import objective as objective_module
 from clara.joint.memory_cache import MemoryCache
 from clara.joint.objective import JointObjective, candidate_scores, select_memory
 from clara.joint.train import build_joint_model, load_split
+from clara.pretrain.scp import ask
 
 @pytest.fixture
 def setup(joint_cfg, perturb):
@@ -53,6 +56,28 @@ def test_without_the_soft_path_the_query_adapter_gets_nothing(setup, monkeypatch
     monkeypatch.setattr(objective_module, "straight_through_topk", hard_only)
     objective(records)[0].backward()
     assert all(g is None or g.abs().sum() == 0 for g in _grads(model, "query"))
+
+
+def test_scp_prompt_scores_the_answer_as_stage_1_asks_and_still_trains_the_query(setup):
+    """joint.prompt=scp: the loss is the generator's, on the hard top-k, asked with SCP's QA instruction and
+    the reply forced to start "Question: q\nAnswer:"; the query's gradient still arrives."""
+    model, objective, records = setup
+    cfg = dataclasses.replace(objective.cfg, prompt=GeneratorPrompt.SCP)
+    loss, _ = JointObjective(model, objective.cache, cfg)(records)
+    loss.backward()
+    assert all(g is not None and g.abs().sum() > 0 for g in _grads(model, "query"))
+    with torch.no_grad():
+        questions = [r.question for r in records]
+        mem = objective.cache.candidates(records, model.device)
+        scores = objective_module.model_scores(model, model.encode_query(questions), mem, cfg.scoring)
+        selected = select_memory(scores, mem, cfg.top_k, cfg.temperature)[0]
+        inputs, prefixes = ask(questions, "scp")
+        answers = [r.answers[0] for r in records]
+        kw = dict(max_answer_len=cfg.max_answer_len)
+        asked = model.generator_loss(inputs, selected, answers, reply_prefixes=prefixes, **kw)
+        direct = model.generator_loss(questions, selected, answers, **kw)
+    torch.testing.assert_close(loss.detach(), asked)
+    assert not torch.isclose(asked, direct)  # the form of the question is not a no-op
 
 
 @pytest.mark.parametrize("scoring", ["flattened", "pooled"])

@@ -106,6 +106,32 @@ def test_generator_loss_counts_answer_tokens_only(model):
     assert 0 < mean.item() < 20
 
 
+def test_reply_prefix_carries_no_loss_and_the_answer_continues_it(model):
+    """With reply prefixes the loss is the answer's NLL after the forced ``Question: q\nAnswer:``, the
+    reply tokenised as one text (as SCP's rows train it); the prefix tokens carry no loss."""
+    from clara.pretrain.scp import QA_INSTRUCTION, ask
+
+    questions, answers = ["Where was Kalo born?", "Age of the museum of Mira?"], ["Venra", "300 years"]
+    mem = model.compress(DOCS[1:3]).detach()[:, None]  # (2, 1, m, H)
+    inputs, prefixes = ask(questions, "scp")
+    assert inputs == [QA_INSTRUCTION] * 2 and prefixes[0] == "Question: Where was Kalo born?\nAnswer:"
+    assert ask(questions, "direct") == (questions, None)
+    per_row = model.generator_loss(inputs, mem, answers, reduction="sum", reply_prefixes=prefixes)  # (2,)
+    for i in range(2):
+        prompt = model.prompt_ids(QA_INSTRUCTION, 1)
+        reply = model.tokenizer(f"{prefixes[i]} {answers[i]}", add_special_tokens=False)["input_ids"]
+        n = len(model.tokenizer(prefixes[i], add_special_tokens=False)["input_ids"])
+        assert model.tokenizer.decode(reply[n:]).strip() == answers[i]  # the split falls between prefix and answer
+        ids = torch.tensor([prompt + reply + [model.eos_ids[0]]])
+        labels = torch.tensor([[-100] * (len(prompt) + n) + reply[n:] + [model.eos_ids[0]]])
+        embeds = model._splice(ids, mem[i : i + 1])
+        with model.using("generator"):
+            ref = model.lm(inputs_embeds=embeds, labels=labels).loss * (len(reply) - n + 1)  # mean -> sum
+        torch.testing.assert_close(per_row[i], ref, atol=1e-4, rtol=1e-4)
+    whole = model.generator_loss(inputs, mem, [f"{p} {a}" for p, a in zip(prefixes, answers)], reduction="sum")
+    assert (whole > per_row).all()  # the prefix's own tokens are not in the loss
+
+
 def test_generator_reads_memory_and_rescale_makes_scale_irrelevant(model):
     questions, answers = ["Where was Kalo born?"], ["Venra"]
     mem = model.compress(DOCS[1:2]).detach()[:, None]  # (1, 1, m, H)
