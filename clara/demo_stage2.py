@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 JOINT_PRESET = Path(__file__).resolve().parents[1] / "configs" / "joint-smollm2.yaml"
+STAGE2_START = Path(__file__).resolve().parents[1] / "assets" / "scp-smollm2-cr16-rows"
 REPORT_KS = (1, 2, 5)
 LENS_TOP = 10  # top lens tokens per memory slot, as `clara lens compare`
 
@@ -25,6 +26,9 @@ def add_arguments(p) -> None:
     p.add_argument("--joint-steps", type=int, default=30,
                    help="steps of the demo's joint training run (stage 2); 0 skips stage 2")
     p.add_argument("--joint-eval-every", type=int, default=10, help="Recall@k on the test split every this many steps")
+    p.add_argument("--joint-init", default=str(STAGE2_START),
+                   help="SCP adapters stage 2 starts from when stage 1 used a release (the default: the release trained "
+                        "further, last one row per QA pair, which retrieves better); '' = the stage-1 release itself")
 
 
 def joint_config(args, backbone: Path, kind: str, world_dir: Path, out: Path, init: Path, release: Path | None):
@@ -56,7 +60,10 @@ def run_stage2(args, backbone: Path, kind: str, world_dir: Path, out: Path, timi
     from clara.eval.retrieval import recall_by_type
     from clara.joint.train import EVAL_KS, load_split, run_joint
 
-    init = release if release is not None else out / "scp-live" / "adapters"
+    if release is None:  # no release (e.g. the tiny backbone): the live stage-1 run
+        init = out / "scp-live" / "adapters"
+    else:
+        init = Path(args.joint_init) if args.joint_init else release
     if not (init / "clara_model.json").is_file():
         return {"note": f"no stage-1 adapters to start from ({init}); run stage 1 (--scp-steps > 0) or give --scp-release"}
     cfg = joint_config(args, backbone, kind, world_dir, out, init, release)
