@@ -86,16 +86,19 @@ def run_stage2(args, backbone: Path, kind: str, world_dir: Path, out: Path, timi
               "train_questions": summary["train_questions"], "recall": recall, "run": str(cfg.out_dir)}  # fmt: skip
     result["plots"] = stage2_plots(summary, Path(cfg.out_dir), recall, out)
     start = time.perf_counter()
-    result["lens"] = two_hop_lens_overlap(summary["model"], records)
+    from clara.eval.lens_cli import document_kinds
+
+    result["lens"] = two_hop_lens_overlap(summary["model"], records, document_kinds(str(world_dir)))
     timings["lens compare"] = time.perf_counter() - start
     return result
 
 
-def two_hop_lens_overlap(model, records) -> dict[str, Any]:
+def two_hop_lens_overlap(model, records, kinds: dict[str, str] | None = None) -> dict[str, Any]:
     """DESIGN §10: how many words of the bridge document — absent from the question — the query's
     logit lens surfaces, after joint training and before it (the compressor the query started as),
     against the bare backbone's lens of the raw question. ``read_by_type``: the same counts in the
-    ``read`` view (states centred over the questions, by cosine against the input embeddings)."""
+    ``read`` view (states centred over the questions, by cosine against the input embeddings). ``kinds``
+    (document id -> entity type): the wrong-document control is a bridge document of the same kind."""
     from clara.eval.lens import lens_overlap
 
     two_hop = [r for r in records if (r.type or "").startswith("two_hop")]
@@ -103,8 +106,8 @@ def two_hop_lens_overlap(model, records) -> dict[str, Any]:
         return {}
     result: dict[str, Any] = {"top": LENS_TOP}
     for view, key in (("lens", "by_type"), ("read", "read_by_type")):
-        after = lens_overlap(model, two_hop, adapter="query", top=LENS_TOP, view=view)
-        before = lens_overlap(model, two_hop, adapter="compressor", top=LENS_TOP, view=view)
+        after = lens_overlap(model, two_hop, adapter="query", top=LENS_TOP, view=view, kinds=kinds)
+        before = lens_overlap(model, two_hop, adapter="compressor", top=LENS_TOP, view=view, kinds=kinds)
         result[key] = {g: {"n": s["n"], "target_words": s["target_words"], "before": before["by_type"][g]["query_overlap"],
                            "after": s["query_overlap"], "after_wrong": s["query_wrong_overlap"], "raw": s["raw_overlap"],
                            "raw_wrong": s["raw_wrong_overlap"]} for g, s in after["by_type"].items()}  # fmt: skip
@@ -157,8 +160,9 @@ def lens_report(lens: dict[str, Any]) -> list[str]:
              "surfaces — the query reasoner before and after joint training, and the bare backbone on the raw "
              "question (`clara lens compare`; `read`: the same states centred over the questions and ranked by "
              "cosine against the input embeddings, as the generator reads memory — `--view read`). Control "
-             "(*wrong doc*): the same words counted against another question's bridge document; words every "
-             "document shares hit both alike, so only the margin over it is specific to the bridge.", "",
+             "(*wrong doc*): the same words counted against another question's bridge document of the same kind "
+             "(person, organisation, city); words every such document shares hit both alike, so only the margin "
+             "over it is specific to the bridge entity.", "",
              "| view | type | n | bridge words | query before | query after | after, wrong doc | raw question | "
              "raw, wrong doc |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for view, key in (("lens", "by_type"), ("read", "read_by_type")):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -305,7 +305,8 @@ def _union_top_ids(model, states: torch.Tensor, top: int, view: str = "lens") ->
 
 
 def lens_overlap(model: ClaraModel, records: Sequence, *, adapter: str = "query", layer: int = -1,
-                 top: int = 20, batch_size: int = 8, view: str = "lens") -> dict[str, Any]:  # fmt: skip
+                 top: int = 20, batch_size: int = 8, view: str = "lens",
+                 kinds: Mapping[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
     """How many of the target document's content words (not in the question) the query lens surfaces.
 
     For each question: the union over memory slots of the top-``top`` tokens at ``layer`` (logit
@@ -314,6 +315,8 @@ def lens_overlap(model: ClaraModel, records: Sequence, *, adapter: str = "query"
     target document (the bridge document for two-hop, :func:`_target_doc`) minus the question's own
     words and stopwords. The same count for the bare backbone at the same positions (``raw``) is
     the baseline. ``token_overlap`` counts token ids instead of words (sub-word names count too).
+    ``wrong_overlap`` is the control: the same words against another question's target document, of
+    the same kind when ``kinds`` (document id -> entity type, e.g. from the world's documents) says.
     """
     from tqdm.auto import tqdm
 
@@ -332,13 +335,14 @@ def lens_overlap(model: ClaraModel, records: Sequence, *, adapter: str = "query"
             chosen[name].append(states[:, parse_layers([layer], states.shape[1] - 1)[0]])
     # all questions at once: the read view centres over the whole set
     views = {name: _union_top_ids(model, torch.cat(parts), top, view) for name, parts in chosen.items()}
-    docs = [_target_doc(r).as_text() for r in records]
-    wrong = wrong_targets(docs)
+    targets = [_target_doc(r) for r in records]
+    docs = [d.as_text() for d in targets]
+    wrong = wrong_targets(docs, [kinds.get(d.id or "") for d in targets] if kinds else None)
     per_q: list[dict[str, Any]] = []
     for i, r in enumerate(records):
         target = content_words(docs[i]) - content_words(r.question)
-        # control: another question's target document (same question words removed); words every
-        # document of a kind shares ("company", "founded") hit it as often as the right one
+        # control: another question's target document (same question words removed), of the same kind when
+        # kinds are known: words every document of a kind shares ("company", "town") then hit it as often
         wrong_target = content_words(docs[wrong[i]]) - content_words(r.question) if wrong[i] is not None else set()
         target_ids = _content_token_ids(tok, docs[i]) - set(tok(r.question, add_special_tokens=False)["input_ids"])
         row = {"id": r.id, "type": r.type or "untyped", "question": r.question, "target_words": len(target)}
@@ -349,13 +353,24 @@ def lens_overlap(model: ClaraModel, records: Sequence, *, adapter: str = "query"
                          "wrong_overlap": len(words & wrong_target)}  # fmt: skip
         per_q.append(row)
     return {"adapter": adapter, "layer": layer, "top": top, "view": view, "n": len(per_q),
+            "wrong_document": "same kind" if kinds else "any other",
             "by_type": _mean_by_type(per_q), "questions": per_q}  # fmt: skip
 
 
-def wrong_targets(docs: Sequence[str]) -> list[int | None]:
-    """For each question, the index of the next question (cyclically) whose target document differs."""
+def wrong_targets(docs: Sequence[str], kinds: Sequence[str | None] | None = None) -> list[int | None]:
+    """For each question, the index of the next question (cyclically) whose target document differs; with
+    ``kinds``, the next whose document is of the same kind (any other when none is)."""
     n = len(docs)
-    return [next((j % n for j in range(i + 1, i + n) if docs[j % n] != docs[i]), None) for i in range(n)]
+
+    def pick(i: int, same_kind: bool) -> int | None:
+        return next((j % n for j in range(i + 1, i + n) if docs[j % n] != docs[i]
+                     and (not same_kind or kinds[j % n] == kinds[i])), None)  # fmt: skip
+
+    out = []
+    for i in range(n):
+        j = pick(i, True) if kinds is not None and kinds[i] is not None else None
+        out.append(pick(i, False) if j is None else j)
+    return out
 
 
 def _mean_by_type(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

@@ -140,6 +140,16 @@ def run_lens(args: argparse.Namespace) -> int:
     return 0
 
 
+def document_kinds(world: str) -> dict[str, str]:
+    """Document id -> entity type (person, organisation, city) from a world's documents.jsonl: the lens
+    control compares against a wrong document of the same kind."""
+    from pathlib import Path
+
+    with open(Path(world) / "documents.jsonl", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return {row["id"]: row.get("entity_type", "") for row in rows}
+
+
 def run_compare(args: argparse.Namespace) -> int:
     from clara.errors import ConfigError
     from clara.eval.lens import format_overlap_table, lens_overlap
@@ -151,7 +161,7 @@ def run_compare(args: argparse.Namespace) -> int:
         raise ConfigError("lens compare needs trained adapters: pass --model ADAPTERS_DIR")
     records = load_eval_records(world=args.world, splits=args.split, types=args.types, limit=args.limit or None)
     stats = lens_overlap(model, records, adapter=args.adapter, layer=args.layer, top=args.top or 10,
-                         batch_size=args.batch_size, view=args.view)  # fmt: skip
+                         batch_size=args.batch_size, view=args.view, kinds=document_kinds(args.world))  # fmt: skip
     stats.update({"world": args.world, "splits": args.split, "types": args.types, "model": args.model})
     print(f"lens compare: {len(records)} questions, top {stats['top']} per slot x {model.num_mem} slots, "
           f"layer {args.layer}, view {args.view}")  # fmt: skip

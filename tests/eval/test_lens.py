@@ -179,13 +179,18 @@ def test_compare_mode_on_a_tiny_world(model, adapters_dir, tmp_path, capsys):
             words = set(q[side]["words"])
             assert q[side]["overlap"] == len(words) <= q["target_words"]
             assert words <= bridge and not words & content_words(r.question)
-    # the control: each question's lens words against another question's target document
+    # the control: each question's lens words against another question's target document of the same kind
+    from clara.eval.lens_cli import document_kinds
+
+    kinds = document_kinds(str(world))
+    assert stats["wrong_document"] == "same kind" and set(kinds.values()) == {"person", "organisation", "city"}
     order = [records[q["id"]] for q in stats["questions"]]
-    wrong = wrong_targets([r.candidates[r.pos_index[-1]].as_text() for r in order])
+    bridges = [r.candidates[r.pos_index[-1]] for r in order]
+    wrong = wrong_targets([d.as_text() for d in bridges], [kinds[d.id] for d in bridges])
     for q, r, j in zip(stats["questions"], order, wrong):
-        other = content_words(order[j].candidates[order[j].pos_index[-1]].as_text()) - content_words(r.question)
+        other = content_words(bridges[j].as_text()) - content_words(r.question)
         assert 0 <= q["query"]["wrong_overlap"] <= len(other)
-    direct = lens_overlap(model, list(records.values()), top=50)
+    direct = lens_overlap(model, list(records.values()), top=50, kinds=kinds)
     assert direct["by_type"] == stats["by_type"]
     # the two sides really are different forwards (query adapter vs bare backbone)
     assert direct["by_type"]["all"]["query_token_overlap"] != direct["by_type"]["all"]["raw_token_overlap"]
@@ -219,3 +224,7 @@ def test_wrong_targets_pick_the_next_question_with_another_document():
     assert wrong_targets(["a", "a", "b", "c"]) == [2, 2, 3, 0]
     assert wrong_targets(["a", "a"]) == [None, None]
     assert wrong_targets([]) == []
+    # with kinds: the next document of the same kind (index 0 is a valid pick), else any other
+    assert wrong_targets(["a", "b", "c", "d"], ["city", "person", "person", "city"]) == [3, 2, 1, 0]
+    assert wrong_targets(["a", "b", "c"], ["city", "person", "person"]) == [1, 2, 1]
+    assert wrong_targets(["a", "b"], [None, "city"]) == [1, 0]
