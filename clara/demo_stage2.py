@@ -86,7 +86,7 @@ def run_stage2(args, backbone: Path, kind: str, world_dir: Path, out: Path, timi
               "train_questions": summary["train_questions"], "recall": recall, "run": str(cfg.out_dir)}  # fmt: skip
     result["plots"] = stage2_plots(summary, Path(cfg.out_dir), recall, out)
     start = time.perf_counter()
-    from clara.eval.lens_cli import document_kinds
+    from clara.world import document_kinds
 
     result["lens"] = two_hop_lens_overlap(summary["model"], records, document_kinds(str(world_dir)))
     timings["lens compare"] = time.perf_counter() - start

@@ -140,20 +140,11 @@ def run_lens(args: argparse.Namespace) -> int:
     return 0
 
 
-def document_kinds(world: str) -> dict[str, str]:
-    """Document id -> entity type (person, organisation, city) from a world's documents.jsonl: the lens
-    control compares against a wrong document of the same kind."""
-    from pathlib import Path
-
-    with open(Path(world) / "documents.jsonl", encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return {row["id"]: row.get("entity_type", "") for row in rows}
-
-
 def run_compare(args: argparse.Namespace) -> int:
     from clara.errors import ConfigError
     from clara.eval.lens import format_overlap_table, lens_overlap
     from clara.eval.retrieval import load_eval_records
+    from clara.world import document_kinds
     from clara.fileio import atomic_write_json
 
     model, trained = load_lens_model(args)

@@ -11,12 +11,13 @@ names, shared attributes and articles that name each other make hard negatives.
 
 from clara.world.generate import QUESTION_TYPES, World, generate_world, iter_fresh_documents
 from clara.world.splits import SPLITS
-from clara.world.writer import load_world, write_world
+from clara.world.writer import document_kinds, load_world, write_world
 
 __all__ = [
     "QUESTION_TYPES",
     "SPLITS",
     "World",
+    "document_kinds",
     "generate_world",
     "iter_fresh_documents",
     "load_world",

@@ -84,6 +84,11 @@ def _check_questions(path: Path, questions: list[dict], doc_ids: set[str]) -> No
             raise DataError(f"{path}:{lineno}: pos_index: does not point at gold_ids")
 
 
+def document_kinds(directory: str | os.PathLike) -> dict[str, str]:
+    """Document id -> entity type (person, organisation, city) of a world directory's documents."""
+    return {d["id"]: d["entity_type"] for d in _read_jsonl(Path(directory) / "documents.jsonl", DOC_FIELDS)}
+
+
 def load_world(directory: str | os.PathLike, verify: bool = True) -> World:
     """Read a world written by :func:`write_world`; ``verify`` checks the manifest checksums."""
     directory = Path(directory)

@@ -180,7 +180,7 @@ def test_compare_mode_on_a_tiny_world(model, adapters_dir, tmp_path, capsys):
             assert q[side]["overlap"] == len(words) <= q["target_words"]
             assert words <= bridge and not words & content_words(r.question)
     # the control: each question's lens words against another question's target document of the same kind
-    from clara.eval.lens_cli import document_kinds
+    from clara.world import document_kinds
 
     kinds = document_kinds(str(world))
     assert stats["wrong_document"] == "same kind" and set(kinds.values()) == {"person", "organisation", "city"}
