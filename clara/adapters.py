@@ -45,7 +45,7 @@ def resolve_adapters_dir(path: str | Path, key: str = "adapters") -> Path:
 
     ``key`` names the config key (or option) that gave ``path``, for the error message.
     """
-    from clara.model import MODEL_INFO
+    from clara.model_storage import MODEL_INFO
 
     path = Path(path)
     for candidate in (path, path / "adapters"):

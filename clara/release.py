@@ -52,7 +52,7 @@ def write_release(
     ``train_config``: the run's resolved config (default: ``config.yaml`` beside the adapters)."""
     from clara.eval.compression import resolve_adapters
     from clara.fileio import atomic_dir, atomic_write_json, atomic_write_text, verify_manifest, write_manifest
-    from clara.model import MEM_EMBED_FILE, MODEL_INFO
+    from clara.model_storage import MEM_EMBED_FILE, MODEL_INFO
 
     if dtype not in DTYPES:
         raise CheckpointError(f"--dtype {dtype}: must be one of {', '.join(DTYPES)}")

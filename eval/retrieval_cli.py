@@ -53,7 +53,7 @@ def model_config_from_adapters(adapters_dir: str, backbone: str | None = None):
     from clara.adapters import resolve_adapters_dir
     from clara.config import LoraConfig, ModelConfig, from_dict
     from clara.errors import CheckpointError
-    from clara.model import MODEL_INFO
+    from clara.model_storage import MODEL_INFO
 
     try:
         directory = resolve_adapters_dir(adapters_dir)

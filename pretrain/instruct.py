@@ -126,7 +126,7 @@ def with_init(cfg: ClaraConfig, init: str | Path | None) -> ClaraConfig:
 
 def resolve_init(cfg: ClaraConfig) -> Path:
     """The adapters directory named by ``joint.init_adapters`` (a run dir holding adapters/ works too)."""
-    from clara.model import MODEL_INFO
+    from clara.model_storage import MODEL_INFO
 
     path = Path(cfg.joint.init_adapters)
     for candidate in (path, path / "adapters"):
