@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import torch
 
-from clara.pretrain.scp import ask
+from clara.joint.objective import asked_generator_loss, model_scores, select_memory
 
 
 def score_gradient_stats(grad: torch.Tensor, golds: Sequence[Sequence[int]]) -> dict[str, float]:
@@ -54,15 +54,11 @@ def with_and_without_gold(picks: Sequence[int], scores: Sequence[float], gold: S
     return picks[:-1] + [gold[0]], picks
 
 
-def _generator_loss(model, questions, blocks, answers, max_answer_len, prompt, **kw) -> torch.Tensor:
-    inputs, prefixes = ask(questions, prompt)
-    return model.generator_loss(inputs, blocks, answers, max_answer_len=max_answer_len, reply_prefixes=prefixes, **kw)
-
-
 @torch.no_grad()
 def _losses(model, questions, answers, mem, sets, max_answer_len, prompt) -> list[float]:
     blocks = torch.stack([mem[b, s] for b, s in enumerate(sets)])  # (B, k, m, H)
-    return _generator_loss(model, questions, blocks, answers, max_answer_len, prompt, reduction="none").tolist()
+    return asked_generator_loss(model, questions, blocks, answers, prompt, max_answer_len=max_answer_len,
+                                reduction="none").tolist()  # fmt: skip
 
 
 @torch.no_grad()
@@ -80,8 +76,8 @@ def single_document_first(model, questions, answers, mem, scores, batch, top: in
         if not set(r.pos_index) & set(cands):
             cands[-1] = r.pos_index[0]
         blocks = mem[b, cands][:, None]  # (top, 1, m, H): one memory block each
-        losses = _generator_loss(model, [questions[b]] * top, blocks, [answers[b]] * top, max_answer_len, prompt,
-                                 reduction="none")  # fmt: skip
+        losses = asked_generator_loss(model, [questions[b]] * top, blocks, [answers[b]] * top, prompt,
+                                      max_answer_len=max_answer_len, reduction="none")  # fmt: skip
         from_memory.append(cands[int(losses.argmin())] in set(r.pos_index))
         prompts = [raw_text_prompt(questions[b], [r.candidates[c].as_text()]) for c in cands]
         losses = model.generator_loss(prompts, None, [answers[b]] * top, adapter=None,
@@ -91,8 +87,6 @@ def single_document_first(model, questions, answers, mem, scores, batch, top: in
 
 
 def measure(model, cache, records: Sequence, cfg, batch_size: int = 8, top: int = 8) -> dict[str, Any]:
-    from clara.joint.objective import model_scores, select_memory
-
     model.eval()  # no dropout; gradients still flow
     grads, golds, helps, memory_first, text_first, retriever_first = [], [], [], [], [], []
     for start in range(0, len(records), batch_size):
@@ -104,7 +98,7 @@ def measure(model, cache, records: Sequence, cfg, batch_size: int = 8, top: int 
         scores = model_scores(model, model.encode_query(questions), mem, cfg.scoring)
         scores.retain_grad()
         selected, _, picks = select_memory(scores, mem, cfg.top_k, cfg.temperature)
-        _generator_loss(model, questions, selected, answers, cfg.max_answer_len, cfg.prompt).backward()
+        asked_generator_loss(model, questions, selected, answers, cfg.prompt, max_answer_len=cfg.max_answer_len).backward()
         model.zero_grad(set_to_none=True)
         grads.append(scores.grad.detach().float())
         retriever_first += [int(s.argmax()) in set(r.pos_index) for s, r in zip(scores.detach(), batch)]

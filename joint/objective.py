@@ -46,6 +46,13 @@ def candidate_scores(query: torch.Tensor, cand_mem: torch.Tensor, scoring: Scori
     return cosine_scores(q.contiguous(), docs.contiguous())  # (B, N)
 
 
+def asked_generator_loss(model, questions, mem_blocks, answers, prompt, **kw) -> torch.Tensor:
+    """The generator's loss on ``answers`` with the questions asked in the form ``prompt`` names
+    (``joint.prompt``, see :func:`clara.pretrain.scp.ask`); ``kw`` as in ``ClaraModel.generator_loss``."""
+    inputs, prefixes = ask(questions, prompt)
+    return model.generator_loss(inputs, mem_blocks, answers, reply_prefixes=prefixes, **kw)
+
+
 def select_memory(
     scores: torch.Tensor, cand_mem: torch.Tensor, k: int, temperature: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -95,9 +102,7 @@ class JointObjective(nn.Module):
             query = query.detach() + 0.0 * query
         scores = model_scores(self.model, query, cand_mem, cfg.scoring)  # (B, N)
         selected, _, indices = select_memory(scores, cand_mem, cfg.top_k, cfg.temperature)
-        inputs, prefixes = ask(questions, cfg.prompt)
-        loss = self.model.generator_loss(inputs, selected, answers, max_answer_len=cfg.max_answer_len,
-                                         reply_prefixes=prefixes)  # fmt: skip
+        loss = asked_generator_loss(self.model, questions, selected, answers, cfg.prompt, max_answer_len=cfg.max_answer_len)
         hit = [
             float(bool(set(r.pos_index) & set(idx))) for r, idx in zip(records, indices.tolist()) if r.pos_index
         ]
