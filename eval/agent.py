@@ -28,6 +28,7 @@ class AgentSettings:
     one_shot_k: int = 5  # memory blocks the one-shot baseline reads
     batch_size: int = 8
     max_new_tokens: int = 32  # one-shot and closed-book answers
+    prompt: str = "direct"  # how one-shot retrieval asks the generator (joint.prompt of the stage-2 run)
 
 
 class GreedyPolicy:
@@ -85,7 +86,8 @@ def evaluate_agent(model, records: Sequence, cache, settings: AgentSettings = Ag
     if baselines:
         ranking = rank_with_query_model(model, records, cache, settings.scoring)
         one_shot = answer_eval(model, records, cache, ranking, k=settings.one_shot_k, settings=("normal",),
-                               batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens)["normal"]  # fmt: skip
+                               batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens,
+                               prompt=settings.prompt)["normal"]  # fmt: skip
         rows["one_shot"] = {k: v for k, v in one_shot.items() if k != "predictions"}
         closed = closed_book_answers(model, records, settings.batch_size, settings.max_new_tokens)
         rows["closed_book"] = {k: v for k, v in answer_scores(closed, [list(r.answers) for r in records]).items()
@@ -111,6 +113,7 @@ def format_agent_table(results: dict[str, Any]) -> str:
 
 def register_agent(sub) -> None:
     from clara.cli_args import csv_list  # the comma-list argument type of every command
+    from clara.config import GeneratorPrompt
 
     p = sub.add_parser(
         "agent",
@@ -132,6 +135,8 @@ def register_agent(sub) -> None:
     p.add_argument("--max-turns", type=int, default=4, help="turns per rollout (rl.max_turns)")
     p.add_argument("--max-turn-tokens", type=int, default=48, help="tokens per turn (rl.max_turn_tokens)")
     p.add_argument("--one-shot-k", type=int, default=5, help="memory blocks the one-shot baseline reads")
+    p.add_argument("--prompt", default="direct", choices=[g.value for g in GeneratorPrompt],
+                   help="how one-shot retrieval asks the generator (the joint.prompt of the stage-2 run it starts from)")
     p.add_argument("--no-baselines", action="store_true", help="score the agent only")
     p.add_argument("--cache-dir", default="out/memory-cache", help="candidate-memory cache (shared with `clara joint`)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
@@ -157,7 +162,7 @@ def run_agent(args: argparse.Namespace) -> int:
     cache = MemoryCache.for_model(model, args.cache_dir)
     cache.fill(model, (d for r in records for d in r.candidates))
     settings = AgentSettings(top_k=args.top_k, max_turns=args.max_turns, max_turn_tokens=args.max_turn_tokens,
-                             one_shot_k=args.one_shot_k)  # fmt: skip
+                             one_shot_k=args.one_shot_k, prompt=args.prompt)  # fmt: skip
     results = evaluate_agent(model, records, cache, settings, baselines=not args.no_baselines)
     print(f"agent eval: {len(records)} questions ({','.join(types) or 'all types'}) from {args.world} {','.join(split)}")
     print(format_agent_table(results))

@@ -317,6 +317,9 @@ def lens_overlap(model: ClaraModel, records: Sequence, *, adapter: str = "query"
     the baseline. ``token_overlap`` counts token ids instead of words (sub-word names count too).
     ``wrong_overlap`` is the control: the same words against another question's target document, of
     the same kind when ``kinds`` (document id -> entity type, e.g. from the world's documents) says.
+    ``specific_overlap`` counts only the target's words that the control document lacks (what names
+    this entity rather than its kind: "mayor", "harbour" of one town, not "town", "population");
+    ``wrong_specific_overlap`` is its control, the control document's words that the target lacks.
     """
     from tqdm.auto import tqdm
 
@@ -345,12 +348,16 @@ def lens_overlap(model: ClaraModel, records: Sequence, *, adapter: str = "query"
         # kinds are known: words every document of a kind shares ("company", "town") then hit it as often
         wrong_target = content_words(docs[wrong[i]]) - content_words(r.question) if wrong[i] is not None else set()
         target_ids = _content_token_ids(tok, docs[i]) - set(tok(r.question, add_special_tokens=False)["input_ids"])
-        row = {"id": r.id, "type": r.type or "untyped", "question": r.question, "target_words": len(target)}
+        specific, wrong_specific = target - wrong_target, wrong_target - target
+        row = {"id": r.id, "type": r.type or "untyped", "question": r.question, "target_words": len(target),
+               "specific_words": len(specific), "wrong_specific_words": len(wrong_specific)}  # fmt: skip
         for name, ids in views.items():
             words = _token_words(tok, ids[i])
             hits = sorted(words & target)
             row[name] = {"overlap": len(hits), "words": hits, "token_overlap": len(ids[i] & target_ids),
-                         "wrong_overlap": len(words & wrong_target)}  # fmt: skip
+                         "wrong_overlap": len(words & wrong_target), "specific": sorted(words & specific),
+                         "specific_overlap": len(words & specific),
+                         "wrong_specific_overlap": len(words & wrong_specific)}  # fmt: skip
         per_q.append(row)
     return {"adapter": adapter, "layer": layer, "top": top, "view": view, "n": len(per_q),
             "wrong_document": "same kind" if kinds else "any other",
@@ -382,20 +389,22 @@ def _mean_by_type(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     for g in sorted(groups, key=lambda g: (g == "all", g)):
         rs = groups[g]
         n = len(rs)
-        out[g] = {"n": n, "target_words": sum(r["target_words"] for r in rs) / n}
+        out[g] = {"n": n, **{k: sum(r[k] for r in rs) / n for k in ("target_words", "specific_words", "wrong_specific_words")}}
         for name in ("query", "raw"):
-            out[g][f"{name}_overlap"] = sum(r[name]["overlap"] for r in rs) / n
-            out[g][f"{name}_token_overlap"] = sum(r[name]["token_overlap"] for r in rs) / n
-            out[g][f"{name}_wrong_overlap"] = sum(r[name]["wrong_overlap"] for r in rs) / n
+            for k in ("overlap", "token_overlap", "wrong_overlap", "specific_overlap", "wrong_specific_overlap"):
+                out[g][f"{name}_{k}"] = sum(r[name][k] for r in rs) / n
     return out
 
 
 def format_overlap_table(stats: dict[str, Any]) -> str:
     lines = ["| type | n | target words | query lens overlap | same, wrong document | raw question overlap | "
-             "same, wrong document | query token overlap | raw token overlap |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "same, wrong document | query token overlap | raw token overlap | specific words | query specific | "
+             "same, wrong document | raw specific |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for g, s in stats["by_type"].items():
         lines.append(f"| {g} | {s['n']} | {s['target_words']:.1f} | {s['query_overlap']:.3f} | {s['query_wrong_overlap']:.3f} | "
                      f"{s['raw_overlap']:.3f} | {s['raw_wrong_overlap']:.3f} | "
-                     f"{s['query_token_overlap']:.3f} | {s['raw_token_overlap']:.3f} |")  # fmt: skip
+                     f"{s['query_token_overlap']:.3f} | {s['raw_token_overlap']:.3f} | {s['specific_words']:.1f} | "
+                     f"{s['query_specific_overlap']:.3f} | {s['query_wrong_specific_overlap']:.3f} | "
+                     f"{s['raw_specific_overlap']:.3f} |")  # fmt: skip
     return "\n".join(lines)

@@ -56,13 +56,36 @@ def test_eval_agent_command_writes_all_three_systems(model, world_dir, tmp_path)
     out = tmp_path / "agent.json"
     cmd = [sys.executable, "-m", "clara.cli", "eval", "agent", "--model", str(adapters), "--world", str(world_dir),
            "--split", "test,dev,train", "--limit", "3", "--max-turns", "2", "--max-turn-tokens", "4",
-           "--cache-dir", str(tmp_path / "cache"), "--threads", "1", "--out", str(out)]  # fmt: skip
+           "--cache-dir", str(tmp_path / "cache"), "--threads", "1", "--prompt", "scp", "--out", str(out)]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["n"] == 3 and set(res["systems"]) == {"agent", "one_shot", "closed_book"}
     assert all(s["n"] == 3 for s in res["systems"].values()) and len(res["rollouts"]) == 3
-    assert res["settings"]["top_k"] == 2 and "| agent | 3 |" in r.stdout
+    assert res["settings"]["top_k"] == 2 and res["settings"]["prompt"] == "scp" and "| agent | 3 |" in r.stdout
     # a type the world lacks is a clear error, not an empty table
-    bad = subprocess.run(cmd[:-2] + ["--types", "no_such_type"], capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(cmd[:-4] + ["--types", "no_such_type"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "no questions selected" in bad.stderr
+
+
+def test_one_shot_asks_the_generator_in_the_stage_2_prompt(model, hidden, tmp_path, monkeypatch):
+    """One-shot retrieval reads memory as the stage-2 run trained the generator to (joint.prompt)."""
+    import clara.eval.retrieval as retrieval
+    from clara.eval.agent import AgentSettings, evaluate_agent
+    from clara.joint.memory_cache import MemoryCache
+
+    asked = []
+    real = retrieval.answer_eval
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs.get("prompt"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(retrieval, "answer_eval", spy)
+    cache = MemoryCache.for_model(model, tmp_path / "cache")
+    cache.fill(model, (d for r in hidden for d in r.candidates))
+    settings = AgentSettings(max_turns=1, max_turn_tokens=2, max_new_tokens=2)
+    for prompt in ("scp", "direct"):
+        res = evaluate_agent(model, hidden, cache, AgentSettings(**{**settings.__dict__, "prompt": prompt}))
+        assert res["systems"]["one_shot"]["n"] == len(hidden)
+    assert asked == ["scp", "direct"]

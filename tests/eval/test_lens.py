@@ -190,6 +190,13 @@ def test_compare_mode_on_a_tiny_world(model, adapters_dir, tmp_path, capsys):
     for q, r, j in zip(stats["questions"], order, wrong):
         other = content_words(bridges[j].as_text()) - content_words(r.question)
         assert 0 <= q["query"]["wrong_overlap"] <= len(other)
+        # specific words: the bridge's own, not the control's (and the control's own, not the bridge's)
+        own = content_words(r.candidates[r.pos_index[-1]].as_text()) - content_words(r.question)
+        assert q["specific_words"] == len(own - other) and q["wrong_specific_words"] == len(other - own)
+        for side in ("query", "raw"):
+            assert set(q[side]["specific"]) == set(q[side]["words"]) - other
+            assert q[side]["specific_overlap"] == len(q[side]["specific"])
+            assert q[side]["wrong_specific_overlap"] <= q[side]["wrong_overlap"]
     direct = lens_overlap(model, list(records.values()), top=50, kinds=kinds)
     assert direct["by_type"] == stats["by_type"]
     # the two sides really are different forwards (query adapter vs bare backbone)
