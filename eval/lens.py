@@ -317,9 +317,10 @@ def lens_overlap(model: ClaraModel, records: Sequence, *, adapter: str = "query"
     the baseline. ``token_overlap`` counts token ids instead of words (sub-word names count too).
     ``wrong_overlap`` is the control: the same words against another question's target document, of
     the same kind when ``kinds`` (document id -> entity type, e.g. from the world's documents) says.
-    ``specific_overlap`` counts only the target's words that the control document lacks (what names
-    this entity rather than its kind: "mayor", "harbour" of one town, not "town", "population");
-    ``wrong_specific_overlap`` is its control, the control document's words that the target lacks.
+    ``specific_overlap`` counts only the target's words that the control document lacks: its entity's
+    own facts, and also any template word ("population") the control happens to lack, so read the
+    listed ``specific`` words. ``wrong_specific_overlap`` is its control, the control document's words
+    that the target lacks.
     """
     from tqdm.auto import tqdm
 

@@ -1,5 +1,6 @@
 """`clara eval agent`: greedy agent rollouts scored beside one-shot retrieval and closed book."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -86,6 +87,6 @@ def test_one_shot_asks_the_generator_in_the_stage_2_prompt(model, hidden, tmp_pa
     cache.fill(model, (d for r in hidden for d in r.candidates))
     settings = AgentSettings(max_turns=1, max_turn_tokens=2, max_new_tokens=2)
     for prompt in ("scp", "direct"):
-        res = evaluate_agent(model, hidden, cache, AgentSettings(**{**settings.__dict__, "prompt": prompt}))
+        res = evaluate_agent(model, hidden, cache, dataclasses.replace(settings, prompt=prompt))
         assert res["systems"]["one_shot"]["n"] == len(hidden)
     assert asked == ["scp", "direct"]
