@@ -22,6 +22,14 @@ def int_list(text: str) -> list[int]:
     return [int(t) for t in csv_list(text)]
 
 
+def add_prompt_argument(p: argparse.ArgumentParser, asks: str) -> None:
+    """``--prompt direct|scp``: how an evaluation asks the generator, as the stage-2 run trained it (``joint.prompt``)."""
+    from clara.config import GeneratorPrompt
+
+    p.add_argument("--prompt", default=GeneratorPrompt.DIRECT.value, choices=[g.value for g in GeneratorPrompt],
+                   help=f"how {asks} asks the generator (the joint.prompt of the stage-2 run that trained it)")
+
+
 def add_run_arguments(p: argparse.ArgumentParser, example: str) -> None:
     p.add_argument("config_and_overrides", nargs="*", metavar="[CONFIG.yaml] KEY=VALUE",
                    help=f"an optional YAML preset (configs/*.yaml), then dotted overrides, e.g. {example}")

@@ -112,8 +112,7 @@ def format_agent_table(results: dict[str, Any]) -> str:
 
 
 def register_agent(sub) -> None:
-    from clara.cli_args import csv_list  # the comma-list argument type of every command
-    from clara.config import GeneratorPrompt
+    from clara.cli_args import add_prompt_argument, csv_list
 
     p = sub.add_parser(
         "agent",
@@ -135,8 +134,7 @@ def register_agent(sub) -> None:
     p.add_argument("--max-turns", type=int, default=4, help="turns per rollout (rl.max_turns)")
     p.add_argument("--max-turn-tokens", type=int, default=48, help="tokens per turn (rl.max_turn_tokens)")
     p.add_argument("--one-shot-k", type=int, default=5, help="memory blocks the one-shot baseline reads")
-    p.add_argument("--prompt", default="direct", choices=[g.value for g in GeneratorPrompt],
-                   help="how one-shot retrieval asks the generator (the joint.prompt of the stage-2 run it starts from)")
+    add_prompt_argument(p, "one-shot retrieval")
     p.add_argument("--no-baselines", action="store_true", help="score the agent only")
     p.add_argument("--cache-dir", default="out/memory-cache", help="candidate-memory cache (shared with `clara joint`)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from clara.cli_args import csv_list, int_list
-from clara.config import GeneratorPrompt
+from clara.cli_args import add_prompt_argument, csv_list, int_list
 
 
 RETRIEVERS = ("query", "bm25", "minilm")
@@ -37,8 +36,7 @@ def register_retrieval(sub) -> None:
     p.add_argument("--ks", default="1,2,3,5", type=int_list, help="k values of Recall@k")
     p.add_argument("--answers", action="store_true", help="also EM/F1/Cover-EM (needs --model)")
     p.add_argument("--k", type=int, default=5, help="documents the generator reads with --answers")
-    p.add_argument("--prompt", default="direct", choices=[g.value for g in GeneratorPrompt],
-                   help="how --answers asks the generator (the joint.prompt it was trained with)")
+    add_prompt_argument(p, "--answers")
     p.add_argument("--scoring", default="flattened", choices=["flattened", "pooled"], help="query scoring")
     p.add_argument("--cache-dir", default="out/memory-cache", help="candidate-memory cache (shared with `clara joint`)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="greedy tokens per answer")
