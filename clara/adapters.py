@@ -51,10 +51,9 @@ def resolve_adapters_dir(path: str | Path, key: str = "adapters") -> Path:
     for candidate in (path, path / "adapters"):
         if (candidate / MODEL_INFO).is_file():
             return candidate
-    raise ConfigError(
-        f"config key '{key}': {path} holds no adapters ({MODEL_INFO} not found there or in "
-        f"{path / 'adapters'}); point it at a trained run's adapters directory"
-    )
+    problem = "does not exist" if not path.exists() else (
+        f"holds no adapters ({MODEL_INFO} not found there or in {path / 'adapters'})")
+    raise ConfigError(f"config key '{key}': {path} {problem}; point it at a trained run or its adapters directory")
 
 
 def model_from_adapters(cfg: ClaraConfig, init_adapters: str, key: str, missing: str = ""):

@@ -144,8 +144,8 @@ def run_compare(args: argparse.Namespace) -> int:
     from clara.errors import ConfigError
     from clara.eval.lens import format_overlap_table, lens_overlap
     from clara.eval.retrieval import load_eval_records
-    from clara.world import document_kinds
     from clara.fileio import atomic_write_json
+    from clara.world import document_kinds
 
     model, trained = load_lens_model(args)
     if not trained:

@@ -126,15 +126,9 @@ def with_init(cfg: ClaraConfig, init: str | Path | None) -> ClaraConfig:
 
 def resolve_init(cfg: ClaraConfig) -> Path:
     """The adapters directory named by ``joint.init_adapters`` (a run dir holding adapters/ works too)."""
-    from clara.model_storage import MODEL_INFO
+    from clara.adapters import resolve_adapters_dir
 
-    path = Path(cfg.joint.init_adapters)
-    for candidate in (path, path / "adapters"):
-        if (candidate / MODEL_INFO).is_file():
-            return candidate
-    problem = "does not exist" if not path.exists() else f"holds no adapters ({MODEL_INFO} not there nor in adapters/)"
-    raise ConfigError(f"--init / joint.init_adapters: {path} {problem}; give the run directory of "
-                      "`clara pretrain train` or its adapters/ directory")
+    return resolve_adapters_dir(cfg.joint.init_adapters, key="--init / joint.init_adapters")
 
 
 def build_instruct_model(cfg: ClaraConfig):

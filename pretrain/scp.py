@@ -49,6 +49,7 @@ PARAPHRASE_INSTRUCTIONS = (
     "Restate every fact of the background in your own words.",
 )
 ADAPTERS_SUBDIR = "adapters"
+SCP_ADAPTERS = ("compressor", "generator")  # what stage 1 trains and saves; the query reasoner is joint's
 
 
 def ask(questions: Sequence[str], prompt: str = "direct") -> tuple[list[str], list[str] | None]:
@@ -58,7 +59,6 @@ def ask(questions: Sequence[str], prompt: str = "direct") -> tuple[list[str], li
     if GeneratorPrompt(prompt) is GeneratorPrompt.SCP:
         return [QA_INSTRUCTION] * len(questions), [f"Question: {q}\nAnswer:" for q in questions]
     return list(questions), None
-SCP_ADAPTERS = ("compressor", "generator")  # what stage 1 trains and saves; the query reasoner is joint's
 
 
 @dataclass(frozen=True)
