@@ -23,11 +23,33 @@ def int_list(text: str) -> list[int]:
 
 
 def add_prompt_argument(p: argparse.ArgumentParser, asks: str) -> None:
-    """``--prompt direct|scp``: how an evaluation asks the generator, as the stage-2 run trained it (``joint.prompt``)."""
+    """``--prompt direct|scp``: how an evaluation asks the generator; by default as the adapters record it."""
     from clara.config import GeneratorPrompt
 
-    p.add_argument("--prompt", default=GeneratorPrompt.DIRECT.value, choices=[g.value for g in GeneratorPrompt],
-                   help=f"how {asks} asks the generator (the joint.prompt of the stage-2 run that trained it)")
+    p.add_argument("--prompt", default=None, choices=[g.value for g in GeneratorPrompt],
+                   help=f"how {asks} asks the generator (default: as the stage that trained it did, the "
+                   "generator_prompt recorded in the adapters' clara_model.json; direct where none is recorded)")
+
+
+def resolve_prompt(given: str | None, model) -> str:
+    """The ``--prompt`` an evaluation uses: the one given, else the adapters' recorded one, else direct.
+
+    A given form that differs from the recorded one is used, with a warning: answers asked in a form
+    the generator was not trained on score lower for that reason alone."""
+    import logging
+
+    from clara.config import GeneratorPrompt
+
+    recorded = getattr(model, "generator_prompt", None)
+    log = logging.getLogger("clara.eval")
+    if given is None:
+        prompt = recorded or GeneratorPrompt.DIRECT.value
+        log.info("asking the generator in the %s form (%s)", prompt,
+                 "recorded with the adapters" if recorded else "none recorded with the adapters")
+        return prompt
+    if recorded and given != recorded:
+        log.warning("--prompt %s, but the generator was trained to be asked in the %s form", given, recorded)
+    return given
 
 
 def add_run_arguments(p: argparse.ArgumentParser, example: str) -> None:

@@ -70,6 +70,9 @@ class ClaraModel(AdapterStorage, nn.Module):
         self.backbone_path = str(getattr(lm.config, "_name_or_path", ""))
         self.backbone_kind = ""
         self.backbone_recipe = ""  # how a derived backbone was made (clara.backbone.backbone_recipe)
+        # the form the generator was trained to be asked in (clara.config.GeneratorPrompt), recorded with saved
+        # adapters so evaluations ask it the same way; None = not known (bare backbone, older adapters)
+        self.generator_prompt: str | None = None
         base_rows = lm.get_input_embeddings().weight.shape[0]
         self.tokens = add_memory_tokens(tokenizer, num_mem)
         # the fixed scale spliced memory is set to: mean RMS of the backbone's own token rows

@@ -43,15 +43,21 @@ class AdapterStorage:
             h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
 
-    def save_adapters(self, directory: str | Path, names: Sequence[str] | None = None) -> Path:
+    def save_adapters(self, directory: str | Path, names: Sequence[str] | None = None,
+                      prompt: str | None = None) -> Path:
         """Write the PEFT adapter directories (``names``, default all three), tokenizer, memory embeddings
         and metadata. A stage saves the adapters it trains; one left out keeps its init when loaded
-        (a missing query reasoner becomes a copy of the compressor, see :meth:`load_adapters`)."""
+        (a missing query reasoner becomes a copy of the compressor, see :meth:`load_adapters`).
+
+        ``prompt``: the form the stage trained the generator to be asked in (``GeneratorPrompt``), recorded as
+        ``generator_prompt``; None keeps the one the loaded adapters recorded (RL keeps stage 2's)."""
         from safetensors.torch import save_file
 
         from clara.fileio import atomic_dir, atomic_write_json, write_manifest
 
         directory = Path(directory)
+        if prompt is not None:
+            self.generator_prompt = str(getattr(prompt, "value", prompt))
         with atomic_dir(directory) as tmp:
             self.adapters.save(tmp, names)
             self.tokenizer.save_pretrained(str(tmp / "tokenizer"))
@@ -81,6 +87,7 @@ class AdapterStorage:
             "embed_rms": self.embed_rms,
             "rescale_memory": self.rescale_memory,
             "memory_norm": self.memory_norm,
+            "generator_prompt": self.generator_prompt,
             "lora": to_dict(LoraConfig(r=cfg.r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                                        target_modules=tuple(sorted(cfg.target_modules)))),
         }
@@ -125,6 +132,7 @@ class AdapterStorage:
             # with them measures that starting point, not an untrained query adapter (the bare backbone)
             self.adapters.copy_adapter("compressor", "query")
             log.info("%s: no query adapter saved; the query reasoner is a copy of the compressor", directory)
+        self.generator_prompt = info.get("generator_prompt")
         saved = load_file(str(directory / MEM_EMBED_FILE))
         # the generator was trained on memory normalised this way: adopt it (older dirs lack the key)
         norm = info.get("memory_norm", self.memory_norm)

@@ -188,10 +188,22 @@ class Service:
             if kk:
                 rows = np.array([[r for r, _ in picked[i]] for i in members])  # (g, kk)
                 mem = self.bank.memory(rows)  # (g, kk, m, H)
-            texts = self.model.generate([items[i][0] for i in members], mem, max_new_tokens=new_tokens)
-            for i, text in zip(members, texts):
+            for i, text in zip(members, self._ask([items[i][0] for i in members], mem, new_tokens)):
                 answers[i] = text
         return [(a, hits) for a, hits in zip(answers, picked)]
+
+    def _ask(self, questions: list[str], mem, max_new_tokens: int) -> list[str]:
+        """Answers, the generator asked in the form its training run recorded (``generator_prompt``): an
+        scp-trained generator gets stage 1's QA instruction and a ``Question: q / Answer:`` reply prefix."""
+        from clara.config import GeneratorPrompt
+        from clara.eval.reading import extract_answer
+        from clara.pretrain.scp import ask
+
+        inputs, prefixes = ask(questions, getattr(self.model, "generator_prompt", None) or GeneratorPrompt.DIRECT.value)
+        if prefixes is None:
+            return self.model.generate(inputs, mem, max_new_tokens=max_new_tokens)
+        replies = self.model.generate(inputs, mem, max_new_tokens=max_new_tokens, reply_prefixes=prefixes, stop=("\n",))
+        return [extract_answer(t) for t in replies]
 
     def health(self) -> dict:
         info = self.bank.info

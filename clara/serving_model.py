@@ -47,7 +47,9 @@ class QueryEncoder(Protocol):
 
 @runtime_checkable
 class Generator(Protocol):
-    def generate(self, questions: Sequence[str], mem_blocks=None, *, max_new_tokens: int = 64) -> list[str]: ...
+    """``reply_prefixes``/``stop`` are passed only when the model's ``generator_prompt`` is scp."""
+
+    def generate(self, questions: Sequence[str], mem_blocks=None, *, max_new_tokens: int = 64, **kw) -> list[str]: ...
 
 
 _WORD = re.compile(r"\w+", re.UNICODE)

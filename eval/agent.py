@@ -143,6 +143,7 @@ def register_agent(sub) -> None:
 
 
 def run_agent(args: argparse.Namespace) -> int:
+    from clara.cli_args import resolve_prompt
     from clara.eval.retrieval import load_eval_records
     from clara.eval.retrieval_cli import model_config_from_adapters
     from clara.fileio import atomic_write_json
@@ -160,7 +161,7 @@ def run_agent(args: argparse.Namespace) -> int:
     cache = MemoryCache.for_model(model, args.cache_dir)
     cache.fill(model, (d for r in records for d in r.candidates))
     settings = AgentSettings(top_k=args.top_k, max_turns=args.max_turns, max_turn_tokens=args.max_turn_tokens,
-                             one_shot_k=args.one_shot_k, prompt=args.prompt)  # fmt: skip
+                             one_shot_k=args.one_shot_k, prompt=resolve_prompt(args.prompt, model))  # fmt: skip
     results = evaluate_agent(model, records, cache, settings, baselines=not args.no_baselines)
     print(f"agent eval: {len(records)} questions ({','.join(types) or 'all types'}) from {args.world} {','.join(split)}")
     print(format_agent_table(results))

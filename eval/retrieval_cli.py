@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from clara.cli_args import add_prompt_argument, csv_list, int_list
+from clara.cli_args import add_prompt_argument, csv_list, int_list, resolve_prompt
 
 
 RETRIEVERS = ("query", "bm25", "minilm")
@@ -127,10 +127,11 @@ def answers_table(model, records, cache, rankings, args) -> dict:
     from clara.eval.retrieval import answer_eval
 
     golds = [list(r.answers) for r in records]
+    prompt = resolve_prompt(args.prompt, model)
     rows = {"closed_book": answer_scores(closed_book_answers(model, records, max_new_tokens=args.max_new_tokens), golds)}
     for name, ranking in rankings.items():
         for setting, scores in answer_eval(model, records, cache, ranking, k=args.k, max_new_tokens=args.max_new_tokens,
-                                           prompt=args.prompt).items():
+                                           prompt=prompt).items():
             rows[f"memory/{name}/{setting}"] = {k: v for k, v in scores.items() if k != "predictions"}
         preds = raw_text_rag_answers(model, records, ranking, k=args.k, max_new_tokens=args.max_new_tokens)
         rows[f"raw_text_rag/{name}"] = answer_scores(preds, golds)

@@ -121,7 +121,7 @@ def run_joint(cfg: ClaraConfig, resume: bool = False, allow_config_change: bool 
                       eval_fn=eval_fn if dev else None, eval_every=cfg.joint.eval_every,
                       allow_config_change=allow_config_change)
     result = trainer.train(resume=resume)
-    model.save_adapters(out / "adapters")
+    model.save_adapters(out / "adapters", prompt=cfg.joint.prompt)
     after = eval_fn(objective) if dev else {}
     summary = {"before": before, "after": after, "steps": result.step, "compressor_hash": cache.key,
                "dev_questions": len(dev), "train_questions": len(train)}

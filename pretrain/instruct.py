@@ -31,7 +31,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from clara.config import ClaraConfig
+from clara.config import ClaraConfig, GeneratorPrompt
 from clara.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -187,5 +187,5 @@ def train_instruct(
                       on_step=on_step, allow_config_change=allow_config_change)
     result = trainer.train(resume=resume)
     if trainer.ctx.is_main:
-        model.save_adapters(out / ADAPTERS_SUBDIR, SCP_ADAPTERS)
+        model.save_adapters(out / ADAPTERS_SUBDIR, SCP_ADAPTERS, prompt=GeneratorPrompt.DIRECT)
     return result

@@ -302,7 +302,7 @@ def train_scp(
                       allow_config_change=allow_config_change)
     result = trainer.train(resume=resume)
     if trainer.ctx.is_main:
-        model.save_adapters(out / ADAPTERS_SUBDIR, SCP_ADAPTERS)
+        model.save_adapters(out / ADAPTERS_SUBDIR, SCP_ADAPTERS, prompt=GeneratorPrompt.SCP)
     return result
 
 
@@ -314,4 +314,4 @@ def export_checkpoint_adapters(cfg: ClaraConfig, checkpoint: str | Path, out: st
     model = build_scp_model(cfg)
     ck = load_checkpoint(checkpoint)
     load_trainable(ScpObjective(model), ck.trainable, checkpoint / "trainable.safetensors")
-    return model.save_adapters(out, SCP_ADAPTERS)
+    return model.save_adapters(out, SCP_ADAPTERS, prompt=GeneratorPrompt.SCP)

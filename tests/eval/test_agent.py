@@ -53,11 +53,11 @@ def test_agent_scores_count_answers_searches_and_behaviour(model, hidden, tmp_pa
 
 
 def test_eval_agent_command_writes_all_three_systems(model, world_dir, tmp_path):
-    adapters = model.save_adapters(tmp_path / "adapters")
+    adapters = model.save_adapters(tmp_path / "adapters", prompt="scp")  # no --prompt: asked as recorded
     out = tmp_path / "agent.json"
     cmd = [sys.executable, "-m", "clara.cli", "eval", "agent", "--model", str(adapters), "--world", str(world_dir),
            "--split", "test,dev,train", "--limit", "3", "--max-turns", "2", "--max-turn-tokens", "4",
-           "--cache-dir", str(tmp_path / "cache"), "--threads", "1", "--prompt", "scp", "--out", str(out)]  # fmt: skip
+           "--cache-dir", str(tmp_path / "cache"), "--threads", "1", "--out", str(out)]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(out.read_text())

@@ -64,6 +64,8 @@ def test_sigkill_then_resume_is_bitwise_exact(tmp_path, tiny_backbone, world_dir
     assert reference.wait(timeout=240) == 0, reference.stderr.read()[-3000:]
     assert f"resumed from {killed / 'checkpoints' / killed_at}" in resumed.stderr
 
+    if stage == "joint":  # how the run asked the generator travels with its adapters (joint.prompt)
+        assert json.loads((killed / "adapters" / "clara_model.json").read_text())["generator_prompt"] == "direct"
     for adapter in ("query", "generator", "compressor"):
         a = load_file(str(straight / "adapters" / adapter / "adapter_model.safetensors"))
         b = load_file(str(killed / "adapters" / adapter / "adapter_model.safetensors"))

@@ -114,3 +114,22 @@ def test_mismatched_memory_count_is_refused(model, model_cfg, tmp_path):
     other = ClaraModel.from_config(dataclasses.replace(model_cfg, compression_rate=4))  # m = 8
     with pytest.raises(CheckpointError, match="num_mem"):
         other.load_adapters(tmp_path / "adapters")
+
+
+def test_the_generator_prompt_is_recorded_and_carried_to_the_next_stage(model, make_model, tmp_path, caplog):
+    """Stage 2 records how it asked the generator; a stage that loads and saves again (RL) keeps it; an
+    evaluation asks that way unless told otherwise, and warns when told another way."""
+    from clara.cli_args import resolve_prompt
+
+    assert model.generator_prompt is None and resolve_prompt(None, model) == "direct"  # bare backbone
+    model.save_adapters(tmp_path / "joint", prompt="scp")
+    assert json.loads((tmp_path / "joint" / "clara_model.json").read_text())["generator_prompt"] == "scp"
+    rl = make_model()
+    rl.load_adapters(tmp_path / "joint")
+    rl.save_adapters(tmp_path / "rl")  # RL trains the generator in its own template; stage 2's form stays
+    evaluated = make_model()
+    evaluated.load_adapters(tmp_path / "rl")
+    assert evaluated.generator_prompt == "scp" and resolve_prompt(None, evaluated) == "scp"
+    with caplog.at_level("WARNING", logger="clara.eval"):
+        assert resolve_prompt("direct", evaluated) == "direct"
+    assert "trained to be asked in the scp form" in caplog.text

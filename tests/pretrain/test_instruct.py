@@ -1,6 +1,7 @@
 """`clara pretrain instruct` on the tiny backbone: mechanics only (never quality, DESIGN §2)."""
 
 import dataclasses
+import json
 import subprocess
 import sys
 
@@ -113,7 +114,8 @@ def test_trains_compressor_generator_and_memory_not_query_or_base(setup, tmp_pat
     assert lora("query") and not (lora("query") & changed)
     assert not {n for n in changed if "lora_" not in n and n != "mem_embed"}, "a base weight changed"
     out = tmp_path / "run"
-    assert (out / "adapters" / "clara_model.json").is_file() and (out / "config.yaml").is_file()
+    assert (out / "config.yaml").is_file()
+    assert json.loads((out / "adapters" / "clara_model.json").read_text())["generator_prompt"] == "direct"
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
 
 

@@ -58,6 +58,7 @@ def test_sweep_trains_each_cr_and_evaluates_text_baselines_once(setup, first_swe
     for run in res["runs"]:
         info = json.loads((out / f"cr-{run['cr']}" / "adapters" / "clara_model.json").read_text())
         assert info["num_mem"] == run["num_mem"] == 32 // run["cr"]
+        assert info["generator_prompt"] == "scp"  # SCP trains the generator to be asked in its QA form
         assert run["model"] == str(out / f"cr-{run['cr']}" / "adapters")
         assert {"memory", "wrong_memory"} <= set(run["settings"]) and run["settings"]["memory"]["n"] == 4
         t = run["training"]

@@ -81,6 +81,28 @@ def test_answer_returns_text_and_sources(server):
     assert set(body["sources"][0]) == {"id", "title", "score"}
 
 
+class ScpTrainedModel(HashingModel):
+    """A stand-in whose generator was trained to be asked in stage 1's QA form (generator_prompt scp)."""
+
+    generator_prompt = "scp"
+
+    def generate(self, questions, mem_blocks=None, *, max_new_tokens=64, reply_prefixes=None, stop=()):
+        self.asked = (list(questions), reply_prefixes, tuple(stop))
+        return [" Venra.\nQuestion: next" for _ in questions]
+
+
+def test_answer_asks_the_generator_as_its_training_run_recorded(bank_dir):
+    from clara.pretrain.scp import QA_INSTRUCTION
+
+    model = ScpTrainedModel(4, 256)
+    app = create_app(SETTINGS, model=model, bank=MemoryBank.open(bank_dir))
+    with ServerThread(app) as s, httpx.Client(base_url=s.url, timeout=10) as client:
+        r = client.post("/v1/answer", json={"question": "who founded town 3", "k": 1})
+    assert r.status_code == 200, r.text
+    assert r.json()["answer"] == "Venra"  # the short answer of the reply's first line
+    assert model.asked == ([QA_INSTRUCTION], ["Question: who founded town 3\nAnswer:"], ("\n",))
+
+
 def test_search_r1_protocol(server):
     r = server.post("/retrieve", json={"queries": ["person5 1005"], "topk": 2, "return_scores": True})
     assert r.status_code == 200, r.text
