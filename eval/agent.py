@@ -83,6 +83,7 @@ def evaluate_agent(model, records: Sequence, cache, settings: AgentSettings = Ag
 
     trajs = agent_rollouts(model, records, cache, settings)
     rows: dict[str, Any] = {"agent": agent_scores(trajs, records)}
+    preds = {"agent": [t.answer or "" for t in trajs]}
     if baselines:
         ranking = rank_with_query_model(model, records, cache, settings.scoring)
         one_shot = answer_eval(model, records, cache, ranking, k=settings.one_shot_k, settings=("normal",),
@@ -92,9 +93,26 @@ def evaluate_agent(model, records: Sequence, cache, settings: AgentSettings = Ag
         closed = closed_book_answers(model, records, settings.batch_size, settings.max_new_tokens)
         rows["closed_book"] = {k: v for k, v in answer_scores(closed, [list(r.answers) for r in records]).items()
                                if k != "predictions"}  # fmt: skip
+        preds.update(one_shot=one_shot["predictions"], closed_book=closed)
     examples = [{"question": t.question, "answers": list(records[t.group].answers), "text": t.text,
-                 "queries": t.queries, "answer": t.answer} for t in trajs]  # fmt: skip
-    return {"n": len(records), "settings": asdict(settings), "systems": rows, "rollouts": examples}
+                 "queries": t.queries, "answer": t.answer, "relation": records[t.group].extra.get("relation")}
+                for t in trajs]  # fmt: skip
+    return {"n": len(records), "settings": asdict(settings), "systems": rows,
+            "by_relation": em_by_relation(preds, records), "rollouts": examples}
+
+
+def em_by_relation(preds: dict[str, Sequence[str]], records: Sequence) -> dict[str, dict[str, float]]:
+    """EM of each system per question relation (world questions carry ``relation``, e.g.
+    ``birth_city>country``): which readings succeed — a relation with few distinct answers (a world's
+    countries) can be right by the answers the generator learned in training, not by reading memory."""
+    from clara.eval.metrics import exact_match
+
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        groups.setdefault(str(r.extra.get("relation") or r.type or "–"), []).append(i)
+    return {rel: {"n": len(idx), **{name: sum(exact_match(p[i], records[i].answers) for i in idx) / len(idx)
+                                    for name, p in preds.items()}}
+            for rel, idx in sorted(groups.items())}  # fmt: skip
 
 
 def format_agent_table(results: dict[str, Any]) -> str:
@@ -105,6 +123,12 @@ def format_agent_table(results: dict[str, Any]) -> str:
                                     "source_referencing", "bridge_hit")]  # fmt: skip
         cells = " | ".join("–" if v is None else f"{v:.3f}" for v in extra)
         lines.append(f"| {name} | {s['n']} | {s['em']:.3f} | {s['f1']:.3f} | {s['cover_em']:.3f} | {cells} |")
+    by_relation = results.get("by_relation") or {}
+    if len(by_relation) > 1:
+        systems = list(results["systems"])
+        lines += ["", f"| relation | n | {' | '.join(f'{s} EM' for s in systems)} |", "|---" * (2 + len(systems)) + "|"]
+        for rel, row in by_relation.items():
+            lines.append(f"| {rel} | {row['n']} | " + " | ".join(f"{row[s]:.3f}" for s in systems) + " |")
     return "\n".join(lines)
 
 

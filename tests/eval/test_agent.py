@@ -90,3 +90,19 @@ def test_one_shot_asks_the_generator_in_the_stage_2_prompt(model, hidden, tmp_pa
         res = evaluate_agent(model, hidden, cache, dataclasses.replace(settings, prompt=prompt))
         assert res["systems"]["one_shot"]["n"] == len(hidden)
     assert asked == ["scp", "direct"]
+
+
+def test_em_by_relation_and_its_table():
+    from clara.eval.agent import em_by_relation, format_agent_table
+    from clara.records import EvalRecord
+
+    records = [EvalRecord(question=f"q{i}", answers=(gold,), type="two_hop_hidden", extra={"relation": rel})
+               for i, (gold, rel) in enumerate([("Plenia", "birth_city>country"), ("Tarsin", "birth_city>country"),
+                                                ("1975", "mentor>birth_year")])]  # fmt: skip
+    preds = {"agent": ["plenia", "Plenia", "1998"], "one_shot": ["Tarsin", "Tarsin", "1975"]}
+    rows = em_by_relation(preds, records)
+    assert rows == {"birth_city>country": {"n": 2, "agent": 0.5, "one_shot": 0.5},
+                    "mentor>birth_year": {"n": 1, "agent": 0.0, "one_shot": 1.0}}
+    scores = {"n": 3, "em": 0.0, "f1": 0.0, "cover_em": 0.0}
+    table = format_agent_table({"systems": {"agent": scores, "one_shot": scores}, "by_relation": rows})
+    assert "| relation | n | agent EM | one_shot EM |" in table and "| mentor>birth_year | 1 | 0.000 | 1.000 |" in table
