@@ -195,15 +195,12 @@ class Service:
     def _ask(self, questions: list[str], mem, max_new_tokens: int) -> list[str]:
         """Answers, the generator asked in the form its training run recorded (``generator_prompt``): an
         scp-trained generator gets stage 1's QA instruction and a ``Question: q / Answer:`` reply prefix."""
-        from clara.config import GeneratorPrompt
         from clara.eval.reading import extract_answer
-        from clara.pretrain.scp import ask
+        from clara.pretrain.scp import generate_asked
 
-        inputs, prefixes = ask(questions, getattr(self.model, "generator_prompt", None) or GeneratorPrompt.DIRECT.value)
-        if prefixes is None:
-            return self.model.generate(inputs, mem, max_new_tokens=max_new_tokens)
-        replies = self.model.generate(inputs, mem, max_new_tokens=max_new_tokens, reply_prefixes=prefixes, stop=("\n",))
-        return [extract_answer(t) for t in replies]
+        prompt = getattr(self.model, "generator_prompt", None) or "direct"
+        replies = generate_asked(self.model, questions, mem, prompt, max_new_tokens=max_new_tokens)
+        return replies if prompt == "direct" else [extract_answer(t) for t in replies]
 
     def health(self) -> dict:
         info = self.bank.info

@@ -47,7 +47,7 @@ class QueryEncoder(Protocol):
 
 @runtime_checkable
 class Generator(Protocol):
-    """``reply_prefixes``/``stop`` are passed only when the model's ``generator_prompt`` is scp."""
+    """The server also passes ``reply_prefixes`` and ``stop`` (see ``clara.pretrain.scp.generate_asked``)."""
 
     def generate(self, questions: Sequence[str], mem_blocks=None, *, max_new_tokens: int = 64, **kw) -> list[str]: ...
 

@@ -173,7 +173,7 @@ def answer_eval(
     import torch
 
     from clara.eval.reading import extract_answer
-    from clara.pretrain.scp import ask
+    from clara.pretrain.scp import generate_asked
 
     unknown = [s for s in settings if s not in SELECTIONS]
     if unknown:
@@ -185,9 +185,8 @@ def answer_eval(
         for setting in settings:
             blocks = [mem[torch.tensor(SELECTIONS[setting](ranking, r.pos_index, min(k, len(r.candidates))))]
                       for r, ranking, mem in zip(batch, rankings[start : start + batch_size], mems)]  # (k, m, H) each
-            inputs, prefixes = ask([r.question for r in batch], prompt)
-            replies = model.generate(inputs, torch.stack(blocks), max_new_tokens=max_new_tokens, reply_prefixes=prefixes,
-                                     stop=("\n",) if prefixes else ())  # fmt: skip
+            replies = generate_asked(model, [r.question for r in batch], torch.stack(blocks), prompt,
+                                     max_new_tokens=max_new_tokens)
             preds[setting] += [extract_answer(t) for t in replies]
     golds = [list(r.answers) for r in records]
     return {s: {**answer_scores(preds[s], golds), "predictions": preds[s]} for s in settings}

@@ -61,6 +61,13 @@ def ask(questions: Sequence[str], prompt: str = "direct") -> tuple[list[str], li
     return list(questions), None
 
 
+def generate_asked(model, questions: Sequence[str], mem_blocks, prompt: str = "direct", **kw) -> list[str]:
+    """The generator's replies to ``questions`` asked in the form ``prompt`` names (:func:`ask`); an scp reply
+    ends with its line. ``kw`` as in ``ClaraModel.generate`` (``max_new_tokens``, ...)."""
+    inputs, prefixes = ask(questions, prompt)
+    return model.generate(inputs, mem_blocks, reply_prefixes=prefixes, stop=("\n",) if prefixes else (), **kw)
+
+
 @dataclass(frozen=True)
 class ScpExample:
     """One SCP sample: the document to compress, the generator's instruction and its target.
