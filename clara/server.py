@@ -125,6 +125,7 @@ class Service:
         self.settings = settings
         self.model = None
         self.bank: MemoryBank | None = None
+        self.prompt = "direct"  # the generator's recorded prompt form, set by install()
         self.error: str | None = None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clara-model")
         kw = dict(max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms, queue_size=settings.queue_size)
@@ -136,8 +137,11 @@ class Service:
         return self.model is not None and self.bank is not None
 
     def install(self, model, bank: MemoryBank) -> None:
+        from clara.cli_args import resolve_prompt
+
         check_compatible(model, bank)
         self.model, self.bank = model, bank
+        self.prompt = resolve_prompt(None, model)  # how /v1/answer asks the generator (logged once)
         log.info("serving %d documents", len(bank))
 
     def hits(self, scores: np.ndarray, rows: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
@@ -198,9 +202,8 @@ class Service:
         from clara.eval.reading import extract_answer
         from clara.pretrain.scp import generate_asked
 
-        prompt = getattr(self.model, "generator_prompt", None) or "direct"
-        replies = generate_asked(self.model, questions, mem, prompt, max_new_tokens=max_new_tokens)
-        return replies if prompt == "direct" else [extract_answer(t) for t in replies]
+        replies = generate_asked(self.model, questions, mem, self.prompt, max_new_tokens=max_new_tokens)
+        return replies if self.prompt == "direct" else [extract_answer(t) for t in replies]
 
     def health(self) -> dict:
         info = self.bank.info
