@@ -17,7 +17,8 @@ def register(subparsers) -> None:
         "(joint.cache_dir, keyed by the compressor's hash, reused by later runs). Scores are cosines between "
         "query and candidate memory; a straight-through top-k (joint.temperature, joint.top_k) selects the "
         "memory the generator reads; only the answer's next-token loss trains. Data: data.train_file / "
-        "data.eval_file (joint records) or joint.world (a `clara world` directory). Writes checkpoints, "
+        "data.eval_file (joint records) or joint.world (a `clara world` directory; joint.train_worlds adds more "
+        "worlds' training questions). Writes checkpoints, "
         "metrics.jsonl (Recall@k on dev every joint.eval_every steps), adapters/ and recall.json to out_dir.",
         epilog="example: clara joint --config configs/smollm2.yaml joint.world=out/world-0 joint.eval_every=50",
     )

@@ -35,27 +35,43 @@ def cache_root(cfg: ClaraConfig) -> Path:
     return Path(cfg.joint.cache_dir) if cfg.joint.cache_dir else Path(cfg.out_dir).parent / "memory-cache"
 
 
+def world_questions(world: str | Path, split: str) -> Path:
+    return Path(world) / "questions" / f"{split}.jsonl"
+
+
+def world_split(world: str | Path, split: str) -> list:
+    """Joint records of one split of a `clara world` directory (candidates resolved from its corpus)."""
+    from clara.jsonl import read_records
+
+    path = world_questions(world, split)
+    if not path.is_file():
+        raise DataError(f"{path}: missing; create the world with `clara world --out {world}`")
+    return read_records(path, "joint", corpus=Path(world) / "documents.jsonl")
+
+
 def load_split(cfg: ClaraConfig, split: str, train: bool) -> list:
-    """Joint records of one split: ``data.train_file``/``data.eval_file`` if set, else the world's split."""
+    """Joint records of one split: ``data.train_file``/``data.eval_file`` if set, else the world's split.
+
+    Training also reads the same split of every ``joint.train_worlds`` directory."""
     from clara.jsonl import read_records
 
     file = cfg.data.train_file if train else cfg.data.eval_file
     if file:
-        records = read_records(file, "joint", skip_bad=cfg.data.skip_bad_records)
+        records, source = read_records(file, "joint", skip_bad=cfg.data.skip_bad_records), file
     elif cfg.joint.world:
-        world = Path(cfg.joint.world)
-        path = world / "questions" / f"{split}.jsonl"
-        if not path.is_file():
-            raise DataError(f"{path}: missing; create the world with `clara world --out {world}`")
-        records = read_records(path, "joint", corpus=world / "documents.jsonl")
+        records, source = world_split(cfg.joint.world, split), world_questions(cfg.joint.world, split)
     else:
         raise ConfigError("config key 'data.train_file': empty and joint.world is empty; give one of them")
+    sources = [(source, records)]
+    if train:
+        sources += [(world_questions(w, split), world_split(w, split)) for w in cfg.joint.train_worlds]
     n = cfg.joint.candidates
-    for r in records:
-        if len(r.candidates) != n:
-            raise DataError(f"{file or path}: question {r.id}: docs: {len(r.candidates)} candidates, "
-                            f"but joint.candidates={n}; set joint.candidates to match the data")
-    return records
+    for source, part in sources:
+        for r in part:
+            if len(r.candidates) != n:
+                raise DataError(f"{source}: question {r.id}: docs: {len(r.candidates)} candidates, "
+                                f"but joint.candidates={n}; set joint.candidates to match the data")
+    return [r for _, part in sources for r in part]
 
 
 def build_joint_model(cfg: ClaraConfig):

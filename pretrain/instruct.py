@@ -146,10 +146,12 @@ def build_instruct_model(cfg: ClaraConfig):
 
 
 def instruct_dataset(cfg: ClaraConfig) -> list[InstructExample]:
-    from clara.joint.train import load_split
+    from clara.joint.train import load_split, world_questions
 
     records = load_split(cfg, cfg.joint.train_split, train=True)
-    source = cfg.data.train_file or f"{cfg.joint.world}/questions/{cfg.joint.train_split}.jsonl"
+    split = cfg.joint.train_split
+    files = [cfg.data.train_file] if cfg.data.train_file else [str(world_questions(cfg.joint.world, split))]
+    source = " + ".join(files + [str(world_questions(w, split)) for w in cfg.joint.train_worlds])
     examples = build_examples(records, cfg.scp.instruct_k, source)
     log.info("%s: %d instruction examples, %d documents each", source, len(examples), cfg.scp.instruct_k)
     return examples
