@@ -171,7 +171,8 @@ class JointConfig:
     world: str = ""  # world directory (questions/<split>.jsonl); used when data.train_file is empty
     # more `clara world` directories whose train_split questions join the training set (evaluation stays on
     # joint.world). Measured with the SmolLM2 preset, 150 steps, worlds 1-3 added to world 0: single-hop R@1
-    # on unseen world 9 0.537 / 0.818 with train.seed 0 / 1, world 0 alone 0.810 (seed 1); 0.686 before (README)
+    # on unseen world 9 0.537 / 0.818 / 0.694 with train.seed 0 / 1 / 2, against 0.826 / 0.810 / 0.868 with
+    # world 0 alone (0.686 before); description R@1 0.444-0.611 against 0.389 (README)
     train_worlds: tuple[str, ...] = ()
     train_split: str = "train"
     eval_split: str = "dev"

@@ -7,7 +7,7 @@ import pytest
 
 from clara.config import ClaraConfig, from_dict
 from clara.errors import DataError
-from clara.joint.train import load_split
+from clara.joint.train import load_split, world_split
 from tests.joint.conftest import joint_dict
 
 
@@ -25,8 +25,7 @@ def with_worlds(cfg: ClaraConfig, *worlds) -> ClaraConfig:
 def test_train_worlds_add_their_training_questions_and_not_their_eval_ones(joint_cfg, second_world):
     cfg = joint_cfg()
     own, dev = load_split(cfg, "train", train=True), load_split(cfg, "dev", train=False)
-    other = load_split(dataclasses.replace(cfg, joint=dataclasses.replace(cfg.joint, world=str(second_world))),
-                       "train", train=True)
+    other = world_split(second_world, "train")
     both = with_worlds(cfg, second_world)
     merged = load_split(both, "train", train=True)
     assert [r.question for r in merged] == [r.question for r in own + other]
