@@ -57,12 +57,13 @@ def agent_rollouts(model, records: Sequence, cache, settings: AgentSettings) -> 
 
 
 def agent_scores(trajs: Sequence, records: Sequence) -> dict[str, Any]:
-    """EM/F1/Cover-EM of the final answers plus the behaviour metrics of RL training."""
+    """EM/F1/Cover-EM of the final answers (and the answers as ``predictions``, as ``answer_eval`` gives them)
+    plus the behaviour metrics of RL training."""
     from clara.eval.metrics import answer_scores
     from clara.joint.rewards import behaviour_metrics, bridge_hit, written_recall
 
     preds = [t.answer or "" for t in trajs]
-    scores = {k: v for k, v in answer_scores(preds, [list(r.answers) for r in records]).items() if k != "predictions"}
+    scores = {**answer_scores(preds, [list(r.answers) for r in records]), "predictions": preds}
     scores.update(behaviour_metrics(trajs, lambda g, c: records[g].candidates[c].as_text()))
     scores["two_plus_searches"] = sum(len(t.queries) >= 2 for t in trajs) / max(1, len(trajs))
     recall = written_recall(trajs, records)
@@ -83,17 +84,14 @@ def evaluate_agent(model, records: Sequence, cache, settings: AgentSettings = Ag
 
     trajs = agent_rollouts(model, records, cache, settings)
     rows: dict[str, Any] = {"agent": agent_scores(trajs, records)}
-    preds = {"agent": [t.answer or "" for t in trajs]}
     if baselines:
         ranking = rank_with_query_model(model, records, cache, settings.scoring)
-        one_shot = answer_eval(model, records, cache, ranking, k=settings.one_shot_k, settings=("normal",),
-                               batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens,
-                               prompt=settings.prompt)["normal"]  # fmt: skip
-        rows["one_shot"] = {k: v for k, v in one_shot.items() if k != "predictions"}
+        rows["one_shot"] = answer_eval(model, records, cache, ranking, k=settings.one_shot_k, settings=("normal",),
+                                       batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens,
+                                       prompt=settings.prompt)["normal"]  # fmt: skip
         closed = closed_book_answers(model, records, settings.batch_size, settings.max_new_tokens)
-        rows["closed_book"] = {k: v for k, v in answer_scores(closed, [list(r.answers) for r in records]).items()
-                               if k != "predictions"}  # fmt: skip
-        preds.update(one_shot=one_shot["predictions"], closed_book=closed)
+        rows["closed_book"] = {**answer_scores(closed, [list(r.answers) for r in records]), "predictions": closed}
+    preds = {name: row.pop("predictions") for name, row in rows.items()}  # for the table per relation
     examples = [{"question": t.question, "answers": list(records[t.group].answers), "text": t.text,
                  "queries": t.queries, "answer": t.answer, "relation": records[t.group].extra.get("relation")}
                 for t in trajs]  # fmt: skip
