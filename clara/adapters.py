@@ -140,8 +140,11 @@ class AdapterSet:
         """Run forwards under adapter ``name`` (None: the bare base model), then switch back."""
         previous = self.active
         if name is None:
-            with self.peft.disable_adapter():
-                yield
+            try:
+                with self.peft.disable_adapter():
+                    yield
+            finally:  # peft re-enables the layers through set_adapter, which freezes every other adapter
+                self._sync_requires_grad()
             return
         self.activate(name)
         try:

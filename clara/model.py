@@ -194,10 +194,16 @@ class ClaraModel(AdapterStorage, nn.Module):
 
     # ------------------------------------------------------------------ generator
 
-    def prompt_ids(self, question: str, k: int) -> list[int]:
-        """Token ids of the generator prompt with ``k`` slots of m placeholders, ready to answer."""
+    def prompt_ids(self, question: str, k: int, document: str | None = None) -> list[int]:
+        """Token ids of the generator prompt with ``k`` slots of m placeholders, ready to answer.
+
+        ``document`` (with k = 0): the same prompt with the document's text where the slots would be."""
+        if document is not None and k:
+            raise ValueError("a prompt holds either memory slots or a document's text, not both")
         slots = "".join(SLOT_TOKEN * self.num_mem + "\n" for _ in range(k))
-        content = f"Background:\n{slots}\nQuestion: {question}" if k else f"Question: {question}"
+        if document is not None:
+            slots = f"{document}\n"
+        content = f"Background:\n{slots}\nQuestion: {question}" if slots else f"Question: {question}"
         if getattr(self.tokenizer, "chat_template", None):
             text = self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
@@ -308,8 +314,40 @@ class ClaraModel(AdapterStorage, nn.Module):
         """
         if reduction not in ("mean", "none", "sum"):
             raise ValueError(f"reduction must be mean, none or sum, got {reduction!r}")
+        token_loss, rows, _ = self.generator_pass(questions, mem_blocks, answers, adapter=adapter,
+                                                  max_answer_len=max_answer_len, reply_prefixes=reply_prefixes)
+        if reduction == "mean":
+            return token_loss.mean()
+        per_row = torch.zeros(len(questions), device=self.device).index_add(0, rows, token_loss)
+        if reduction == "sum":
+            return per_row
+        return per_row / torch.bincount(rows, minlength=len(questions)).clamp(min=1)  # (B,)
+
+    def generator_pass(
+        self,
+        questions: Sequence[str],
+        mem_blocks: torch.Tensor | None,
+        answers: Sequence[str],
+        *,
+        adapter: str | None = "generator",
+        max_answer_len: int = 128,
+        reply_prefixes: Sequence[str] | None = None,
+        documents: Sequence[str] | None = None,
+        states_at: Sequence[int] = (),
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """One teacher-forced generator forward -> (token_loss (N,), row of each answer token (N,), states).
+
+        N counts the answer tokens of all rows, row-major. ``documents`` puts each row's document as text
+        where memory would go (no ``mem_blocks``): the open-book view of the same prompt. ``states_at``:
+        hidden-state indices (0 = embeddings, L = the last layer's output, after the final norm); for each,
+        the (N, H) states at the positions that predict the answer tokens, in the order of ``token_loss``.
+        Two passes over the same answers, whatever their prompts, give states that align row for row.
+        """
         k = self._check_blocks(questions, mem_blocks)
-        prompts = [self.prompt_ids(q, k) for q in questions]
+        if documents is not None and (k or len(documents) != len(questions)):
+            raise ValueError("documents need one text per question and no mem_blocks")
+        docs = documents if documents is not None else [None] * len(questions)
+        prompts = [self.prompt_ids(q, k, d) for q, d in zip(questions, docs)]
         if reply_prefixes is None:
             prefixes, targets = [[]] * len(answers), [self._answer_ids(a, max_answer_len) for a in answers]
         else:
@@ -322,19 +360,17 @@ class ClaraModel(AdapterStorage, nn.Module):
         ids, mask, labels = ids.to(self.device), mask.to(self.device), labels.to(self.device)
         embeds = self._splice(ids, mem_blocks)  # (B, T, H)
         with self.using(adapter):
-            hidden = self.lm.get_decoder()(
-                inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids_for(mask)
-            ).last_hidden_state  # (B, T, H)
+            out = self.lm.get_decoder()(
+                inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids_for(mask),
+                output_hidden_states=bool(states_at),
+            )
             # the state at t predicts token t+1; project only answer positions (vocab is large)
             target = labels[:, 1:]  # (B, T-1)
             keep = target != -100
-            logits = self.lm.get_output_embeddings()(hidden[:, :-1][keep])  # (N, V)
+            logits = self.lm.get_output_embeddings()(out.last_hidden_state[:, :-1][keep])  # (N, V)
         token_loss = nn.functional.cross_entropy(logits.float(), target[keep], reduction="none")  # (N,)
-        if reduction == "mean":
-            return token_loss.mean()
-        rows = keep.nonzero(as_tuple=True)[0]  # (N,) row of each answer token
-        per_row = torch.zeros(len(questions), device=self.device).index_add(0, rows, token_loss)
-        return per_row if reduction == "sum" else per_row / keep.sum(1).clamp(min=1)  # (B,)
+        states = [out.hidden_states[i][:, :-1][keep] for i in states_at]  # each (N, H)
+        return token_loss, keep.nonzero(as_tuple=True)[0], states
 
     @torch.no_grad()
     def generate(

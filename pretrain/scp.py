@@ -192,23 +192,39 @@ class ScpObjective(nn.Module):
 
     def forward(self, batch: Sequence[ScpExample]) -> tuple[torch.Tensor, dict[str, float]]:
         s = self.scp
-        return scp_loss(self.model, batch, s.mse_weight, s.max_target_tokens, s.contrastive_weight, s.contrastive_temperature)
+        return scp_loss(self.model, batch, s.mse_weight, s.max_target_tokens, s.contrastive_weight, s.contrastive_temperature,
+                        distill=s if s.distill_weight else None)
 
 
 def scp_loss(model, batch: Sequence[ScpExample], mse_weight: float = 0.1, max_target_tokens: int = 192,
-             contrastive_weight: float = 0.0, contrastive_temperature: float = 0.1):
-    """``CE + λ·MSE (+ w·InfoNCE)`` on one batch -> (loss, metrics: ce, mse, mem_cos, tokens[, nce, nce_acc])."""
+             contrastive_weight: float = 0.0, contrastive_temperature: float = 0.1, distill: ScpConfig | None = None):
+    """``CE + λ·MSE (+ w·InfoNCE) (+ w·distillation)`` on one batch -> (loss, metrics: ce, mse, mem_cos,
+    tokens[, nce, nce_acc][, distill, teacher_ce]). ``distill``: its distill_* fields (ScpConfig)."""
     docs = [e.doc for e in batch]
     mem, text_mean = model.compress(docs, return_text_mean=True)  # (B, m, H), (B, H)
     mse = nn.functional.mse_loss(mem.mean(1).float(), text_mean.float())
     # one generator row per target; a document's rows all read its one compression
     owner = [i for i, e in enumerate(batch) for _ in e.targets]
     targets = [t for e in batch for t in e.targets]
-    ce = model.generator_loss(
-        [batch[i].instruction for i in owner], mem[owner][:, None], targets, max_answer_len=max_target_tokens
-    )
+    instructions = [batch[i].instruction for i in owner]
+    layers = tuple(distill.distill_layers) if distill else ()
+    if layers and max(layers) > model.lm.config.num_hidden_layers:
+        raise ValueError(f"scp.distill_layers {list(layers)}: this backbone has hidden states 0.."
+                         f"{model.lm.config.num_hidden_layers}")
+    token_loss, _, states = model.generator_pass(instructions, mem[owner][:, None], targets,
+                                                 max_answer_len=max_target_tokens, states_at=layers)
+    ce = token_loss.mean()
     loss = ce + mse_weight * mse if mse_weight else ce
     metrics = {"ce": float(ce.detach()), "mse": float(mse.detach())}
+    if layers:
+        teacher = "generator" if distill.distill_teacher == "generator" else None
+        with torch.no_grad():  # the open-book view of the same rows: the document as text where memory goes
+            teacher_loss, _, teacher_states = model.generator_pass(
+                instructions, None, targets, adapter=teacher, max_answer_len=max_target_tokens,
+                documents=[docs[i] for i in owner], states_at=layers)
+        term = hidden_distill(states, teacher_states)
+        loss = loss + distill.distill_weight * term
+        metrics.update(distill=float(term.detach()), teacher_ce=float(teacher_loss.mean()))
     if contrastive_weight:
         first: dict[str, int] = {}
         for i, doc in enumerate(docs):
@@ -223,6 +239,15 @@ def scp_loss(model, batch: Sequence[ScpExample], mse_weight: float = 0.1, max_ta
     metrics["tokens"] = float(sum(
         len(model.tokenizer(t, add_special_tokens=False)["input_ids"][:max_target_tokens]) for t in targets))
     return loss, metrics
+
+
+def hidden_distill(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mean over layers of ||s - t||^2 / ||t||^2, each over all (N, H) states of that layer: 0 when the
+    memory-reading pass holds the open-book pass's states, 1 when it holds zeros; scale-free per layer, as
+    the residual stream's norm grows with depth."""
+    terms = [(s.float() - t.float()).pow(2).sum() / t.float().pow(2).sum().clamp(min=1e-12)
+             for s, t in zip(student, teacher, strict=True)]
+    return torch.stack(terms).mean()
 
 
 def memory_text_infonce(mem: torch.Tensor, text_mean: torch.Tensor, temperature: float = 0.1) -> tuple[torch.Tensor, float]:

@@ -97,3 +97,18 @@ def test_fast_switch_runs_the_same_adapter_as_peft_set_adapter(model):
             torch.testing.assert_close(fast, slow, rtol=0, atol=0)
             sets._sync_requires_grad()  # peft's path flipped requires_grad; AdapterSet owns it
     test_one_loss_trains_every_adapter_and_no_base_weight(model)
+
+
+def test_a_bare_backbone_pass_inside_a_step_keeps_every_trained_adapter_training(model):
+    """``using(None)`` (peft's disable_adapter) re-enables the layers through set_adapter, which freezes
+    every adapter but the active one: a teacher pass on the bare backbone must not stop the step's training."""
+    model.set_trainable(["compressor", "generator"])
+    mem = model.compress(DOCS[:2])
+    with model.using("generator"):
+        pass
+    with torch.no_grad(), model.using(None):
+        model.generator_loss(QUESTIONS, None, ANSWERS, adapter=None)
+    assert all(p.requires_grad for n in ("compressor", "generator") for p in model.adapters.parameters(n))
+    model.generator_loss(QUESTIONS, mem[:, None], ANSWERS).backward()
+    assert grad_norm(model.adapters.parameters("compressor")) > 0
+    assert grad_norm(model.adapters.parameters("generator")) > 0

@@ -139,3 +139,33 @@ def test_generator_reads_memory_and_rescale_makes_scale_irrelevant(model):
     base = model.generator_loss(questions, mem, answers)
     assert not torch.allclose(base, model.generator_loss(questions, other, answers))
     torch.testing.assert_close(base, model.generator_loss(questions, mem * 45.0, answers))
+
+
+def test_open_book_pass_puts_the_document_where_memory_goes_and_its_states_align(model):
+    """generator_pass with ``documents``: the same prompt as with one memory block, the document's text in
+    place of the slots; states come at the positions that predict the answer, row-major, as token_loss."""
+    question, answers = "Where was Kalo born?", ["Venra", "300 years"]
+    slots = model.tokenizer.decode(model.prompt_ids(question, 1))
+    text = model.tokenizer.decode(model.prompt_ids(question, 0, DOCS[1]))
+    assert text.replace(DOCS[1], SLOT_TOKEN * model.num_mem) == slots
+    with pytest.raises(ValueError, match="either memory slots or a document"):
+        model.prompt_ids(question, 1, DOCS[1])
+    mem = model.compress(DOCS[1:3]).detach()[:, None]  # (2, 1, m, H)
+    L = model.lm.config.num_hidden_layers
+    with torch.no_grad():
+        by_mem = model.generator_pass([question] * 2, mem, answers, states_at=(0, L))
+        by_text = model.generator_pass([question] * 2, None, answers, documents=DOCS[1:3], states_at=(0, L))
+        with pytest.raises(ValueError, match="no mem_blocks"):
+            model.generator_pass([question] * 2, mem, answers, documents=DOCS[1:3])
+    n = sum(len(model.tokenizer(a, add_special_tokens=False)["input_ids"]) + 1 for a in answers)  # + eos each
+    for loss, rows, states in (by_mem, by_text):
+        assert loss.shape == rows.shape == (n,) and [s.shape for s in states] == [(n, model.hidden_size)] * 2
+        assert rows.tolist() == sorted(rows.tolist()) and set(rows.tolist()) == {0, 1}
+        # the last hidden state is what the loss projects: its logits give token_loss back
+        logits = model.lm.get_output_embeddings()(states[1])
+        target = torch.cat([torch.tensor(model.tokenizer(a, add_special_tokens=False)["input_ids"] + [model.eos_ids[0]])
+                            for a in answers])
+        torch.testing.assert_close(torch.nn.functional.cross_entropy(logits, target, reduction="none"), loss)
+    # index 0 is the embedding of the token before each answer token: the same in both views
+    torch.testing.assert_close(by_mem[2][0], by_text[2][0])
+    assert not torch.allclose(by_mem[2][1], by_text[2][1])  # the last layer has read different contexts

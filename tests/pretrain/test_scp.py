@@ -12,16 +12,6 @@ from clara.pretrain.scp import (
 )
 
 
-@pytest.fixture(scope="module")
-def fresh_docs():
-    """Six world documents with their synthesised QA, as pretrain record dicts."""
-    from clara.pretrain.synth import fresh_world_documents, result_records, synthesize_document
-    from clara.pretrain.teachers import make_teacher
-
-    teacher = make_teacher("world")
-    return [rec for d in fresh_world_documents(6, seed=7) for rec in result_records(synthesize_document(d, teacher), "world")]
-
-
 def make_cfg(backbone, out, **train):
     t = dict(lr=3e-3, max_steps=4, batch_size=3, save_every=0, log_every=1, seed=0)
     t.update(train)
