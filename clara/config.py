@@ -170,9 +170,7 @@ class JointConfig:
     init_adapters: str = ""  # SCP adapters dir (or run dir holding adapters/); "" = current compressor
     world: str = ""  # world directory (questions/<split>.jsonl); used when data.train_file is empty
     # more `clara world` directories whose train_split questions join the training set (evaluation stays on
-    # joint.world). Measured with the SmolLM2 preset, 150 steps, worlds 1-3 added to world 0: single-hop R@1
-    # on unseen world 9 0.537 / 0.818 / 0.694 with train.seed 0 / 1 / 2, against 0.826 / 0.810 / 0.868 with
-    # world 0 alone (0.686 before); description R@1 0.444-0.611 against 0.389 (README)
+    # joint.world); measured on an unseen world in the README: lower single-hop, higher description R@1
     train_worlds: tuple[str, ...] = ()
     train_split: str = "train"
     eval_split: str = "dev"
@@ -218,35 +216,21 @@ class ScpConfig:
     contrastive_weight: float = 0.0
     contrastive_temperature: float = 0.1
     # How a QA record becomes targets. "lines": every pair as one target, in the teacher's fixed fact order
-    # (DESIGN §4). max_target_tokens cuts it: at 64 tokens only 2.8 of a world document's 6.4 pairs fit, so
-    # the later facts never train (the release answers employer, mentor, industry, founding year, population
-    # with EM 0). "shuffled": the same target with the pairs in a stable random order per record, so every
-    # fact comes first in some documents. Measured from the release, 600 more steps each way, 200 world-9
-    # questions: answer NLL 3.07 -> 1.88 and 4-way choice accuracy 0.570 -> 0.725, but greedy EM 0.260 ->
-    # 0.200: the memory spreads over all facts and spells each less exactly (birth city 0.92 -> 0.38,
-    # industry 0 -> 0.50). "rows": one generator row per pair, all reading one compression of the document,
-    # each in the form `clara eval compression` asks (a question alone); every fact trains, none is cut.
-    # Measured with rows_per_document 2, from the release + 600 lines steps, 300 / 600 more steps against the
-    # same with "lines" (200 world-9 questions): EM 0.190 / 0.190 vs 0.200 / 0.210, char similarity 0.600 /
-    # 0.606 vs 0.512 / 0.506, choice accuracy 0.705 / 0.725 vs 0.560 / 0.560; as the compressor-copy query
-    # reasoner (world 0, 96 questions) R@1 0.604 / 0.578 vs 0.552 / 0.526. Greedy EM is held back by spelling
-    # (names come out as near-spellings), not by which facts train.
+    # (DESIGN §4); max_target_tokens cuts it (at 64 tokens 2.8 of a world document's 6.4 pairs fit, so the later
+    # facts never train). "shuffled": the same target with the pairs in a stable random order per record, so
+    # every fact comes first in some documents. "rows": one generator row per pair, all reading one compression
+    # of the document, each in the form `clara eval compression` asks; every fact trains, none is cut.
+    # Measurements of each: configs/scp-smollm2.yaml.
     qa_layout: QaLayout = QaLayout.LINES
     # layout "rows": how many of a document's pairs train (a stable draw per record); 0 = all. Each row repeats
     # the prompt (~55 tokens on SmolLM2), so all pairs cost ~4x a lines step; fresh documents are read once,
     # so a few rows per document still train every kind of fact across documents
     rows_per_document: int = 0
     # beyond the reference: self-distillation from the open-book view. Each generator row is also run (no
-    # gradient) with its document as text where the memory goes; its hidden states at the positions that
-    # predict the target, at the hidden-state indices distill_layers (0 = embeddings, L = the last layer),
-    # are targets for the memory-reading row: distill_weight * mean over layers of ||s - t||^2 / ||t||^2.
-    # A dense signal on every target token and layer, beside the one-hot CE. distill_teacher "generator":
-    # the generator adapter reads the text (SmolLM2 asset: answer CE 0.27 by text against 0.51 by memory);
-    # "base": the bare backbone (0.40). Measured no better: from assets/scp-smollm2-cr16-rows, rows layout,
-    # fresh seed 7, lr 3e-4 cosine over 500 steps, bf16, weight 1 at layers 10/20/30 against the same run
-    # without it, both at step 300 (world 9, 200 questions): EM from memory 0.180 vs 0.150 (0.185 after all
-    # 500 plain steps; the asset 0.190), 4-way choice 0.680 vs 0.735, wrong-memory answer NLL 4.70 vs 5.48;
-    # the term stayed at ~0.10 throughout and each step cost 1.47x.
+    # gradient) with its document as text where the memory goes (distill_teacher: the "generator" adapter or
+    # the "base" backbone); its hidden states at distill_layers (0 = embeddings, L = the last layer), at the
+    # positions that predict the target, are targets for the memory-reading row: distill_weight * mean over
+    # layers of ||s - t||^2 / ||t||^2. Measured no better (configs/scp-smollm2.yaml).
     distill_weight: float = 0.0
     distill_layers: tuple[int, ...] = (10, 20, 30)
     distill_teacher: str = "generator"

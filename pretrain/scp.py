@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from clara.config import ClaraConfig, GeneratorPrompt, QaLayout, ScpConfig
-from clara.errors import DataError
+from clara.errors import ConfigError, DataError
 from clara.records import DataType, PretrainRecord
 
 log = logging.getLogger(__name__)
@@ -189,6 +189,10 @@ class ScpObjective(nn.Module):
         super().__init__()
         self.model = model  # ClaraModel
         self.scp = scp or ScpConfig()
+        depth = model.lm.config.num_hidden_layers
+        if self.scp.distill_weight and max(self.scp.distill_layers) > depth:
+            raise ConfigError(f"config key 'scp.distill_layers': {list(self.scp.distill_layers)}, but this backbone "
+                              f"has hidden states 0..{depth}")
 
     def forward(self, batch: Sequence[ScpExample]) -> tuple[torch.Tensor, dict[str, float]]:
         s = self.scp
@@ -208,9 +212,6 @@ def scp_loss(model, batch: Sequence[ScpExample], mse_weight: float = 0.1, max_ta
     targets = [t for e in batch for t in e.targets]
     instructions = [batch[i].instruction for i in owner]
     layers = tuple(distill.distill_layers) if distill else ()
-    if layers and max(layers) > model.lm.config.num_hidden_layers:
-        raise ValueError(f"scp.distill_layers {list(layers)}: this backbone has hidden states 0.."
-                         f"{model.lm.config.num_hidden_layers}")
     token_loss, _, states = model.generator_pass(instructions, mem[owner][:, None], targets,
                                                  max_answer_len=max_target_tokens, states_at=layers)
     ce = token_loss.mean()

@@ -7,7 +7,7 @@ import torch
 
 from clara.config import ScpConfig
 from clara.errors import ConfigError
-from clara.pretrain.scp import build_scp_model, hidden_distill, scp_loss
+from clara.pretrain.scp import ScpObjective, build_scp_model, hidden_distill, scp_loss
 
 from .test_scp import examples, make_cfg
 
@@ -45,7 +45,7 @@ def test_distill_term_adds_to_the_loss_and_reaches_compressor_and_generator(tiny
         grads = [p.grad for p in model.adapters.parameters(name) if p.grad is not None]
         assert grads and sum(float(g.abs().sum()) for g in grads) > 0, name
 
-def test_distill_options_are_checked(tiny_backbone, tmp_path, fresh_docs):
+def test_distill_options_are_checked(tiny_backbone, tmp_path):
     with pytest.raises(ConfigError, match="scp.distill_teacher"):
         ScpConfig(distill_teacher="oracle")
     with pytest.raises(ConfigError, match="scp.distill_layers"):
@@ -55,5 +55,6 @@ def test_distill_options_are_checked(tiny_backbone, tmp_path, fresh_docs):
     cfg = make_cfg(tiny_backbone, tmp_path)
     model = build_scp_model(cfg)
     deep = dataclasses.replace(cfg.scp, distill_weight=1.0, distill_layers=(1, 99))
-    with pytest.raises(ValueError, match="hidden states 0..2"):
-        scp_loss(model, examples(fresh_docs[:2], qa_layout="rows"), distill=deep)
+    with pytest.raises(ConfigError, match=r"scp.distill_layers.*hidden states 0..2"):  # before any step
+        ScpObjective(model, deep)
+    ScpObjective(model, dataclasses.replace(deep, distill_weight=0.0))  # off: the layers are never read
