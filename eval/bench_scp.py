@@ -4,9 +4,10 @@ The baseline trains the generator adapter on the *same target tokens* with the d
 in its prompt (no compressor, no memory). Repetitions of the two are interleaved so both see the
 same machine load; medians and their ratio come from one run.
 
-Also the cost of switching adapters: the same SCP step with peft's own ``set_adapter`` (walks
-every module of the model) against AdapterSet's cached LoRA-layer switch, and the two switches
-alone (``switch_ms``: one ``activate`` call, median over ``--switches`` calls).
+Also the same SCP step in bf16 autocast, as ``train.precision=bf16`` trains it (CPUs with avx512_bf16 or
+AMX run it natively): ``ratio_fp32_over_bf16``. And the cost of switching adapters: the same SCP step with
+peft's own ``set_adapter`` (walks every module of the model) against AdapterSet's cached LoRA-layer switch,
+and the two switches alone (``switch_ms``: one ``activate`` call, median over ``--switches`` calls).
 
     python -m clara.eval.bench_scp --backbone out/backbones/smollm2-135m-instruct --kind hf --cr 16
 """
@@ -64,7 +65,15 @@ def bench(backbone: str, kind: str, cr: int, chunk_len: int, batch_size: int, re
         finally:
             sets.fast_switch = True
 
-    steps = (("scp", scp_step), ("lora_text", lora_step), ("scp_peft_switch", scp_step_peft_switch))
+    def scp_step_bf16():  # as the Trainer runs train.precision=bf16: the forward under autocast, fp32 weights
+        with torch.autocast(device_type=model.device.type, dtype=torch.bfloat16):
+            loss = scp_loss(model, batch, 0.1, max_target)[0]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    steps = (("scp", scp_step), ("lora_text", lora_step), ("scp_peft_switch", scp_step_peft_switch),
+             ("scp_bf16", scp_step_bf16))
     times: dict[str, list[float]] = {name: [] for name, _ in steps}
     for _, fn in steps:  # warm-up
         fn()
@@ -85,7 +94,8 @@ def bench(backbone: str, kind: str, cr: int, chunk_len: int, batch_size: int, re
     sets.fast_switch = True
     return {"backbone": backbone, "cr": cr, "num_mem": model.num_mem, "batch_size": batch_size, "reps": reps,
             "threads": torch.get_num_threads(), "median_s": med, "ratio_scp_over_lora": med["scp"] / med["lora_text"],
-            "ratio_peft_switch_over_cached": med["scp_peft_switch"] / med["scp"], "switch_ms": switch_ms,
+            "ratio_peft_switch_over_cached": med["scp_peft_switch"] / med["scp"],
+            "ratio_fp32_over_bf16": med["scp"] / med["scp_bf16"], "switch_ms": switch_ms,
             "ratio_switch_peft_over_cached": switch_ms["peft_set_adapter"] / switch_ms["cached_layers"],
             "times": times}  # fmt: skip
 
