@@ -44,8 +44,10 @@ def bench(backbone: str, kind: str, cr: int, chunk_len: int, batch_size: int, re
     batch = _batch(batch_size)
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-5)
 
-    def scp_step():
-        scp_loss(model, batch, 0.1, max_target)[0].backward()
+    def scp_step(bf16: bool = False):  # bf16: as the Trainer runs train.precision=bf16 (forward under autocast)
+        with torch.autocast(device_type=model.device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = scp_loss(model, batch, 0.1, max_target)[0]
+        loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -65,15 +67,8 @@ def bench(backbone: str, kind: str, cr: int, chunk_len: int, batch_size: int, re
         finally:
             sets.fast_switch = True
 
-    def scp_step_bf16():  # as the Trainer runs train.precision=bf16: the forward under autocast, fp32 weights
-        with torch.autocast(device_type=model.device.type, dtype=torch.bfloat16):
-            loss = scp_loss(model, batch, 0.1, max_target)[0]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
     steps = (("scp", scp_step), ("lora_text", lora_step), ("scp_peft_switch", scp_step_peft_switch),
-             ("scp_bf16", scp_step_bf16))
+             ("scp_bf16", lambda: scp_step(bf16=True)))
     times: dict[str, list[float]] = {name: [] for name, _ in steps}
     for _, fn in steps:  # warm-up
         fn()

@@ -16,7 +16,8 @@ def test_hidden_distill_matches_hand_values():
     t = [torch.tensor([[3.0, 4.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])]
     assert hidden_distill(t, t).item() == 0.0
     assert hidden_distill([torch.zeros(1, 2), torch.zeros(2, 2)], t).item() == pytest.approx(1.0)
-    # layer 1: ||(3,4)-(0,4)||^2 / 25 = 9/25; layer 2: ||(1,1)-(1,0)... ||^2 / 2 = 1/2; mean of the two
+    # layer 1: ||(0,4)-(3,4)||^2 / ||(3,4)||^2 = 9/25; layer 2: row 1 (1,1) vs (1,0) differs by 1, row 2 is equal,
+    # over a squared norm of 2: 1/2; the term is the mean of the two
     s = [torch.tensor([[0.0, 4.0]]), torch.tensor([[1.0, 1.0], [0.0, 1.0]])]
     assert hidden_distill(s, t).item() == pytest.approx((9 / 25 + 1 / 2) / 2)
     with pytest.raises(ValueError):
@@ -44,6 +45,7 @@ def test_distill_term_adds_to_the_loss_and_reaches_compressor_and_generator(tiny
     for name in ("compressor", "generator"):
         grads = [p.grad for p in model.adapters.parameters(name) if p.grad is not None]
         assert grads and sum(float(g.abs().sum()) for g in grads) > 0, name
+
 
 def test_distill_options_are_checked(tiny_backbone, tmp_path):
     with pytest.raises(ConfigError, match="scp.distill_teacher"):
