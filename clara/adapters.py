@@ -56,10 +56,11 @@ def resolve_adapters_dir(path: str | Path, key: str = "adapters") -> Path:
     raise ConfigError(f"config key '{key}': {path} {problem}; point it at a trained run or its adapters directory")
 
 
-def model_from_adapters(cfg: ClaraConfig, init_adapters: str, key: str, missing: str = ""):
+def model_from_adapters(cfg: ClaraConfig, init_adapters: str, key: str, missing: str = "", other_cr: bool = False):
     """A seeded ClaraModel with an earlier run's adapters loaded, or fresh ones (logging ``missing`` if given).
 
     ``key``: the config key that gave ``init_adapters`` (named in the error when it holds none).
+    ``other_cr``: adapters of another compression rate load too (``AdapterStorage.load_adapters``).
     """
     from clara.model import ClaraModel
     from clara.training import seed_everything
@@ -67,7 +68,7 @@ def model_from_adapters(cfg: ClaraConfig, init_adapters: str, key: str, missing:
     seed_everything(cfg.train.seed)  # LoRA init draws from the torch RNG: same model on every run
     model = ClaraModel.from_config(cfg.model, seed=cfg.train.seed)
     if init_adapters:
-        model.load_adapters(resolve_adapters_dir(init_adapters, key))
+        model.load_adapters(resolve_adapters_dir(init_adapters, key), other_cr=other_cr)
     elif missing:
         log.warning(missing)
     return model

@@ -26,6 +26,23 @@ MODEL_INFO = "clara_model.json"
 MEM_EMBED_FILE = "memory_tokens.safetensors"
 
 
+def resample_slots(embed: torch.Tensor, m: int) -> torch.Tensor:
+    """Memory-token embeddings (m0, H) -> (m, H), linearly interpolated along the slot axis.
+
+    The first and last slots are kept; with m = 2·m0 - 1 every saved slot is kept and the new ones sit
+    halfway between neighbours. A starting point for training at another compression rate, no more.
+    """
+    if m == embed.shape[0]:
+        return embed
+    if m == 1:
+        return embed.mean(0, keepdim=True)
+    x = embed.detach().float().T.unsqueeze(0)  # (1, H, m0)
+    if embed.shape[0] == 1:
+        return x.expand(1, -1, m)[0].T.to(embed.dtype).clone()
+    out = torch.nn.functional.interpolate(x, size=m, mode="linear", align_corners=True)  # (1, H, m)
+    return out[0].T.to(embed.dtype).contiguous()
+
+
 class AdapterStorage:
     """save_adapters / load_adapters / compressor_hash of :class:`clara.model.ClaraModel`."""
 
@@ -92,10 +109,13 @@ class AdapterStorage:
                                        target_modules=tuple(sorted(cfg.target_modules)))),
         }
 
-    def load_adapters(self, directory: str | Path) -> None:
+    def load_adapters(self, directory: str | Path, other_cr: bool = False) -> None:
         """Load adapters saved by :meth:`save_adapters`; refuse ones trained on another backbone.
 
         Adapters without a query reasoner (stage 1's) get a copy of the compressor as one, as joint training starts.
+        ``other_cr``: adapters saved with another number of memory tokens (another compression rate) are loaded
+        too, to be trained further at this one: the LoRA weights as saved, the memory-token embeddings resampled
+        along the slot axis (:func:`resample_slots`), the splice-side memory stats left unset.
         """
         from safetensors.torch import load_file
 
@@ -119,11 +139,13 @@ class AdapterStorage:
                 "set model.backbone to the backbone the adapters were trained on"
             )
         ours = self._info()
-        for key in ("num_mem", "hidden_size", "mem_ids", "slot_id"):
+        resample = other_cr and info["num_mem"] != ours["num_mem"]
+        for key in ("hidden_size",) if resample else ("num_mem", "hidden_size", "mem_ids", "slot_id"):
             if info[key] != ours[key]:
                 raise CheckpointError(
                     f"{directory}/{MODEL_INFO}: {key}={info[key]} but this model has {ours[key]}; "
                     "set model.chunk_len/model.compression_rate to match the checkpoint"
+                    + ("" if key == "hidden_size" else " (or scp.init_other_cr=true to train it further at this rate)")
                 )
         self.adapters.load(directory, info.get("adapters"))
         saved_names = info.get("adapters") or []
@@ -139,6 +161,10 @@ class AdapterStorage:
         if norm != self.memory_norm:
             log.info("%s: memory_norm=%s (as trained), not %s", directory, norm, self.memory_norm)
             self._set_memory_norm(norm)
+        if resample:
+            log.info("%s: %d memory tokens saved, %d here: memory-token embeddings resampled, memory stats unset",
+                     directory, info["num_mem"], self.num_mem)
+            saved = {"mem_embed": resample_slots(saved["mem_embed"], self.num_mem)}
         with torch.no_grad():
             self.mem_embed.copy_(saved["mem_embed"].to(self.mem_embed.dtype))
             if self.mem_stats is not None and "mem_stats" in saved:

@@ -289,7 +289,7 @@ def build_scp_model(cfg: ClaraConfig):
     """
     from clara.adapters import model_from_adapters
 
-    model = model_from_adapters(cfg, cfg.scp.init_adapters, "scp.init_adapters")
+    model = model_from_adapters(cfg, cfg.scp.init_adapters, "scp.init_adapters", other_cr=cfg.scp.init_other_cr)
     model.set_trainable(list(SCP_ADAPTERS), mem_embed=True)
     return model
 

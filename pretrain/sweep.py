@@ -16,6 +16,8 @@ text baselines ``raw_text`` and ``closed_book`` once (they do not depend on the 
     OUT/sweep.png    metric vs CR (plot_cr_sweep)
 
 Every CR must divide ``model.chunk_len``; that is checked for all of them before any training.
+With ``scp.init_adapters`` plus ``scp.init_other_cr=true`` in the overrides, every CR starts from one
+trained run of any rate (its LoRA, its memory-token embeddings resampled), a sweep at equal extra steps.
 """
 
 from __future__ import annotations

@@ -112,8 +112,40 @@ def test_mismatched_memory_count_is_refused(model, model_cfg, tmp_path):
 
     model.save_adapters(tmp_path / "adapters")
     other = ClaraModel.from_config(dataclasses.replace(model_cfg, compression_rate=4))  # m = 8
-    with pytest.raises(CheckpointError, match="num_mem"):
+    with pytest.raises(CheckpointError, match="num_mem.*scp.init_other_cr"):
         other.load_adapters(tmp_path / "adapters")
+
+
+def test_resampled_slots_keep_the_ends_and_interpolate_between():
+    from clara.model_storage import resample_slots
+
+    saved = torch.tensor([[0.0, 10.0], [2.0, 20.0], [4.0, 40.0]])  # (3 slots, H 2)
+    torch.testing.assert_close(resample_slots(saved, 5), torch.tensor(
+        [[0.0, 10.0], [1.0, 15.0], [2.0, 20.0], [3.0, 30.0], [4.0, 40.0]]))  # saved slots at 0, 2, 4
+    torch.testing.assert_close(resample_slots(saved, 2), torch.tensor([[0.0, 10.0], [4.0, 40.0]]))
+    torch.testing.assert_close(resample_slots(saved, 1), torch.tensor([[2.0, 70.0 / 3]]))  # one slot: the mean
+    assert resample_slots(saved, 3) is saved
+
+
+@pytest.mark.parametrize("rate", [4, 16])  # m = 8 (more slots than saved) and m = 2 (fewer)
+def test_adapters_of_another_rate_load_when_asked_with_lora_kept_and_slots_resampled(model, model_cfg, tmp_path, rate):
+    import dataclasses
+
+    from clara.model import ClaraModel
+    from clara.model_storage import resample_slots
+
+    with torch.no_grad():
+        model.mem_embed.add_(torch.randn_like(model.mem_embed))
+    model.save_adapters(tmp_path / "adapters")
+    other = ClaraModel.from_config(dataclasses.replace(model_cfg, compression_rate=rate))
+    other.load_adapters(tmp_path / "adapters", other_cr=True)
+    assert other.num_mem == 32 // rate
+    torch.testing.assert_close(other.mem_embed.detach(), resample_slots(model.mem_embed.detach(), other.num_mem),
+                               rtol=0, atol=0)
+    for name in ("compressor", "query", "generator"):
+        for a, b in zip(model.adapters.parameters(name), other.adapters.parameters(name), strict=True):
+            torch.testing.assert_close(b.detach(), a.detach(), rtol=0, atol=0)
+    assert other.compress(DOCS).shape == (2, other.num_mem, other.hidden_size)  # it runs at its own rate
 
 
 def test_the_generator_prompt_is_recorded_and_carried_to_the_next_stage(model, make_model, tmp_path, caplog):

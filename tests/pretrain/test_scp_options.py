@@ -107,3 +107,25 @@ def test_scp_starts_from_init_adapters(setup, tmp_path):
     torch.testing.assert_close(cont.mem_stats, trained.mem_stats, rtol=0, atol=0)
     with pytest.raises(ConfigError, match="scp.init_adapters"):
         build_scp_model(dataclasses.replace(cfg, scp=ScpConfig(init_adapters=str(tmp_path))))
+
+
+def test_scp_starts_from_adapters_of_another_rate_only_when_told(setup, tmp_path):
+    """scp.init_other_cr: SCP at CR 4 (m = 8) starts from a CR-8 run (m = 4): its LoRA, not fresh LoRA;
+    without the key the other rate is refused naming it."""
+    import dataclasses
+
+    backbone, data = setup
+    cfg = center_cfg(backbone, tmp_path / "first", 2)
+    trained = build_scp_model(cfg)
+    train_scp(cfg, data, model=trained)
+    init = ScpConfig(max_target_tokens=32, init_adapters=str(tmp_path / "first"))
+    other = dataclasses.replace(cfg, out_dir=str(tmp_path / "cr4"), model=dataclasses.replace(cfg.model, compression_rate=4))
+    with pytest.raises(CheckpointError, match="scp.init_other_cr"):
+        build_scp_model(dataclasses.replace(other, scp=init))
+    cont = build_scp_model(dataclasses.replace(other, scp=dataclasses.replace(init, init_other_cr=True)))
+    assert cont.num_mem == 8 and cont.mem_embed.requires_grad
+    for name in ("compressor", "generator"):
+        for w, g in zip(trained.adapters.parameters(name), cont.adapters.parameters(name), strict=True):
+            torch.testing.assert_close(g.detach(), w.detach(), rtol=0, atol=0)
+    train_scp(dataclasses.replace(other, scp=dataclasses.replace(init, init_other_cr=True)), data, model=cont)
+    assert (tmp_path / "cr4" / "adapters" / "clara_model.json").is_file()
