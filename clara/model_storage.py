@@ -36,9 +36,7 @@ def resample_slots(embed: torch.Tensor, m: int) -> torch.Tensor:
         return embed
     if m == 1:
         return embed.mean(0, keepdim=True)
-    x = embed.detach().float().T.unsqueeze(0)  # (1, H, m0)
-    if embed.shape[0] == 1:
-        return x.expand(1, -1, m)[0].T.to(embed.dtype).clone()
+    x = embed.detach().float().T.unsqueeze(0)  # (1, H, m0); one saved slot is repeated
     out = torch.nn.functional.interpolate(x, size=m, mode="linear", align_corners=True)  # (1, H, m)
     return out[0].T.to(embed.dtype).contiguous()
 
