@@ -98,7 +98,9 @@ def two_hop_lens_overlap(model, records, kinds: dict[str, str] | None = None) ->
     logit lens surfaces, after joint training and before it (the compressor the query started as),
     against the bare backbone's lens of the raw question. ``read_by_type``: the same counts in the
     ``read`` view (states centred over the questions, by cosine against the input embeddings). ``kinds``
-    (document id -> entity type): the wrong-document control is a bridge document of the same kind."""
+    (document id -> entity type): the wrong-document control is a bridge document of the same kind, the
+    other-kind control one of another kind. ``memory``: the bridge document's own memory, the ceiling;
+    ``*specific``: only the bridge's words that the same-kind control lacks."""
     from clara.eval.lens import lens_overlap
 
     two_hop = [r for r in records if (r.type or "").startswith("two_hop")]
@@ -107,10 +109,14 @@ def two_hop_lens_overlap(model, records, kinds: dict[str, str] | None = None) ->
     result: dict[str, Any] = {"top": LENS_TOP}
     for view, key in (("lens", "by_type"), ("read", "read_by_type")):
         after = lens_overlap(model, two_hop, adapter="query", top=LENS_TOP, view=view, kinds=kinds)
-        before = lens_overlap(model, two_hop, adapter="compressor", top=LENS_TOP, view=view, kinds=kinds)
+        before = lens_overlap(model, two_hop, adapter="compressor", top=LENS_TOP, view=view, kinds=kinds, memory=False)
         result[key] = {g: {"n": s["n"], "target_words": s["target_words"], "before": before["by_type"][g]["query_overlap"],
-                           "after": s["query_overlap"], "after_wrong": s["query_wrong_overlap"], "raw": s["raw_overlap"],
-                           "raw_wrong": s["raw_wrong_overlap"]} for g, s in after["by_type"].items()}  # fmt: skip
+                           "after": s["query_overlap"], "after_wrong": s["query_wrong_overlap"],
+                           "after_other_kind": s["query_other_kind_overlap"], "raw": s["raw_overlap"],
+                           "raw_wrong": s["raw_wrong_overlap"], "memory": s["memory_overlap"],
+                           "after_specific": s["query_specific_overlap"],
+                           "after_wrong_specific": s["query_wrong_specific_overlap"],
+                           "memory_specific": s["memory_specific_overlap"]} for g, s in after["by_type"].items()}  # fmt: skip
         if view == "lens":
             result["examples"] = [{"question": q["question"], "after": q["query"]["words"], "raw": q["raw"]["words"]}
                                   for q in after["questions"] if q["query"]["words"] or q["raw"]["words"]][:3]  # fmt: skip
@@ -162,13 +168,19 @@ def lens_report(lens: dict[str, Any]) -> list[str]:
              "cosine against the input embeddings, as the generator reads memory — `--view read`). Control "
              "(*wrong doc*): the same words counted against another question's bridge document of the same kind "
              "(person, organisation, city); words every such document shares hit both alike, so only the margin "
-             "over it is specific to the bridge entity.", "",
-             "| view | type | n | bridge words | query before | query after | after, wrong doc | raw question | "
-             "raw, wrong doc |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "over it is specific to the bridge entity. *Other kind*: against a bridge document of another kind; "
+             "a query that thinks of its bridge's kind hits these less. *Bridge memory*: the bridge document's own "
+             "memory (compressor) in the same view — what the memory the query is matched against shows, the "
+             "ceiling. *Specific*: only the bridge's words that the same-kind document lacks.", "",
+             "| view | type | n | bridge words | query before | query after | after, wrong doc | after, other kind | "
+             "raw question | raw, wrong doc | bridge memory | specific: after | after, wrong doc | bridge memory |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for view, key in (("lens", "by_type"), ("read", "read_by_type")):
         for g, r in (lens.get(key) or {}).items():
             lines.append(f"| {view} | {g} | {r['n']} | {r['target_words']:.1f} | {r['before']:.3f} | {r['after']:.3f} | "
-                         f"{r['after_wrong']:.3f} | {r['raw']:.3f} | {r['raw_wrong']:.3f} |")  # fmt: skip
+                         f"{r['after_wrong']:.3f} | {r['after_other_kind']:.3f} | {r['raw']:.3f} | {r['raw_wrong']:.3f} | "
+                         f"{r['memory']:.3f} | {r['after_specific']:.3f} | {r['after_wrong_specific']:.3f} | "
+                         f"{r['memory_specific']:.3f} |")  # fmt: skip
     for ex in lens.get("examples", []):
         lines.append(f"- *{ex['question']}* — query after: {', '.join(ex['after']) or '–'}; raw: {', '.join(ex['raw']) or '–'}")
     return lines + [""]

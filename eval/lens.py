@@ -278,6 +278,7 @@ def _target_doc(record):
 
 
 VIEWS = ("lens", "read")
+SIDES = ("query", "raw", "memory")  # the question through the query adapter, the bare backbone, the target's memory
 
 
 def _union_top_ids(model, states: torch.Tensor, top: int, view: str = "lens") -> list[set[int]]:
@@ -306,7 +307,7 @@ def _union_top_ids(model, states: torch.Tensor, top: int, view: str = "lens") ->
 
 def lens_overlap(model: ClaraModel, records: Sequence, *, adapter: str = "query", layer: int = -1,
                  top: int = 20, batch_size: int = 8, view: str = "lens",
-                 kinds: Mapping[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+                 kinds: Mapping[str, str] | None = None, memory: bool = True) -> dict[str, Any]:  # fmt: skip
     """How many of the target document's content words (not in the question) the query lens surfaces.
 
     For each question: the union over memory slots of the top-``top`` tokens at ``layer`` (logit
@@ -320,7 +321,13 @@ def lens_overlap(model: ClaraModel, records: Sequence, *, adapter: str = "query"
     ``specific_overlap`` counts only the target's words that the control document lacks: its entity's
     own facts, and also any template word ("population") the control happens to lack, so read the
     listed ``specific`` words. ``wrong_specific_overlap`` is its control, the control document's words
-    that the target lacks.
+    that the target lacks. ``other_kind_overlap`` is the opposite control: the words of a target document
+    of another kind (a company's for a city's): a lens that names its target's kind hits the same kind's
+    words as often as the target's, and another kind's less.
+
+    ``memory`` adds a third side beside ``query`` and ``raw``: the target document's own memory (the
+    compressor, same layer and view, centred over the compared documents), counted against the same words.
+    It is the ceiling of the comparison: what of the target document its memory shows in this view.
     """
     from tqdm.auto import tqdm
 
@@ -331,23 +338,29 @@ def lens_overlap(model: ClaraModel, records: Sequence, *, adapter: str = "query"
     if view == "read" and len(records) < 2:
         raise ConfigError(f"the read view centres over the compared questions: needs at least 2, got {len(records)}")
     tok = model.tokenizer
-    chosen: dict[str, list[torch.Tensor]] = {"query": [], "raw": []}  # per side: (b, m, H) per batch
-    for start in tqdm(range(0, len(records), batch_size), desc="lens compare", unit="batch", leave=False):
-        questions = [r.question for r in records[start : start + batch_size]]
-        for name, ad in (("query", adapter), ("raw", None)):
-            states = memory_states(model, questions, ad)  # (b, L+1, m, H)
-            chosen[name].append(states[:, parse_layers([layer], states.shape[1] - 1)[0]])
-    # all questions at once: the read view centres over the whole set
-    views = {name: _union_top_ids(model, torch.cat(parts), top, view) for name, parts in chosen.items()}
     targets = [_target_doc(r) for r in records]
     docs = [d.as_text() for d in targets]
-    wrong = wrong_targets(docs, [kinds.get(d.id or "") for d in targets] if kinds else None)
+    sides = [("query", adapter, "question"), ("raw", None, "question")]  # (name, adapter, what it reads)
+    sides += [("memory", "compressor", "document")] if memory else []
+    chosen: dict[str, list[torch.Tensor]] = {name: [] for name, _, _ in sides}  # per side: (b, m, H) per batch
+    for start in tqdm(range(0, len(records), batch_size), desc="lens compare", unit="batch", leave=False):
+        texts = {"question": [r.question for r in records[start : start + batch_size]],
+                 "document": docs[start : start + batch_size]}
+        for name, ad, source in sides:
+            states = memory_states(model, texts[source], ad)  # (b, L+1, m, H)
+            chosen[name].append(states[:, parse_layers([layer], states.shape[1] - 1)[0]])
+    # all texts of a side at once: the read view centres over the whole set
+    views = {name: _union_top_ids(model, torch.cat(parts), top, view) for name, parts in chosen.items()}
+    doc_kinds = [kinds.get(d.id or "") for d in targets] if kinds else None
+    wrong = wrong_targets(docs, doc_kinds)
+    other = other_kind_targets(doc_kinds) if doc_kinds else [None] * len(docs)
     per_q: list[dict[str, Any]] = []
     for i, r in enumerate(records):
         target = content_words(docs[i]) - content_words(r.question)
         # control: another question's target document (same question words removed), of the same kind when
         # kinds are known: words every document of a kind shares ("company", "town") then hit it as often
         wrong_target = content_words(docs[wrong[i]]) - content_words(r.question) if wrong[i] is not None else set()
+        other_target = content_words(docs[other[i]]) - content_words(r.question) if other[i] is not None else set()
         target_ids = _content_token_ids(tok, docs[i]) - set(tok(r.question, add_special_tokens=False)["input_ids"])
         specific, wrong_specific = target - wrong_target, wrong_target - target
         row = {"id": r.id, "type": r.type or "untyped", "question": r.question, "target_words": len(target),
@@ -356,13 +369,14 @@ def lens_overlap(model: ClaraModel, records: Sequence, *, adapter: str = "query"
             words = _token_words(tok, ids[i])
             hits = sorted(words & target)
             row[name] = {"overlap": len(hits), "words": hits, "token_overlap": len(ids[i] & target_ids),
-                         "wrong_overlap": len(words & wrong_target), "specific": sorted(words & specific),
+                         "wrong_overlap": len(words & wrong_target), "other_kind_overlap": len(words & other_target),
+                         "specific": sorted(words & specific),
                          "specific_overlap": len(words & specific),
                          "wrong_specific_overlap": len(words & wrong_specific)}  # fmt: skip
         per_q.append(row)
     return {"adapter": adapter, "layer": layer, "top": top, "view": view, "n": len(per_q),
-            "wrong_document": "same kind" if kinds else "any other",
-            "by_type": _mean_by_type(per_q), "questions": per_q}  # fmt: skip
+            "wrong_document": "same kind" if kinds else "any other", "sides": list(views),
+            "by_type": _mean_by_type(per_q), "margins": paired_margins(per_q), "questions": per_q}  # fmt: skip
 
 
 def wrong_targets(docs: Sequence[str], kinds: Sequence[str | None] | None = None) -> list[int | None]:
@@ -381,31 +395,84 @@ def wrong_targets(docs: Sequence[str], kinds: Sequence[str | None] | None = None
     return out
 
 
-def _mean_by_type(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+def other_kind_targets(kinds: Sequence[str | None]) -> list[int | None]:
+    """For each question, the index of the next question (cyclically) whose target document is of another
+    kind; None where its kind is unknown or no other kind is among them."""
+    n = len(kinds)
+    return [next((j % n for j in range(i + 1, i + n) if kinds[j % n] is not None and kinds[j % n] != kinds[i]), None)
+            if kinds[i] is not None else None for i in range(n)]  # fmt: skip
+
+
+def _groups(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Question rows by type, in type order, then all of them as ``all``."""
     groups: dict[str, list[dict]] = {}
     for row in rows:
         for g in (row["type"], "all"):
             groups.setdefault(g, []).append(row)
+    return {g: groups[g] for g in sorted(groups, key=lambda g: (g == "all", g))}
+
+
+def _mean_by_type(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     out = {}
-    for g in sorted(groups, key=lambda g: (g == "all", g)):
-        rs = groups[g]
+    for g, rs in _groups(rows).items():
         n = len(rs)
         out[g] = {"n": n, **{k: sum(r[k] for r in rs) / n for k in ("target_words", "specific_words", "wrong_specific_words")}}
-        for name in ("query", "raw"):
-            for k in ("overlap", "token_overlap", "wrong_overlap", "specific_overlap", "wrong_specific_overlap"):
+        for name in [side for side in SIDES if side in rs[0]]:
+            for k in ("overlap", "token_overlap", "wrong_overlap", "other_kind_overlap", "specific_overlap",
+                      "wrong_specific_overlap"):  # fmt: skip
                 out[g][f"{name}_{k}"] = sum(r[name][k] for r in rs) / n
     return out
 
 
+# (label, side, count, side, count): per question, the first count minus the second. A margin over the
+# same-kind document is also the specific words' margin (the words both documents hold cancel).
+MARGINS = (
+    ("query - raw question", "query", "overlap", "raw", "overlap"),
+    ("query - same-kind document", "query", "overlap", "query", "wrong_overlap"),
+    ("query - other-kind document", "query", "overlap", "query", "other_kind_overlap"),
+    ("bridge memory - same-kind document", "memory", "overlap", "memory", "wrong_overlap"),
+)
+
+
+def paired_margins(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per question type and overall: each of :data:`MARGINS` as a mean per-question difference with its
+    95% paired bootstrap interval (:func:`clara.eval.metrics.bootstrap_ci`)."""
+    from clara.eval.metrics import bootstrap_ci
+
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for g, rs in _groups(rows).items():
+        out[g] = {}
+        for label, side_a, a, side_b, b in MARGINS:
+            if side_a in rs[0] and side_b in rs[0]:
+                mean, low, high = bootstrap_ci([r[side_a][a] - r[side_b][b] for r in rs])
+                out[g][label] = {"mean": mean, "low": low, "high": high}
+    return out
+
+
 def format_overlap_table(stats: dict[str, Any]) -> str:
-    lines = ["| type | n | target words | query lens overlap | same, wrong document | raw question overlap | "
-             "same, wrong document | query token overlap | raw token overlap | specific words | query specific | "
-             "same, wrong document | raw specific |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    """Markdown: per question type, the words each side hits, with the controls; then the target memory's row."""
+    lines = ["| type | n | target words | query lens overlap | same, wrong document | same, other kind | "
+             "raw question overlap | same, wrong document | query token overlap | raw token overlap | specific words | "
+             "query specific | same, wrong document | raw specific |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for g, s in stats["by_type"].items():
         lines.append(f"| {g} | {s['n']} | {s['target_words']:.1f} | {s['query_overlap']:.3f} | {s['query_wrong_overlap']:.3f} | "
-                     f"{s['raw_overlap']:.3f} | {s['raw_wrong_overlap']:.3f} | "
+                     f"{s['query_other_kind_overlap']:.3f} | {s['raw_overlap']:.3f} | {s['raw_wrong_overlap']:.3f} | "
                      f"{s['query_token_overlap']:.3f} | {s['raw_token_overlap']:.3f} | {s['specific_words']:.1f} | "
                      f"{s['query_specific_overlap']:.3f} | {s['query_wrong_specific_overlap']:.3f} | "
                      f"{s['raw_specific_overlap']:.3f} |")  # fmt: skip
+    if "memory" in stats.get("sides", ()):
+        lines += ["", "The target document's own memory (compressor), same layer and view — the ceiling:", "",
+                  "| type | n | memory overlap | same, wrong document | same, other kind | memory specific | "
+                  "same, wrong document |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        for g, s in stats["by_type"].items():
+            lines.append(f"| {g} | {s['n']} | {s['memory_overlap']:.3f} | {s['memory_wrong_overlap']:.3f} | "
+                         f"{s['memory_other_kind_overlap']:.3f} | {s['memory_specific_overlap']:.3f} | "
+                         f"{s['memory_wrong_specific_overlap']:.3f} |")  # fmt: skip
+    if stats.get("margins"):
+        lines += ["", "Paired margins, per question (mean and 95% bootstrap interval):", "",
+                  "| type | margin | mean | 95% interval |", "|---|---|---|---|"]  # fmt: skip
+        for g, margins in stats["margins"].items():
+            lines += [f"| {g} | {label} | {m['mean']:+.3f} | [{m['low']:+.3f}, {m['high']:+.3f}] |"
+                      for label, m in margins.items()]  # fmt: skip
     return "\n".join(lines)

@@ -63,7 +63,11 @@ def register_lens(subparsers) -> None:
                        description="For each question: the union over memory slots of the top tokens at --layer, "
                        "as stemmed content words, intersected with the content words of the gold document (the "
                        "bridge document for two-hop questions) that are not stopwords and not in the question. "
-                       "Reported per type for the query adapter and for the bare backbone at the same positions.")  # fmt: skip
+                       "Reported per type for the query adapter and for the bare backbone at the same positions, "
+                       "with two controls: the same count against another question's gold document of the same kind "
+                       "(words every city's or company's document shares hit it alike) and of another kind; then "
+                       "for the gold document's own memory (compressor) in the same view, the ceiling of the "
+                       "comparison.")  # fmt: skip
     p.add_argument("--world", required=True, help="world directory (from `clara world --out DIR`)")
     p.add_argument("--split", default="test", type=csv_list, help="split(s), comma-separated")
     p.add_argument("--types", default="two_hop_linked,two_hop_hidden", type=csv_list, help="question types, comma-separated")

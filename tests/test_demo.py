@@ -39,7 +39,8 @@ def test_demo_with_tiny_backbone(tmp_path):
     assert "## Stage 2" in report and "| all | " in report
     lens = stage2["lens"]["by_type"]["all"]  # bridge-document words in the query's lens, before/after/raw question
     assert lens["n"] == sum(g["n"] for k, g in stage2["lens"]["by_type"].items() if k != "all") > 0
-    assert set(lens) == {"n", "target_words", "before", "after", "after_wrong", "raw", "raw_wrong"} and lens["target_words"] > 0
+    assert set(lens) == {"n", "target_words", "before", "after", "after_wrong", "after_other_kind", "raw", "raw_wrong",
+                         "memory", "after_specific", "after_wrong_specific", "memory_specific"} and lens["target_words"] > 0
     read = stage2["lens"]["read_by_type"]["all"]  # the same counts in the read view (--view read)
     assert set(read) == set(lens) and read["n"] == lens["n"] and read["target_words"] == lens["target_words"]
     assert "Logit lens of the two-hop test questions" in report and "| read | all |" in report

@@ -15,6 +15,7 @@ from clara.eval.lens import (
     final_norm,
     format_lens_table,
     lens_overlap,
+    other_kind_targets,
     wrong_targets,
     logit_lens,
     memory_states,
@@ -22,7 +23,7 @@ from clara.eval.lens import (
     parse_layers,
     project,
 )
-from clara.eval.lens import _union_top_ids
+from clara.eval.lens import _token_words, _union_top_ids
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -175,7 +176,7 @@ def test_compare_mode_on_a_tiny_world(model, adapters_dir, tmp_path, capsys):
     for q in stats["questions"]:
         r = records[q["id"]]
         bridge = content_words(r.candidates[r.pos_index[-1]].as_text())
-        for side in ("query", "raw"):
+        for side in ("query", "raw", "memory"):
             words = set(q[side]["words"])
             assert q[side]["overlap"] == len(words) <= q["target_words"]
             assert words <= bridge and not words & content_words(r.question)
@@ -187,18 +188,38 @@ def test_compare_mode_on_a_tiny_world(model, adapters_dir, tmp_path, capsys):
     order = [records[q["id"]] for q in stats["questions"]]
     bridges = [r.candidates[r.pos_index[-1]] for r in order]
     wrong = wrong_targets([d.as_text() for d in bridges], [kinds[d.id] for d in bridges])
-    for q, r, j in zip(stats["questions"], order, wrong):
+    others = other_kind_targets([kinds[d.id] for d in bridges])
+    assert all(kinds[bridges[o].id] != kinds[d.id] for d, o in zip(bridges, others) if o is not None)
+    for q, r, bridge, j, o in zip(stats["questions"], order, bridges, wrong, others):
+        own = content_words(bridge.as_text()) - content_words(r.question)
         other = content_words(bridges[j].as_text()) - content_words(r.question)
-        assert 0 <= q["query"]["wrong_overlap"] <= len(other)
+        other_kind = content_words(bridges[o].as_text()) - content_words(r.question) if o is not None else set()
         # specific words: the bridge's own, not the control's (and the control's own, not the bridge's)
-        own = content_words(r.candidates[r.pos_index[-1]].as_text()) - content_words(r.question)
         assert q["specific_words"] == len(own - other) and q["wrong_specific_words"] == len(other - own)
-        for side in ("query", "raw"):
-            assert set(q[side]["specific"]) == set(q[side]["words"]) - other
+        # every side's counts, recounted from its own lens words (the lens view decodes each text alone);
+        # the memory side is the bridge document through the compressor
+        for side, adapter, text in (("query", "query", r.question), ("raw", None, r.question),
+                                    ("memory", "compressor", bridge.as_text())):  # fmt: skip
+            states = memory_states(model, [text], adapter)[:, -1]  # (1, m, H), the last layer
+            words = _token_words(model.tokenizer, _union_top_ids(model, states, 50)[0])
+            assert q[side]["words"] == sorted(words & own) and q[side]["overlap"] == len(words & own)
+            assert q[side]["wrong_overlap"] == len(words & other)
+            assert q[side]["other_kind_overlap"] == len(words & other_kind)
+            assert q[side]["specific"] == sorted(words & (own - other))
             assert q[side]["specific_overlap"] == len(q[side]["specific"])
-            assert q[side]["wrong_specific_overlap"] <= q[side]["wrong_overlap"]
+            assert q[side]["wrong_specific_overlap"] == len(words & (other - own))
+    # the margins are the per-question differences of these counts: their means are the means' differences
+    means, margins = stats["by_type"]["all"], stats["margins"]["all"]
+    assert margins["query - raw question"]["mean"] == pytest.approx(means["query_overlap"] - means["raw_overlap"])
+    assert margins["query - other-kind document"]["mean"] == pytest.approx(
+        means["query_overlap"] - means["query_other_kind_overlap"])
+    assert margins["bridge memory - same-kind document"]["mean"] == pytest.approx(
+        means["memory_overlap"] - means["memory_wrong_overlap"])
     direct = lens_overlap(model, list(records.values()), top=50, kinds=kinds)
-    assert direct["by_type"] == stats["by_type"]
+    assert direct["by_type"] == stats["by_type"] and direct["sides"] == ["query", "raw", "memory"]
+    without = lens_overlap(model, list(records.values()), top=50, kinds=kinds, memory=False)
+    assert without["sides"] == ["query", "raw"] and not any(k.startswith("memory") for k in without["by_type"]["all"])
+    assert without["by_type"]["all"]["query_overlap"] == direct["by_type"]["all"]["query_overlap"]
     # the two sides really are different forwards (query adapter vs bare backbone)
     assert direct["by_type"]["all"]["query_token_overlap"] != direct["by_type"]["all"]["raw_token_overlap"]
 
@@ -235,3 +256,34 @@ def test_wrong_targets_pick_the_next_question_with_another_document():
     assert wrong_targets(["a", "b", "c", "d"], ["city", "person", "person", "city"]) == [3, 2, 1, 0]
     assert wrong_targets(["a", "b", "c"], ["city", "person", "person"]) == [1, 2, 1]
     assert wrong_targets(["a", "b"], [None, "city"]) == [1, 0]
+
+
+def test_other_kind_targets_pick_the_next_question_with_a_document_of_another_kind():
+    assert other_kind_targets(["city", "person", "person", "city"]) == [1, 3, 3, 1]
+    assert other_kind_targets(["city", "city"]) == [None, None]
+    assert other_kind_targets([None, "city", "person"]) == [None, 2, 1]
+    assert other_kind_targets([]) == []
+
+
+def test_paired_margins_are_per_question_differences_by_type():
+    from clara.eval.lens import MARGINS, paired_margins
+
+    def row(kind, query, raw, wrong, other):
+        counts = {"overlap": query, "wrong_overlap": wrong, "other_kind_overlap": other, "specific_overlap": 1,
+                  "wrong_specific_overlap": 0}  # fmt: skip
+        return {"type": kind, "query": counts, "raw": {**counts, "overlap": raw}}
+
+    rows = [row("two_hop_linked", 3, 1, 3, 0), row("two_hop_linked", 1, 1, 2, 1), row("two_hop_hidden", 2, 0, 2, 0)]
+    margins = paired_margins(rows)
+    assert list(margins) == ["two_hop_hidden", "two_hop_linked", "all"]
+    linked = margins["two_hop_linked"]
+    assert linked["query - raw question"]["mean"] == pytest.approx(1.0)  # (2 + 0) / 2
+    assert linked["query - same-kind document"]["mean"] == pytest.approx(-0.5)  # (0 - 1) / 2
+    other = linked["query - other-kind document"]  # differences 3 and 0: resampled means lie in [0, 3]
+    assert other["mean"] == pytest.approx(1.5) and 0.0 <= other["low"] < 1.5 < other["high"] <= 3.0
+    assert margins["all"]["query - raw question"]["mean"] == pytest.approx(4 / 3)
+    assert margins["two_hop_hidden"]["query - raw question"] == {"mean": 2.0, "low": 2.0, "high": 2.0}
+    # no memory side in these rows: its margin is left out, the others are all there
+    assert set(margins["all"]) == {label for label, side, *_ in MARGINS if side != "memory"}
+    for m in margins["all"].values():
+        assert m["low"] <= m["mean"] <= m["high"]

@@ -2,7 +2,16 @@
 
 import pytest
 
-from clara.eval.metrics import answer_scores, char_sim, cover_em, exact_match, f1, normalize_answer, recall_at_k
+from clara.eval.metrics import (
+    answer_scores,
+    bootstrap_ci,
+    char_sim,
+    cover_em,
+    exact_match,
+    f1,
+    normalize_answer,
+    recall_at_k,
+)
 
 
 @pytest.mark.parametrize(
@@ -80,3 +89,20 @@ def test_answer_scores_means():
     assert s["char_sim"] == pytest.approx((1 + 8 / 14 + 2 / 9) / 3)
     with pytest.raises(ValueError):
         answer_scores(["a"], [])
+
+
+def test_bootstrap_ci_brackets_the_mean_and_narrows_with_more_items():
+    import numpy as np
+
+    assert bootstrap_ci([2.0, 2.0, 2.0]) == (2.0, 2.0, 2.0)  # no spread, no interval
+    values = np.random.default_rng(1).normal(0.5, 1.0, size=400)
+    mean, low, high = bootstrap_ci(values)
+    assert mean == pytest.approx(values.mean()) and low < mean < high
+    # about 2 standard errors each side (1/sqrt(400) = 0.05)
+    assert high - low == pytest.approx(4 * values.std() / 20, rel=0.15)
+    _, low4, high4 = bootstrap_ci(values[:100])
+    assert high4 - low4 > 1.5 * (high - low)
+    assert bootstrap_ci(values, seed=3) != bootstrap_ci(values, seed=4)
+    assert bootstrap_ci(values, seed=3) == bootstrap_ci(values, seed=3)
+    with pytest.raises(ValueError, match="at least one"):
+        bootstrap_ci([])
