@@ -117,8 +117,9 @@ def two_hop_lens_overlap(model, records, kinds: dict[str, str] | None = None) ->
                            "after_specific": s["query_specific_overlap"],
                            "after_wrong_specific": s["query_wrong_specific_overlap"],
                            "memory_specific": s["memory_specific_overlap"]} for g, s in after["by_type"].items()}  # fmt: skip
-        if view == "lens":
-            result["examples"] = [{"question": q["question"], "after": q["query"]["words"], "raw": q["raw"]["words"]}
+        if view == "read":  # the view where the query's words show (the logit lens decodes every slot alike)
+            result["examples"] = [{"question": q["question"], "after": q["query"]["words"], "raw": q["raw"]["words"],
+                                   "memory": q["memory"]["words"]}
                                   for q in after["questions"] if q["query"]["words"] or q["raw"]["words"]][:3]  # fmt: skip
     return result
 
@@ -181,6 +182,9 @@ def lens_report(lens: dict[str, Any]) -> list[str]:
                          f"{r['after_wrong']:.3f} | {r['after_other_kind']:.3f} | {r['raw']:.3f} | {r['raw_wrong']:.3f} | "
                          f"{r['memory']:.3f} | {r['after_specific']:.3f} | {r['after_wrong_specific']:.3f} | "
                          f"{r['memory_specific']:.3f} |")  # fmt: skip
+    if lens.get("examples"):
+        lines += ["", "Bridge-document words surfaced, read view:", ""]
     for ex in lens.get("examples", []):
-        lines.append(f"- *{ex['question']}* — query after: {', '.join(ex['after']) or '–'}; raw: {', '.join(ex['raw']) or '–'}")
+        lines.append(f"- *{ex['question']}* — query after: {', '.join(ex['after']) or '–'}; raw: {', '.join(ex['raw']) or '–'}; "
+                     f"bridge memory: {', '.join(ex.get('memory', [])) or '–'}")  # fmt: skip
     return lines + [""]
