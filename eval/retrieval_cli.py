@@ -40,7 +40,8 @@ def register_retrieval(sub) -> None:
     p.add_argument("--scoring", default="flattened", choices=["flattened", "pooled"], help="query scoring")
     p.add_argument("--cache-dir", default="out/memory-cache", help="candidate-memory cache (shared with `clara joint`)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="greedy tokens per answer")
-    p.add_argument("--out", default=None, help="write all results to this JSON file")
+    p.add_argument("--out", default=None, help="write all results to this JSON file, and the Recall@k comparison "
+                   "(R@1 and R@2 per question type, one bar per retriever) beside it as a PNG of the same name")
     p.set_defaults(func=run_retrieval)
 
 
@@ -94,8 +95,14 @@ def run_retrieval(args: argparse.Namespace) -> int:
     if args.answers:
         results["answers"] = answers_table(model, records, cache, rankings, args)
     if args.out:
+        from pathlib import Path
+
+        from clara.eval.plots import plot_retrieval
+
         atomic_write_json(args.out, results)
-        print(f"results written to {args.out}")
+        png = plot_retrieval(results, Path(args.out).with_suffix(".png"), ks=[k for k in (1, 2) if k in args.ks] or None,
+                             title=f"Recall@k on {len(records)} questions: {', '.join(tables)}")  # fmt: skip
+        print(f"results written to {args.out}, the comparison plotted in {png}")
     return 0
 
 

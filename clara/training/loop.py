@@ -244,6 +244,8 @@ class Trainer:
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
             self._check_ranks_in_sync()
             self.save()
+            if self.ctx.is_main:
+                self.plot_curves()
         elif step == 1:
             self._check_ranks_in_sync()
 
@@ -337,6 +339,23 @@ class Trainer:
         if self.ctx.is_main:
             self.metrics.log({"step": step, "kind": "eval", **scores})
         log.info("eval at step %d: %s", step, scores)
+
+    def plot_curves(self) -> Path | None:
+        """OUT/curves.png: every logged metric (loss, recall, reward, …) against the step, rewritten at each
+        checkpoint, so a long or crashed run has its curves so far. A figure never costs a run: a failure
+        is a warning (``clara plot curves OUT/metrics.jsonl`` draws it again)."""
+        from clara.errors import DataError
+        from clara.eval.plots import plot_training_curves
+
+        try:
+            return plot_training_curves(self.out_dir / "metrics.jsonl", self.out_dir / "curves.png",
+                                        title=f"training curves — {self.out_dir.name}")  # fmt: skip
+        except (DataError, FileNotFoundError):  # nothing logged yet (log_every beyond the first checkpoint)
+            log.info("%s: no metrics to plot yet", self.out_dir / "metrics.jsonl")
+            return None
+        except Exception as e:  # noqa: BLE001 - matplotlib or an odd metrics file must not end training
+            log.warning("%s: curves not plotted (%s: %s)", self.out_dir / "curves.png", type(e).__name__, e)
+            return None
 
     # ------------------------------------------------------------ checkpoints
 

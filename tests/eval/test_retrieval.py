@@ -78,3 +78,19 @@ def test_answer_eval_reads_the_selected_memory_per_setting():
     reader.asked.clear()
     answer_eval(reader, [rec([3], "single_hop")], Cache(), [[0, 1, 2, 3, 4]], k=2, settings=["normal"], prompt="scp")
     assert reader.asked == [(QA_INSTRUCTION, [f"Question: {q}\nAnswer:"], ("\n",))]
+
+
+def test_retrieval_cli_writes_the_results_and_their_comparison_plot(tmp_path, capsys):
+    import json
+
+    from clara.cli import main as clara_main
+    from clara.world import generate_world, write_world
+
+    world = write_world(generate_world(seed=0, entities=30, candidates=6), tmp_path / "w")
+    out = tmp_path / "ret.json"
+    assert clara_main(["eval", "retrieval", "--world", str(world), "--retrievers", "bm25", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert set(results["recall"]) == {"bm25"} and results["recall"]["bm25"][ALL]["n"] == results["n"] > 0
+    png = tmp_path / "ret.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5_000
+    assert f"the comparison plotted in {png}" in capsys.readouterr().out

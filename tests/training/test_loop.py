@@ -134,3 +134,30 @@ def test_the_trainer_moves_the_module_to_the_default_device(monkeypatch, tmp_pat
     trainer._setup()
     assert module_device(trainer.module).type == "meta"
     assert all(p.device.type == "meta" for p in trainer.optimizer.param_groups[0]["params"])
+
+
+def test_each_checkpoint_redraws_the_runs_curves_and_a_failed_figure_only_warns(toy, tmp_path, monkeypatch, caplog):
+    from clara.eval import plots
+
+    drawn = []
+    real = plots.plot_training_curves
+
+    def spy(metrics, path, **kw):
+        drawn.append(len(read_metrics(metrics, kind=None)))  # the records logged by then
+        return real(metrics, path, **kw)
+
+    monkeypatch.setattr(plots, "plot_training_curves", spy)
+    trainer = toy.make_trainer(tmp_path / "run", {"max_steps": 6, "save_every": 2, "log_every": 1})
+    trainer.train()
+    assert drawn == [2, 4, 6]  # at each checkpoint, with every step logged so far
+    png = tmp_path / "run" / "curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+    def broken(metrics, path, **kw):
+        raise RuntimeError("no display")
+
+    monkeypatch.setattr(plots, "plot_training_curves", broken)
+    with caplog.at_level(logging.WARNING):
+        result = toy.make_trainer(tmp_path / "broken", {"max_steps": 2, "save_every": 1}).train()
+    assert result.step == 2 and not (tmp_path / "broken" / "curves.png").exists()
+    assert "curves not plotted (RuntimeError: no display)" in caplog.text
