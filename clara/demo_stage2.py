@@ -174,7 +174,8 @@ def lens_report(lens: dict[str, Any]) -> list[str]:
              "memory (compressor) in the same view — what the memory the query is matched against shows, the "
              "ceiling. *Specific*: only the bridge's words that the same-kind document lacks.", "",
              "| view | type | n | bridge words | query before | query after | after, wrong doc | after, other kind | "
-             "raw question | raw, wrong doc | bridge memory | specific: after | after, wrong doc | bridge memory |",
+             "raw question | raw, wrong doc | bridge memory | specific: after | specific: after, wrong doc | "
+             "specific: bridge memory |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for view, key in (("lens", "by_type"), ("read", "read_by_type")):
         for g, r in (lens.get(key) or {}).items():

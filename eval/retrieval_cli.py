@@ -75,6 +75,8 @@ def run_retrieval(args: argparse.Namespace) -> int:
     unknown = sorted(set(retrievers) - set(RETRIEVERS))
     if unknown:
         raise ConfigError(f"--retrievers: unknown {unknown}; choose from {','.join(RETRIEVERS)}")
+    if args.out and args.out.endswith(".png"):
+        raise ConfigError(f"--out {args.out}: give the JSON file; its plot is written beside it as a .png")
     if ("query" in retrievers or args.answers) and not args.model:
         raise ConfigError("--model is required for the 'query' retriever and for --answers")
     records = load_eval_records(world=args.world, splits=args.split, data=args.data, corpus=args.corpus,

@@ -94,3 +94,6 @@ def test_retrieval_cli_writes_the_results_and_their_comparison_plot(tmp_path, ca
     png = tmp_path / "ret.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5_000
     assert f"the comparison plotted in {png}" in capsys.readouterr().out
+    before = png.read_bytes()  # an --out ending in .png is refused: its plot would overwrite it
+    assert clara_main(["eval", "retrieval", "--world", str(world), "--retrievers", "bm25", "--out", str(png)]) != 0
+    assert "give the JSON file" in capsys.readouterr().err and png.read_bytes() == before
