@@ -5,6 +5,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# training runs draw OUT/curves.png at each checkpoint, about 1 s a figure: 90 s over the suite's ~100
+# checkpoints; tests/training/test_loop.py turns it back on where the figure is what it tests
+os.environ.setdefault("CLARA_PLOTS", "0")
 
 
 def _set_triton_interpreter_without_cuda() -> None:

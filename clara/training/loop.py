@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import random
 import time
 from collections import defaultdict
@@ -47,6 +48,8 @@ from clara.training.distributed import DistContext, init_distributed
 from clara.training.metrics import MetricsLogger
 
 log = logging.getLogger(__name__)
+
+PLOTS_ENV = "CLARA_PLOTS"  # "0": no curves.png at checkpoints (about 1 s each; the fast tests set it)
 
 LossFn = Callable[[nn.Module, Any], "tuple[torch.Tensor, dict[str, float]]"]
 
@@ -244,7 +247,7 @@ class Trainer:
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
             self._check_ranks_in_sync()
             self.save()
-            if self.ctx.is_main:
+            if self.ctx.is_main and os.environ.get(PLOTS_ENV, "1") != "0":
                 self.plot_curves()
         elif step == 1:
             self._check_ranks_in_sync()
@@ -342,8 +345,8 @@ class Trainer:
 
     def plot_curves(self) -> Path | None:
         """OUT/curves.png: every logged metric (loss, recall, reward, …) against the step, rewritten at each
-        checkpoint, so a long or crashed run has its curves so far. A figure never costs a run: a failure
-        is a warning (``clara plot curves OUT/metrics.jsonl`` draws it again)."""
+        checkpoint (unless ``CLARA_PLOTS=0``), so a long or crashed run has its curves so far. A figure never
+        costs a run: a failure is a warning (``clara plot curves OUT/metrics.jsonl`` draws it again)."""
         from clara.errors import DataError
         from clara.eval.plots import plot_training_curves
 

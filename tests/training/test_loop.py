@@ -147,6 +147,10 @@ def test_each_checkpoint_redraws_the_runs_curves_and_a_failed_figure_only_warns(
         return real(metrics, path, **kw)
 
     monkeypatch.setattr(plots, "plot_training_curves", spy)
+    monkeypatch.setenv("CLARA_PLOTS", "0")  # as the fast tests run: no figures
+    toy.make_trainer(tmp_path / "quiet", {"max_steps": 2, "save_every": 1}).train()
+    assert drawn == [] and not (tmp_path / "quiet" / "curves.png").exists()
+    monkeypatch.setenv("CLARA_PLOTS", "1")
     trainer = toy.make_trainer(tmp_path / "run", {"max_steps": 6, "save_every": 2, "log_every": 1})
     trainer.train()
     assert drawn == [2, 4, 6]  # at each checkpoint, with every step logged so far
