@@ -247,7 +247,7 @@ class Trainer:
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
             self._check_ranks_in_sync()
             self.save()
-            if self.ctx.is_main and os.environ.get(PLOTS_ENV, "1") != "0":
+            if self.ctx.is_main:
                 self.plot_curves()
         elif step == 1:
             self._check_ranks_in_sync()
@@ -347,6 +347,8 @@ class Trainer:
         """OUT/curves.png: every logged metric (loss, recall, reward, …) against the step, rewritten at each
         checkpoint (unless ``CLARA_PLOTS=0``), so a long or crashed run has its curves so far. A figure never
         costs a run: a failure is a warning (``clara plot curves OUT/metrics.jsonl`` draws it again)."""
+        if os.environ.get(PLOTS_ENV, "1") == "0":
+            return None
         from clara.errors import DataError
         from clara.eval.plots import plot_training_curves
 
