@@ -310,7 +310,7 @@ class MemoryBank:
         if self._vectors is not None:
             import torch
 
-            from clara.kernels import cosine_topk
+            from clara.kernels.dispatch import cosine_topk
 
             q = torch.from_numpy(vectors).to(self._vectors.device)
             values, indices = cosine_topk(q, self._vectors, k)  # (B, k), (B, k)

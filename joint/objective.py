@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from clara.config import JointConfig, Scoring
-from clara.kernels import cosine_scores, straight_through_topk
+from clara.kernels.dispatch import cosine_scores
+from clara.kernels.straight_through import straight_through_topk
 from clara.pretrain.scp import ask
 
 if TYPE_CHECKING:

@@ -1,5 +1,14 @@
 """Backend choice, input checks and the public entry points for the kernels.
 
+The kernels (``clara.kernels``; Triton with plain-torch references):
+    dispatch.cosine_scores(q [B, D], docs [B, N, D]) -> s [B, N]               (training, with backward)
+    dispatch.cosine_topk(q [B, D], bank [N, D], k) -> (values [B, k], indices [B, k])   (serving)
+    straight_through.straight_through_topk(scores [B, N], k, temperature) -> (Z [B, k, N], indices [B, k])
+    straight_through.select_topk(q, docs, k, temperature) -> (Z, indices, scores); StraightThroughTopK
+    reference: the plain-torch definitions the kernels are tested against.
+Every entry point takes ``backend=`` ("auto" | "triton" | "torch" | "faiss", see Backend).
+Triton modules are imported, and kernels decorated, only when a Triton backend runs.
+
 Triton runs on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` (tests).
 ``backend="auto"`` picks Triton on CUDA and the plain-torch reference on CPU; an explicit
 ``backend=`` ("triton", "torch", or "faiss" for the bank search) overrides the choice.

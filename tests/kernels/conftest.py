@@ -22,7 +22,7 @@ if "triton" not in sys.modules and not torch.cuda.is_available():
 
 
 def _interpreter_in_process() -> bool:
-    from clara.kernels import triton_interpreting
+    from clara.kernels.dispatch import triton_interpreting
 
     return triton_interpreting()
 

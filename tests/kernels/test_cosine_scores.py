@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from clara.kernels import cosine_scores, cosine_scores_reference
+from clara.kernels.dispatch import cosine_scores
+from clara.kernels.reference import cosine_scores_reference
 from clara.kernels import triton_scores
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

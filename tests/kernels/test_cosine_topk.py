@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from clara.kernels import cosine_topk, cosine_topk_reference
+from clara.kernels.dispatch import cosine_topk
+from clara.kernels.reference import cosine_topk_reference
 from clara.kernels.triton_topk import topk_triton
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from clara.errors import ClaraError
-from clara.kernels import Backend, KernelInputError, cosine_scores, cosine_topk, straight_through_topk
+from clara.kernels.dispatch import Backend, KernelInputError, cosine_scores, cosine_topk
+from clara.kernels.straight_through import straight_through_topk
 
 
 def test_errors_are_clara_and_value_errors():

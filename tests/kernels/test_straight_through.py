@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from clara.kernels import StraightThroughTopK, select_topk, straight_through_topk
+from clara.kernels.straight_through import StraightThroughTopK, select_topk, straight_through_topk
 from clara.kernels.straight_through import soft_and_hard_picks
 
 

@@ -1,1 +1,0 @@
-"""Evaluation: metrics, baselines, benchmarks, logit lens, plots."""

@@ -1,1 +1,0 @@
-"""Stage 2: joint retrieval-generation training; agentic RL."""

@@ -1,1 +1,0 @@
-"""Stage 1: guided data synthesis and Salient Compressor Pretraining (SCP)."""
