@@ -40,6 +40,21 @@ def peft_lora_config(cfg: LoraConfig):
     )
 
 
+def lora_model(base_model: torch.nn.Module, cfg: LoraConfig, adapter_name: str = "default"):
+    """``peft.get_peft_model`` with one LoRA adapter from our config.
+
+    peft probes ``model.is_gradient_checkpointing``, which transformers 5 deprecates with a
+    FutureWarning on every wrap; the probe is peft's, harmless, and silenced here alone.
+    """
+    import warnings
+
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(base_model, peft_lora_config(cfg), adapter_name=adapter_name)
+
+
 def resolve_adapters_dir(path: str | Path, key: str = "adapters") -> Path:
     """An adapters directory (holds clara_model.json) or a run directory with ``adapters/`` in it.
 
@@ -78,11 +93,9 @@ class AdapterSet:
     """The PEFT-wrapped model plus which adapter is active and which are trained."""
 
     def __init__(self, base_model: torch.nn.Module, cfg: LoraConfig, names: Iterable[str] = ADAPTERS):
-        from peft import get_peft_model
-
         names = tuple(names)
         self.names = names
-        self.peft = get_peft_model(base_model, peft_lora_config(cfg), adapter_name=names[0])
+        self.peft = lora_model(base_model, cfg, adapter_name=names[0])
         for name in names[1:]:
             self.peft.add_adapter(name, peft_lora_config(cfg))
         # every LoRA tensor by adapter, found once: switching then costs one pass over them

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 
+from clara.cli_args import VERBOSE_HELP, add_verbose_everywhere, parse_with_overrides
+from clara.console import configure_logging
 from clara.errors import ClaraError
 
 COMMAND_MODULES = (
@@ -36,10 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="clara",
         description="CLaRa: retrieval and generation trained jointly in one continuous space.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    add_verbose_everywhere(parser)
     return parser
 
 
@@ -47,12 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    args = parse_with_overrides(parser, argv)
+    configure_logging(verbose=args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

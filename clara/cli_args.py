@@ -65,6 +65,42 @@ def add_run_arguments(p: argparse.ArgumentParser, example: str) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
 
 
+OVERRIDES_DEST = "config_and_overrides"
+
+
+def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None = None,
+                         dest: str = OVERRIDES_DEST) -> argparse.Namespace:
+    """``parser.parse_args``, except that the preset and ``KEY=VALUE`` overrides may also follow flags.
+
+    argparse fills a ``nargs="*"`` positional from its first run of bare words only, so in
+    ``clara pretrain train CFG --data X train.max_steps=4`` the override after ``--data X`` was
+    an unrecognized argument. Leftover bare words join the command's own list (``dest``) in order,
+    where it has one; a leftover flag, or a bare word for a command without such a list, is the
+    usual argparse error.
+    """
+    args, extra = parser.parse_known_args(argv)
+    words = [a for a in extra if not a.startswith("-")]
+    unknown = extra if not hasattr(args, dest) else [a for a in extra if a.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if words:
+        setattr(args, dest, [*getattr(args, dest), *words])
+    return args
+
+
+VERBOSE_HELP = "debug logging, and every line the libraries print (DeepSpeed, faiss, transformers)"
+
+
+def add_verbose_everywhere(parser: argparse.ArgumentParser) -> None:
+    """``--verbose`` is accepted after any (sub)command too: ``clara index build ... --verbose``."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in set(action.choices.values()):
+                if "--verbose" not in child._option_string_actions:
+                    child.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+                add_verbose_everywhere(child)
+
+
 def split_config_args(args: argparse.Namespace) -> tuple[str | None, list[str]]:
     """The preset (``--config`` or the first bare word) and the ``KEY=VALUE`` overrides."""
     config, overrides = args.config, []

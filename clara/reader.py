@@ -227,9 +227,8 @@ def train_reader(
     ``out_dir``) so an interrupted run resumes; it is removed once the backbone is written.
     """
     import torch
-    from peft import get_peft_model
 
-    from clara.adapters import peft_lora_config
+    from clara.adapters import lora_model
     from clara.training import ResumableBatches, Trainer
 
     backbone, out_dir = Path(backbone), Path(out_dir)
@@ -250,7 +249,7 @@ def train_reader(
     batches = ResumableBatches(data, recipe.batch_size, make_collate(pad_id), seed=recipe.seed)
 
     torch.manual_seed(recipe.seed)  # LoRA A matrices are random-initialised
-    peft_model = get_peft_model(model, peft_lora_config(recipe.lora_config()))
+    peft_model = lora_model(model, recipe.lora_config())
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     log.info("reader LoRA: %d trainable parameters, %d samples, %d steps", trainable, len(data), recipe.steps)
     trainer = Trainer(peft_model, identity.train, work_dir, reader_loss, batches, config_for_hash=identity)

@@ -65,12 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m clara.serve_cli ...``: the same as ``clara serve ...``."""
     import sys
 
+    from clara.cli_args import VERBOSE_HELP, add_verbose_everywhere
+    from clara.console import configure_logging
     from clara.errors import ClaraError
 
     parser = argparse.ArgumentParser(prog="python -m clara.serve_cli")
     register(parser.add_subparsers(dest="command"))
+    add_verbose_everywhere(parser)
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(verbose=args.verbose)
     try:
         return run(args)
     except ClaraError as e:

@@ -15,6 +15,8 @@ import json
 import statistics
 import time
 
+from clara.cli_args import parse_with_overrides
+
 
 def time_steps(objectives: dict, batches, steps: int) -> dict[str, list[float]]:
     """Seconds per optimizer step of each objective, interleaved step by step so that a CPU shared
@@ -38,12 +40,12 @@ def time_steps(objectives: dict, batches, steps: int) -> dict[str, list[float]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("overrides", nargs="*", help="dotted config overrides")
+    ap.add_argument("overrides", nargs="*", help="dotted config overrides (before or after the flags)")
     ap.add_argument("--config", default=None, help="YAML preset")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per variant")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     ap.add_argument("--out", default=None, help="write the figures to this JSON file")
-    args = ap.parse_args(argv)
+    args = parse_with_overrides(ap, argv, dest="overrides")
 
     import tempfile
 

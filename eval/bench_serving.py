@@ -176,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.crs = [int(c) for c in args.crs.split(",")]
     parts = set(args.parts.split(","))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from clara.console import configure_logging
+
+    configure_logging()
     import torch
 
     report = {"backbone": args.backbone, "device": "cuda" if torch.cuda.is_available() else "cpu",
