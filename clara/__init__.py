@@ -1,10 +1,13 @@
 """CLaRa: one causal-LM backbone, three LoRA adapters (compressor, query, generator),
 retrieval and generation trained jointly in one continuous space.
 
-Stage recipes live in ``clara.pretrain`` (SCP), ``clara.joint`` (joint training, RL),
-kernels in ``clara.kernels`` and evaluation in ``clara.eval``.
+The core (this folder) is grouped by concept: ``clara.model``, ``clara.data``, ``clara.world``,
+``clara.training``, ``clara.serving``, ``clara.cli``. Stage recipes live in ``clara.pretrain``
+(stage 1, SCP), ``clara.joint`` (stage 2) and ``clara.rl`` (stage 3, agentic RL); the kernels in
+``clara.kernels``, evaluation in ``clara.eval`` and the end-to-end demo in ``clara.demo``.
+The core never imports those (docs/DESIGN.md §1 gives the layers).
 
-The stage folders (``pretrain/``, ``joint/``, ``kernels/``, ``eval/``) sit beside ``clara/`` in
+The folders ``pretrain/``, ``joint/``, ``rl/``, ``kernels/``, ``eval/`` and ``demo/`` sit beside ``clara/`` in
 the checkout and are installed as ``clara.<stage>`` (pyproject's ``package-dir``). They have no
 ``__init__.py``: a top-level folder that is a regular package shadows any installed distribution
 of the same import name whenever the checkout root is on ``sys.path`` (``python -m`` or
@@ -22,7 +25,7 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-STAGES = ("pretrain", "joint", "kernels", "eval")
+STAGES = ("pretrain", "joint", "rl", "kernels", "eval", "demo")
 
 
 def checkout_root() -> Path | None:

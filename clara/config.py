@@ -78,7 +78,7 @@ class ModelConfig:
     compression_rate: int = 16  # m = chunk_len // compression_rate memory vectors
     lora: LoraConfig = field(default_factory=LoraConfig)
     rescale_memory: bool = True  # spliced memory vectors set to the token embeddings' mean RMS (DESIGN §11)
-    memory_norm: MemoryNorm = MemoryNorm.NONE  # splice-side normalisation of memory (clara.memory.normalize_memory)
+    memory_norm: MemoryNorm = MemoryNorm.NONE  # splice-side normalisation of memory (clara.model.memory.normalize_memory)
 
     def __post_init__(self):
         _check(self.compression_rate >= 1, "model.compression_rate", "must be >= 1")
@@ -149,6 +149,11 @@ class Scoring(str, enum.Enum):
     FLATTENED = "flattened"  # cosine over the flattened m·H vectors
     POOLED = "pooled"  # cosine over the mean-pooled H vectors
 
+    @classmethod
+    def _missing_(cls, value):
+        # banks (manifest "retrieval", `clara index build --retrieval`) spell flattened "flat"
+        return cls.FLATTENED if value == "flat" else None
+
 
 class GeneratorPrompt(str, enum.Enum):
     """How the generator is asked a question over memory (stage 2 and the answer evaluations)."""
@@ -170,7 +175,7 @@ class JointConfig:
     init_adapters: str = ""  # SCP adapters dir (or run dir holding adapters/); "" = current compressor
     world: str = ""  # world directory (questions/<split>.jsonl); used when data.train_file is empty
     # more `clara world` directories whose train_split questions join the training set (evaluation stays on
-    # joint.world); measured on an unseen world in the README: lower single-hop, higher description R@1
+    # joint.world); measured on an unseen world (docs/RESULTS.md §4): lower single-hop, higher description R@1
     train_worlds: tuple[str, ...] = ()
     train_split: str = "train"
     eval_split: str = "dev"
@@ -180,9 +185,7 @@ class JointConfig:
     # the form in which the generator reads the question: "scp" asks it the way stage 1 trained it to read memory
     prompt: GeneratorPrompt = GeneratorPrompt.DIRECT
     # steps at the start in which the query reasoner is held fixed (the generator alone learns, reading the memory
-    # the starting query retrieves). Measured from r 64 SCP adapters (lr 2.5e-5, 150 steps): without it R@1 fell
-    # 0.599 -> 0.469 by step 50 and ended at 0.573; with 50 warm-up steps it held 0.599 to step 50, then fell
-    # once released and ended at 0.521 — the drift comes from the query's own gradient, not the young generator
+    # the starting query retrieves); measured in docs/RESULTS.md §4
     query_warmup_steps: int = 0
 
     def __post_init__(self):
@@ -221,7 +224,7 @@ class ScpConfig:
     # facts never train). "shuffled": the same target with the pairs in a stable random order per record, so
     # every fact comes first in some documents. "rows": one generator row per pair, all reading one compression
     # of the document, each in the form `clara eval compression` asks; every fact trains, none is cut.
-    # Measurements of each: configs/scp-smollm2.yaml.
+    # Measurements of each: docs/RESULTS.md §2.
     qa_layout: QaLayout = QaLayout.LINES
     # layout "rows": how many of a document's pairs train (a stable draw per record); 0 = all. Each row repeats
     # the prompt (~55 tokens on SmolLM2), so all pairs cost ~4x a lines step; fresh documents are read once,
@@ -231,7 +234,7 @@ class ScpConfig:
     # gradient) with its document as text where the memory goes (distill_teacher: the "generator" adapter or
     # the "base" backbone); its hidden states at distill_layers (0 = embeddings, L = the last layer), at the
     # positions that predict the target, are targets for the memory-reading row: distill_weight * mean over
-    # layers of ||s - t||^2 / ||t||^2. Measured no better (configs/scp-smollm2.yaml).
+    # layers of ||s - t||^2 / ||t||^2. Measured no better (docs/RESULTS.md §2).
     distill_weight: float = 0.0
     distill_layers: tuple[int, ...] = (10, 20, 30)
     distill_teacher: str = "generator"
@@ -255,7 +258,7 @@ class ScpConfig:
 
 
 class Aggregation(str, enum.Enum):
-    """RL token aggregation (DESIGN §8; see clara.joint.grpo)."""
+    """RL token aggregation (DESIGN §8; see clara.rl.grpo)."""
 
     GRPO = "grpo"  # mean over each sequence's tokens, then over sequences
     DAPO = "dapo"  # sum over all tokens / number of tokens

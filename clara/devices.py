@@ -1,7 +1,7 @@
 """Which device models run on: the GPU when there is one, else the CPU.
 
 ``CLARA_DEVICE`` overrides the choice: ``auto`` (default), ``cpu``, ``cuda`` or ``cuda:N``.
-Every model built through :meth:`clara.model.ClaraModel.from_config` and every model the
+Every model built through :meth:`clara.model.clara_model.ClaraModel.from_config` and every model the
 shared Trainer trains is moved there; inputs follow the model's parameters.
 """
 

@@ -42,7 +42,7 @@ def agent_rollouts(model, records: Sequence, cache, settings: AgentSettings) -> 
     """One greedy rollout per record, batched; trajectories in record order."""
     from tqdm.auto import tqdm
 
-    from clara.joint.rollout import CandidateRetriever, RolloutParams, rollout
+    from clara.rl.rollout import CandidateRetriever, RolloutParams, rollout
 
     params = RolloutParams(settings.max_turns, settings.max_turn_tokens, temperature=1.0)
     trajs = []
@@ -59,8 +59,8 @@ def agent_rollouts(model, records: Sequence, cache, settings: AgentSettings) -> 
 def agent_scores(trajs: Sequence, records: Sequence) -> dict[str, Any]:
     """EM/F1/Cover-EM of the final answers (and the answers as ``predictions``, as ``answer_eval`` gives them)
     plus the behaviour metrics of RL training."""
-    from clara.eval.metrics import answer_scores
-    from clara.joint.rewards import behaviour_metrics, bridge_hit, written_recall
+    from clara.answers import answer_scores
+    from clara.rl.rewards import behaviour_metrics, bridge_hit, written_recall
 
     preds = [t.answer or "" for t in trajs]
     scores = {**answer_scores(preds, [list(r.answers) for r in records]), "predictions": preds}
@@ -79,8 +79,9 @@ def evaluate_agent(model, records: Sequence, cache, settings: AgentSettings = Ag
                    baselines: bool = True) -> dict[str, Any]:  # fmt: skip
     """The agent, one-shot retrieval and closed book on the same questions -> results dict."""
     from clara.eval.baselines import closed_book_answers
-    from clara.eval.metrics import answer_scores
-    from clara.eval.retrieval import answer_eval, rank_with_query_model
+    from clara.answers import answer_scores
+    from clara.eval.retrieval import answer_eval
+    from clara.model.scoring import rank_with_query_model
 
     trajs = agent_rollouts(model, records, cache, settings)
     rows: dict[str, Any] = {"agent": agent_scores(trajs, records)}
@@ -103,7 +104,7 @@ def em_by_relation(preds: dict[str, Sequence[str]], records: Sequence) -> dict[s
     """EM of each system per question relation (world questions carry ``relation``, e.g.
     ``birth_city>country``): which readings succeed — a relation with few distinct answers (a world's
     countries) can be right by the answers the generator learned in training, not by reading memory."""
-    from clara.eval.metrics import exact_match
+    from clara.answers import exact_match
 
     groups: dict[str, list[int]] = {}
     for i, r in enumerate(records):
@@ -134,7 +135,7 @@ def format_agent_table(results: dict[str, Any]) -> str:
 
 
 def register_agent(sub) -> None:
-    from clara.cli_args import add_prompt_argument, csv_list
+    from clara.cli.args import add_prompt_argument, csv_list
 
     p = sub.add_parser(
         "agent",
@@ -165,12 +166,11 @@ def register_agent(sub) -> None:
 
 
 def run_agent(args: argparse.Namespace) -> int:
-    from clara.cli_args import resolve_prompt
+    from clara.model.prompts import resolve_prompt
     from clara.eval.retrieval import load_eval_records
-    from clara.eval.retrieval_cli import model_config_from_adapters
     from clara.fileio import atomic_write_json
-    from clara.joint.memory_cache import MemoryCache
-    from clara.model import load_clara_model
+    from clara.model.memory_cache import MemoryCache
+    from clara.model.loading import load_trained_model
 
     if args.threads:
         import torch
@@ -178,8 +178,7 @@ def run_agent(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     split, types = args.split, args.types
     records = load_eval_records(world=args.world, splits=split, types=types, limit=args.limit or None)  # errors if none
-    directory, model_cfg = model_config_from_adapters(args.model, args.backbone)
-    model = load_clara_model(directory, model_cfg)
+    model = load_trained_model(args.model, args.backbone)
     cache = MemoryCache.for_model(model, args.cache_dir)
     cache.fill(model, (d for r in records for d in r.candidates))
     settings = AgentSettings(top_k=args.top_k, max_turns=args.max_turns, max_turn_tokens=args.max_turn_tokens,

@@ -20,14 +20,14 @@ import numpy as np
 from clara.errors import ClaraError
 
 if TYPE_CHECKING:
-    from clara.model import ClaraModel
+    from clara.model.clara_model import ClaraModel
 
 log = logging.getLogger(__name__)
 
 
 def _pool(records: Sequence) -> tuple[list[str], list[list[int]]]:
     """Distinct candidate texts of all records, and each record's candidates as pool rows."""
-    from clara.joint.memory_cache import document_key
+    from clara.model.memory_cache import document_key
 
     rows: dict[str, int] = {}
     texts: list[str] = []
@@ -113,7 +113,7 @@ def minilm_rankings(records: Sequence, encoder: MiniLMEncoder | None = None) -> 
 
 def closed_book_answers(model: ClaraModel, records: Sequence, batch_size: int = 8, max_new_tokens: int = 32) -> list[str]:
     """The generator answering from the question alone (no memory)."""
-    from clara.eval.reading import extract_answer
+    from clara.model.prompts import extract_answer
 
     preds = []
     for start in range(0, len(records), batch_size):
@@ -133,7 +133,7 @@ def raw_text_rag_answers(
     batch_size: int = 8, max_new_tokens: int = 32, max_doc_chars: int = 1200,
 ) -> list[str]:
     """The generator reading the top-k candidates as text in its prompt instead of as memory."""
-    from clara.eval.reading import extract_answer
+    from clara.model.prompts import extract_answer
 
     prompts = []
     for r, ranking in zip(records, rankings):

@@ -29,9 +29,9 @@ PROMPT_TEXT = (
 
 
 def _model(name: str, smollm2_dir: str, work: Path):
-    from clara.backbone import build_tiny_backbone, convert_gguf_backbone
+    from clara.model.backbone import build_tiny_backbone, convert_gguf_backbone
     from clara.config import BackboneKind, ModelConfig
-    from clara.model import ClaraModel
+    from clara.model.clara_model import ClaraModel
 
     if name == "tiny":
         cfg = ModelConfig(backbone=str(build_tiny_backbone(work / "tiny")), kind=BackboneKind.TINY)
@@ -55,7 +55,7 @@ def _prompt(model, prompt_len: int, batch: int):
 def bench_one(name: str, args, work: Path) -> dict:
     import torch
 
-    from clara.generation import SamplingParams, generate_from_embeds
+    from clara.model.generation import SamplingParams, generate_from_embeds
 
     model = _model(name, args.smollm2_dir, work)
     ids, mask = _prompt(model, args.prompt_len, args.batch)
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch default)")
     parser.add_argument("--out", default="", help="also write the results as JSON to this file")
     args = parser.parse_args(argv)
-    from clara.console import configure_logging
+    from clara.cli.console import configure_logging
 
     configure_logging()
 

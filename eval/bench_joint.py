@@ -15,7 +15,7 @@ import json
 import statistics
 import time
 
-from clara.cli_args import parse_with_overrides
+from clara.cli.args import parse_with_overrides
 
 
 def time_steps(objectives: dict, batches, steps: int) -> dict[str, list[float]]:
@@ -52,9 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from clara.config import load_config
-    from clara.joint.memory_cache import MemoryCache
+    from clara.model.memory_cache import MemoryCache
     from clara.joint.objective import JointObjective
-    from clara.joint.train import build_joint_model, load_split
+    from clara.joint.train import build_joint_model
+    from clara.world.splits import load_split
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 
 def _batch(n: int, seed: int = 11):
-    from clara.pretrain.scp import FreshExamples, QA_INSTRUCTION
+    from clara.pretrain.scp import FreshExamples
+    from clara.model.prompts import QA_INSTRUCTION
 
     fresh = FreshExamples(seed, 4 * n)
     return [e for e in (fresh[i] for i in range(4 * n)) if e.instruction == QA_INSTRUCTION][:n]
@@ -35,7 +36,7 @@ def _batch(n: int, seed: int = 11):
 def bench(backbone: str, kind: str, cr: int, chunk_len: int, batch_size: int, reps: int, max_target: int,
           switches: int = 200) -> dict:
     from clara.config import LoraConfig, ModelConfig
-    from clara.model import ClaraModel
+    from clara.model.clara_model import ClaraModel
     from clara.pretrain.scp import scp_loss
 
     cfg = ModelConfig(backbone=backbone, kind=kind, chunk_len=chunk_len, compression_rate=cr, lora=LoraConfig(r=16, alpha=32))

@@ -36,9 +36,9 @@ FILLER = ("The museum of Mira was founded in 1802 by Kalo Venra, who studied phy
 
 
 def make_model(backbone: str, smollm2_dir: str, work: Path, chunk_len: int, cr: int):
-    from clara.backbone import build_tiny_backbone, convert_gguf_backbone
+    from clara.model.backbone import build_tiny_backbone, convert_gguf_backbone
     from clara.config import BackboneKind, ModelConfig
-    from clara.model import ClaraModel
+    from clara.model.clara_model import ClaraModel
 
     if backbone == "tiny":
         path, kind = build_tiny_backbone(work / "tiny"), BackboneKind.TINY
@@ -103,7 +103,7 @@ def _corpus(model, work: Path, n: int, tokens: int, name: str) -> Path:
 
 
 def bench_build(args, work: Path) -> list[dict]:
-    from clara.bank_build import build_bank
+    from clara.serving.bank_build import build_bank
 
     rows = []
     for cr in args.crs:
@@ -126,10 +126,10 @@ def bench_concurrency(model, args, work: Path) -> dict:
 
     import httpx
 
-    from clara.bank import MemoryBank
-    from clara.bank_build import build_bank
-    from clara.server import ServerThread, create_app
-    from clara.server_schema import ServerSettings
+    from clara.serving.bank import MemoryBank
+    from clara.serving.bank_build import build_bank
+    from clara.serving.server import ServerThread, create_app
+    from clara.serving.schema import ServerSettings
 
     corpus = _corpus(model, work, max(args.k, 32), args.passage_tokens, "conc")
     build_bank(corpus, model, work / "bank-conc", batch_size=args.batch_size, progress=False)
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.crs = [int(c) for c in args.crs.split(",")]
     parts = set(args.parts.split(","))
-    from clara.console import configure_logging
+    from clara.cli.console import configure_logging
 
     configure_logging()
     import torch

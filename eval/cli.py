@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from clara.cli_args import csv_list, int_list
+from clara.cli.args import csv_list, int_list
 
 
 def register(subparsers) -> None:

@@ -20,19 +20,19 @@ of that line. With ``prompt="direct"`` (after ``clara pretrain instruct``) the q
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from clara.errors import CheckpointError, DataError
-from clara.eval.metrics import answer_scores, cover_em, exact_match
-from clara.eval.reading import evaluate_reading, extract_answer, load_world_questions
-from clara.records import Document
+from clara.model.loading import load_trained_model, read_model_info, resolve_adapters_dir
+from clara.answers import answer_scores, cover_em, exact_match
+from clara.eval.reading import evaluate_reading, load_world_questions
+from clara.model.prompts import extract_answer
+from clara.data.records import Document
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def answer_from_memory(model, questions: Sequence[str], mem: torch.Tensor, *, pr
     """Greedy answers, one per question from its memory mem (N, m, H). ``prompt="scp"``: the SCP QA
     instruction with the reply forced to start ``Question: q\nAnswer:``, after ``before[i]`` when given
     (e.g. the QA lines that precede the question in a training target)."""
-    from clara.pretrain.scp import QA_INSTRUCTION
+    from clara.model.prompts import QA_INSTRUCTION
 
     replies = []
     for i in tqdm(range(0, len(questions), batch_size), desc=desc, unit="batch"):
@@ -134,7 +134,7 @@ def answer_losses(model, questions: Sequence[str], answers: Sequence[str], mem: 
                   reduction: str = "none", batch_size: int = 8) -> torch.Tensor:
     """Teacher-forced loss of ``Question: q\nAnswer: a`` given mem (N, m, H), one per row (N,) on the CPU;
     ``reduction`` as in ``ClaraModel.generator_loss`` ("none": mean per token, "sum": the answer's NLL)."""
-    from clara.pretrain.scp import QA_INSTRUCTION
+    from clara.model.prompts import QA_INSTRUCTION
 
     out = torch.empty(len(questions))
     for i in range(0, len(questions), batch_size):
@@ -257,36 +257,6 @@ def em_by_relation(qs: Sequence[dict], records: Sequence[dict], settings: Sequen
 # ---------------------------------------------------------------------------- checkpoints and the table
 
 
-def resolve_adapters(path: str | Path) -> Path:
-    """A run directory (holding adapters/) or an adapter directory itself."""
-    path = Path(path)
-    for cand in (path / "adapters", path):
-        if (cand / "clara_model.json").is_file():
-            return cand
-    raise CheckpointError(f"{path}: no clara_model.json here or in {path}/adapters; give a run directory of "
-                          "`clara pretrain train` or an adapter directory")  # fmt: skip
-
-
-def load_for_eval(path: str | Path, backbone: str | None = None):
-    """ClaraModel rebuilt from an adapter directory's own record (backbone, chunk_len, m, LoRA), adapters loaded."""
-    from clara.config import LoraConfig, ModelConfig, from_dict
-    from clara.model import ClaraModel
-
-    adapters = resolve_adapters(path)
-    info = json.loads((adapters / "clara_model.json").read_text(encoding="utf-8"))
-    if info["chunk_len"] % info["num_mem"]:
-        raise CheckpointError(f"{adapters}/clara_model.json: chunk_len {info['chunk_len']} is not a multiple of num_mem {info['num_mem']}")
-    cfg = ModelConfig(
-        backbone=backbone or info["backbone"], kind=info.get("backbone_kind") or "hf", chunk_len=info["chunk_len"],
-        compression_rate=info["chunk_len"] // info["num_mem"], lora=from_dict(LoraConfig, info["lora"]),
-        rescale_memory=info.get("rescale_memory", True),
-    )  # fmt: skip
-    model = ClaraModel.from_config(cfg)
-    model.load_adapters(adapters)
-    model.eval()
-    return model, cfg
-
-
 def run_compression_eval(
     models: Sequence[str], world_dir: str, *, crs: Sequence[int] = (), backbone: str | None = None,
     splits: Sequence[str] = ("test_unseen",), types: Sequence[str] = ("single_hop",), limit: int | None = 100,
@@ -297,15 +267,15 @@ def run_compression_eval(
     runs = []
     seen_crs = set()
     for path in models:
-        adapters = resolve_adapters(path)
-        info = json.loads((adapters / "clara_model.json").read_text(encoding="utf-8"))
+        adapters = resolve_adapters_dir(path)
+        info = read_model_info(adapters)
         cr = info["chunk_len"] // info["num_mem"]
         if crs and cr not in crs:
             log.info("%s: CR %d not in --cr, skipped", adapters, cr)
             continue
-        model, cfg = load_for_eval(adapters, backbone)
+        model = load_trained_model(adapters, backbone)
         res = evaluate_compression(model, questions, documents, **kw)
-        res.update({"model": str(adapters), "cr": cfg.compression_rate, "backbone": cfg.backbone,
+        res.update({"model": str(adapters), "cr": cr, "backbone": str(backbone or info["backbone"]),
                     "backbone_hash": model.backbone_hash})  # fmt: skip
         runs.append(res)
         seen_crs.add(cr)

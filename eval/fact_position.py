@@ -50,8 +50,8 @@ def fact_rows(docs: Sequence, teacher) -> list[FactRow]:
 def position_em(model, mem: torch.Tensor, rows: Sequence[FactRow], batch_size: int = 8) -> dict[str, Any]:
     """EM overall and per position, answering alone and in place; mem (D, m, H) per document."""
     from clara.eval.compression import answer_from_memory
-    from clara.eval.metrics import exact_match
-    from clara.eval.reading import extract_answer
+    from clara.answers import exact_match
+    from clara.model.prompts import extract_answer
 
     out: dict[str, Any] = {}
     row_mem = mem[[r.doc for r in rows]]  # (R, m, H)
@@ -68,7 +68,8 @@ def position_em(model, mem: torch.Tensor, rows: Sequence[FactRow], batch_size: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    from clara.eval.compression import compress_all, load_for_eval
+    from clara.eval.compression import compress_all
+    from clara.model.loading import load_trained_model
     from clara.pretrain.synth import fresh_world_documents
     from clara.pretrain.teachers import WorldTeacher
 
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, _ = load_for_eval(args.model, args.backbone)
+    model = load_trained_model(args.model, args.backbone)
     docs = list(fresh_world_documents(args.docs, args.seed))
     teacher = WorldTeacher()
     mem = compress_all(model, [d.as_text() for d in docs], args.batch_size)

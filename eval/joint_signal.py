@@ -30,7 +30,8 @@ from typing import Any, Sequence
 
 import torch
 
-from clara.joint.objective import asked_generator_loss, model_scores, select_memory
+from clara.joint.objective import asked_generator_loss, select_memory
+from clara.model.scoring import model_scores
 
 
 def score_gradient_stats(grad: torch.Tensor, golds: Sequence[Sequence[int]]) -> dict[str, float]:
@@ -121,9 +122,11 @@ def measure(model, cache, records: Sequence, cfg, batch_size: int = 8, top: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from clara.cli_args import add_run_arguments, load_run_config
-    from clara.joint.memory_cache import MemoryCache
-    from clara.joint.train import build_joint_model, cache_root, load_split
+    from clara.cli.args import add_run_arguments, load_run_config
+    from clara.model.memory_cache import MemoryCache
+    from clara.joint.train import build_joint_model
+    from clara.model.memory_cache import cache_root
+    from clara.world.splits import load_split
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(ap, "joint.init_adapters=RUN")

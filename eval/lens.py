@@ -35,7 +35,7 @@ from torch.nn import functional as F
 from clara.errors import ClaraError, ConfigError
 
 if TYPE_CHECKING:
-    from clara.model import ClaraModel
+    from clara.model.clara_model import ClaraModel
 
 log = logging.getLogger(__name__)
 
@@ -436,8 +436,8 @@ MARGINS = (
 
 def paired_margins(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
     """Per question type and overall: each of :data:`MARGINS` as a mean per-question difference with its
-    95% paired bootstrap interval (:func:`clara.eval.metrics.bootstrap_ci`)."""
-    from clara.eval.metrics import bootstrap_ci
+    95% paired bootstrap interval (:func:`clara.eval.stats.bootstrap_ci`)."""
+    from clara.eval.stats import bootstrap_ci
 
     out: dict[str, dict[str, dict[str, float]]] = {}
     for g, rs in _groups(rows).items():

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from clara.cli_args import csv_list, int_list
+from clara.cli.args import csv_list, int_list
 
 FORMATTER = argparse.ArgumentDefaultsHelpFormatter
 
@@ -92,14 +92,14 @@ def load_lens_model(args: argparse.Namespace):
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.model:
-        from clara.eval.compression import load_for_eval
+        from clara.model.loading import load_trained_model
 
-        model, _ = load_for_eval(args.model, args.backbone)
+        model = load_trained_model(args.model, args.backbone)
         return model, True
     if not args.backbone:
         raise ConfigError("give --model ADAPTERS_DIR (trained adapters) or --backbone DIR (the bare backbone)")
     from clara.config import ModelConfig
-    from clara.model import ClaraModel
+    from clara.model.clara_model import ClaraModel
 
     model = ClaraModel.from_config(ModelConfig(backbone=args.backbone, kind=backbone_kind(args.backbone),
                                                chunk_len=args.chunk_len, compression_rate=args.cr))  # fmt: skip
@@ -109,7 +109,7 @@ def load_lens_model(args: argparse.Namespace):
 
 def backbone_kind(path: str) -> str:
     """gguf for a .gguf file, tiny for a `clara backbone tiny` directory, else hf."""
-    from clara.backbone import BACKBONE_INFO
+    from clara.model.backbone import BACKBONE_INFO
 
     p = Path(path)
     if p.is_file() and p.suffix == ".gguf":
@@ -205,11 +205,12 @@ def _read_json(path: str):
 def run_plot(args: argparse.Namespace) -> int:
     from clara.errors import DataError
     from clara.eval import plots
+    from clara.training.curves import plot_training_curves
 
     if args.plot_command == "curves":
         if not Path(args.metrics).is_file():
             raise DataError(f"{args.metrics}: no such metrics file")
-        path = plots.plot_training_curves(args.metrics, args.out, keys=args.keys or None)
+        path = plot_training_curves(args.metrics, args.out, keys=args.keys or None)
     elif args.plot_command == "sweep":
         path = plots.plot_cr_sweep(_read_json(args.results), args.out, metric=args.metric)
     else:

@@ -6,7 +6,7 @@ oversized body), then reports: responses counted against requests sent (nothing 
 lost), 5xx count (must be 0), invalid requests answered with anything but a 4xx (must be 0),
 valid requests not answered 200, and latency quantiles. Exit status 0 only if all hold.
 
-Without ``--url`` it builds a synthetic bank and starts ``python -m clara.serve_cli`` itself
+Without ``--url`` it builds a synthetic bank and starts ``python -m clara.cli.serve`` itself
 (hashing model by default, ``--tiny-model`` for a real ClaraModel on a tiny backbone)::
 
     python -m clara.eval.loadtest --requests 5000 --concurrency 64
@@ -116,8 +116,8 @@ async def run_load(url: str, requests: int, concurrency: int, duration: float, k
 
 
 def _synthetic_bank(work: Path, model_spec: str, docs: int) -> Path:
-    from clara.bank_build import build_bank
-    from clara.serving_model import load_model
+    from clara.serving.bank_build import build_bank
+    from clara.serving.protocols import load_model
 
     corpus = work / "docs.jsonl"
     with open(corpus, "w", encoding="utf-8") as f:
@@ -129,9 +129,9 @@ def _synthetic_bank(work: Path, model_spec: str, docs: int) -> Path:
 
 
 def _tiny_model(work: Path) -> str:
-    from clara.backbone import build_tiny_backbone
+    from clara.model.backbone import build_tiny_backbone
     from clara.config import BackboneKind, LoraConfig, ModelConfig
-    from clara.model import ClaraModel
+    from clara.model.clara_model import ClaraModel
 
     backbone = build_tiny_backbone(work / "tiny", seed=0)
     cfg = ModelConfig(backbone=str(backbone), kind=BackboneKind.TINY, chunk_len=32, compression_rate=8,
@@ -144,7 +144,7 @@ def _start_server(bank: Path, model_spec: str, log_path: Path) -> tuple[subproce
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "clara.serve_cli", "--bank", str(bank), "--model", model_spec,
+    cmd = [sys.executable, "-m", "clara.cli.serve", "--bank", str(bank), "--model", model_spec,
            "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})

@@ -1,6 +1,6 @@
 """Plots for runs and reports (DESIGN §10), written as PNGs with matplotlib's Agg backend.
 
-    plot_training_curves("out/joint/metrics.jsonl", "curves.png")   # one panel per logged key
+    plot_training_curves("out/joint/metrics.jsonl", "curves.png")   # clara.training.curves
     plot_cr_sweep(compression_results, "sweep.png", metric="em")   # `clara eval compression --out`
     plot_retrieval(retrieval_results, "retrieval.png")             # `clara eval retrieval --out`
     plot_lens_heatmap(lens_result, "lens.png")                     # clara.eval.lens.logit_lens
@@ -11,107 +11,17 @@ file) and returns the path. Fonts are sized for a report page, not a notebook.
 
 from __future__ import annotations
 
-import io
 import logging
-import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from clara.errors import DataError
-from clara.fileio import atomic_file
+from clara.training.curves import pyplot, save_figure
 
 if TYPE_CHECKING:
     from clara.eval.lens import LensResult
 
 log = logging.getLogger(__name__)
-
-# keys of a metrics record that are bookkeeping, not curves
-NON_CURVE_KEYS = frozenset({"step", "kind", "epoch", "time", "timestamp", "wall", "elapsed_s", "config_hash", "bad_steps"})
-MAX_PANELS = 16
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers and in tests
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
-    """Render ``fig`` to PNG bytes, then write them atomically; closes the figure."""
-    plt = _pyplot()
-    buf = io.BytesIO()
-    try:
-        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    with atomic_file(path, "wb") as f:
-        f.write(buf.getvalue())
-    log.info("plot written to %s", path)
-    return Path(path)
-
-
-# ---------------------------------------------------------------------------- training curves
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def curve_series(records: Iterable[dict], keys: Sequence[str] | None = None) -> dict[str, dict[str, tuple[list, list]]]:
-    """{panel: {line: (steps, values)}} for every numeric key (or those in ``keys``), first-seen order.
-
-    A plain key (``loss``) is a panel with one line per record kind (train, eval); a key
-    ``name/part`` (``R@5/two_hop_linked``) is a line ``part`` in panel ``name``.
-    """
-    series: dict[str, dict[str, tuple[list, list]]] = {}
-    for r in records:
-        if "step" not in r:
-            continue
-        for k, v in r.items():
-            panel, _, part = k.partition("/")
-            if k in NON_CURVE_KEYS or not _is_number(v) or (keys and k not in keys and panel not in keys):
-                continue
-            steps, values = series.setdefault(panel, {}).setdefault(part or str(r.get("kind", "train")), ([], []))
-            steps.append(r["step"])
-            values.append(float(v))
-    return series
-
-
-def plot_training_curves(metrics: str | Path | Sequence[dict], path: str | Path, *, keys: Sequence[str] | None = None,
-                         title: str | None = None) -> Path:  # fmt: skip
-    """One panel per logged key (loss, recall, reward, …), x = step, one line per record kind."""
-    from clara.training.metrics import read_metrics
-
-    source = str(metrics) if isinstance(metrics, (str, Path)) else "records"
-    records = read_metrics(metrics, kind=None) if isinstance(metrics, (str, Path)) else list(metrics)
-    series = curve_series(records, keys)
-    if not series:
-        raise DataError(f"{source}: no numeric metrics with a step to plot" + (f" (keys {list(keys)})" if keys else ""))
-    if len(series) > MAX_PANELS:
-        log.warning("%d metric keys; plotting the first %d (pass keys= to choose)", len(series), MAX_PANELS)
-        series = dict(list(series.items())[:MAX_PANELS])
-    plt = _pyplot()
-    cols = min(3, len(series))
-    rows = math.ceil(len(series) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)
-    for ax, (key, by_kind) in zip(axes.flat, series.items()):
-        for kind, (steps, values) in by_kind.items():
-            style = "-" if len(steps) > 1 else "o"
-            ax.plot(steps, values, style, label=kind, linewidth=1.6, markersize=5)
-        ax.set_title(key, fontsize=12)
-        ax.set_xlabel("step", fontsize=10)
-        ax.grid(alpha=0.3)
-        if len(by_kind) > 1:
-            ax.legend(fontsize=8)
-    for ax in list(axes.flat)[len(series):]:
-        ax.axis("off")
-    fig.suptitle(title or f"training curves — {Path(source).parent.name or source}", fontsize=14)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))  # room for the suptitle
-    return save_figure(fig, path)
-
 
 # ---------------------------------------------------------------------------- CR sweep
 
@@ -138,7 +48,7 @@ def plot_cr_sweep(results: dict[str, Any], path: str | Path, *, metric: str = "e
     depend on the compressor) are drawn as horizontal lines across the sweep."""
     points = sweep_points(results, metric)
     crs = sorted({cr for p in points.values() for cr, _ in p})
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for setting, pts in points.items():
         color, style = SWEEP_STYLES.get(setting, (None, "-o"))
@@ -167,7 +77,7 @@ def plot_settings(models: dict[str, dict[str, Any]], path: str | Path, *, metric
     settings = [s for s in SWEEP_STYLES if any(s in m for m in models.values())]
     if not settings:
         raise DataError(f"no settings among {list(SWEEP_STYLES)} to plot")
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     width = 0.8 / max(1, len(models))
     for i, (label, scores) in enumerate(models.items()):
@@ -207,7 +117,7 @@ def plot_retrieval(results: dict[str, Any], path: str | Path, *, ks: Sequence[in
     missing = [k for k in ks if k not in available]
     if missing:
         raise DataError(f"retrieval plot: no R@{missing[0]} in the results (have {available})")
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(ks), 1, figsize=(max(7, 1.3 * len(types) * max(1, len(retrievers) / 2)), 3.3 * len(ks)),
                              squeeze=False)  # fmt: skip
     width = 0.8 / len(retrievers)
@@ -240,7 +150,7 @@ def plot_lens_heatmap(res: LensResult, path: str | Path, *, title: str | None = 
 
     probs = np.array([[slot[0] for slot in layer] for layer in res.top_probs])  # (layers, m)
     n_layers, m = probs.shape
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(5.0, 0.95 * m + 2.2), max(2.4, 0.42 * n_layers + 1.6)))
     image = ax.imshow(probs, cmap="viridis", vmin=0.0, vmax=max(float(probs.max()), 1e-3), aspect="auto")
     font = 9 if m <= 16 else 7

@@ -12,65 +12,18 @@ does contain the answer is visible as such.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from typing import Any, Iterable, Sequence
 
 from tqdm.auto import tqdm
 
 from clara.errors import DataError
-from clara.eval.metrics import answer_scores, cover_em
+from clara.answers import answer_scores, cover_em
+from clara.model.prompts import build_messages, extract_answer
 
 log = logging.getLogger(__name__)
 
 SETTINGS = ("open_book", "closed_book")
-ANSWER_INSTRUCTION = "Answer with only the answer, no sentence."
-# SmolLM2 often reads "no sentence" as a yes/no cue and replies "No, no." — a wording without it:
-TERSE_INSTRUCTION = "Give just the answer, in as few words as possible."
-SYSTEM_PROMPT = "You answer questions with a short answer: a name, place, number or date. Never write a sentence."
-# One demonstration turn about invented facts that belong to no world, so it cannot leak answers.
-FEWSHOT_DOCUMENT = "Tarvel Osk is a painter. She was born in Mirrow in 1871 and works for the Brell Institute."
-FEWSHOT_QUESTION = "In which city was Tarvel Osk born?"
-FEWSHOT_ANSWER = "Mirrow"
-# The default, "fewshot", was chosen on the world's dev split (24 single-hop questions, seed 0):
-# open-book EM plain 0.08, terse 0.00, system 0.12, fewshot 0.25. Its cost: closed book, the
-# model sometimes repeats the demonstration's answer.
-PROMPT_STYLES = ("plain", "terse", "system", "fewshot")
-
-
-def user_message(question: str, document: str | None, instruction: str = ANSWER_INSTRUCTION) -> str:
-    if document is None:
-        return f"Question: {question}\n{instruction}"
-    return f"Document:\n{document}\n\nQuestion: {question}\n{instruction}"
-
-
-def build_messages(question: str, document: str | None, style: str = "plain") -> list[dict[str, str]]:
-    """Chat messages for one question; ``document=None`` is closed book."""
-    if style not in PROMPT_STYLES:
-        raise ValueError(f"unknown prompt style {style!r}; choose from {PROMPT_STYLES}")
-    instruction = TERSE_INSTRUCTION if style == "terse" else ANSWER_INSTRUCTION
-    messages = []
-    if style in ("system", "fewshot"):
-        messages.append({"role": "system", "content": SYSTEM_PROMPT})
-    if style == "fewshot":
-        demo_doc = FEWSHOT_DOCUMENT if document is not None else None
-        messages.append({"role": "user", "content": user_message(FEWSHOT_QUESTION, demo_doc, instruction)})
-        messages.append({"role": "assistant", "content": FEWSHOT_ANSWER})
-    messages.append({"role": "user", "content": user_message(question, document, instruction)})
-    return messages
-
-
-_ANSWER_PREFIX = re.compile(r"^\s*(the\s+)?answer\s*(is)?\s*[:\-]?\s*", re.IGNORECASE)
-
-
-def extract_answer(reply: str) -> str:
-    """The short answer inside a reply: its first non-empty line, minus 'Answer:' and a final period."""
-    lines = [ln.strip() for ln in reply.strip().splitlines() if ln.strip()]
-    first = lines[0] if lines else ""
-    first = _ANSWER_PREFIX.sub("", first)
-    return first.rstrip(".").strip()
-
-
 def gold_text(question: dict, documents: dict[str, dict]) -> str:
     """The text of a question's gold document(s), joined in gold order."""
     try:
@@ -213,7 +166,7 @@ def run_reading_eval(
     max_new_tokens: int = 16,
 ) -> dict[str, Any]:
     """Load a backbone and a world, evaluate reading; the result records what was evaluated."""
-    from clara.backbone import backbone_hash, load_backbone
+    from clara.model.backbone import backbone_hash, load_backbone
 
     questions, documents = load_world_questions(world_dir, splits, types, limit)
     model, tok = load_backbone(backbone, kind)

@@ -14,20 +14,19 @@ replaces the lowest-ranked non-gold pick); *normal*: the retriever's top-k as is
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Sequence
 
 from clara.errors import DataError
-from clara.eval.metrics import answer_scores, recall_at_k
+from clara.answers import answer_scores
+from clara.model.scoring import ALL, rank_with_query_model, recall_by_type  # noqa: F401 (the evaluation's API)
 
 if TYPE_CHECKING:
-    from clara.joint.memory_cache import MemoryCache
-    from clara.model import ClaraModel
+    from clara.model.memory_cache import MemoryCache
+    from clara.model.clara_model import ClaraModel
 
 log = logging.getLogger(__name__)
 
 DEFAULT_KS = (1, 2, 3, 5)
-ALL = "all"
 
 
 def load_eval_records(
@@ -47,7 +46,7 @@ def load_eval_records(
     """
     from pathlib import Path
 
-    from clara.jsonl import read_records
+    from clara.data.jsonl import read_records
 
     if bool(world) == bool(data):
         raise DataError("give exactly one of a world directory (--world) or a data file (--data)")
@@ -66,27 +65,6 @@ def load_eval_records(
     if not records:
         raise DataError(f"{world or data}: no questions selected (types {list(types or [])})")
     return records
-
-
-def recall_by_type(
-    rankings: Sequence[Sequence[int]], records: Sequence, ks: Sequence[int] = DEFAULT_KS
-) -> dict[str, dict[str, float]]:
-    """Mean Recall@k per question type (records without ``pos_index`` are left out)."""
-    if len(rankings) != len(records):
-        raise ValueError(f"{len(rankings)} rankings for {len(records)} records")
-    sums: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    for ranking, r in zip(rankings, records):
-        if not r.pos_index:
-            continue
-        for group in (r.type or "untyped", ALL):
-            sums[group]["n"] += 1
-            for k in ks:
-                sums[group][f"R@{k}"] += recall_at_k(ranking, r.pos_index, min(k, len(ranking)))
-    table = {}
-    for group in sorted(sums, key=lambda g: (g == ALL, g)):
-        n = sums[group]["n"]
-        table[group] = {"n": int(n), **{f"R@{k}": sums[group][f"R@{k}"] / n for k in ks}}
-    return table
 
 
 def format_recall_tables(tables: dict[str, dict[str, dict[str, float]]], ks: Sequence[int] = DEFAULT_KS) -> str:
@@ -111,33 +89,6 @@ def oracle_selection(ranking: Sequence[int], pos_index: Sequence[int], k: int) -
                 picked[j] = g
                 break
     return picked
-
-
-def rank_with_query_model(
-    model: ClaraModel, records: Sequence, cache: MemoryCache, scoring: str = "flattened", batch_size: int = 16
-) -> list[list[int]]:
-    """Rank each record's candidates by cosine between the query adapter's memory and theirs."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from clara.joint.objective import model_scores
-
-    cache.fill(model, (d for r in records for d in r.candidates))
-    rankings: list[list[int]] = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for start in tqdm(range(0, len(records), batch_size), desc="ranking", unit="batch", leave=False):
-                batch = records[start : start + batch_size]
-                for r in batch:  # candidate counts may differ between records: score one by one
-                    mem = cache.candidates([r], model.device)  # (1, N, m, H)
-                    query = model.encode_query([r.question])  # (1, m, H)
-                    scores = model_scores(model, query, mem, scoring)[0]  # (N,)
-                    rankings.append(torch.argsort(scores, descending=True, stable=True).tolist())
-    finally:
-        model.train(was_training)
-    return rankings
 
 
 def no_gold_selection(ranking: Sequence[int], pos_index: Sequence[int], k: int) -> list[int]:
@@ -172,8 +123,8 @@ def answer_eval(
     """
     import torch
 
-    from clara.eval.reading import extract_answer
-    from clara.pretrain.scp import generate_asked
+    from clara.model.prompts import extract_answer
+    from clara.model.prompts import generate_asked
 
     unknown = [s for s in settings if s not in SELECTIONS]
     if unknown:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from clara.cli_args import add_prompt_argument, csv_list, int_list, resolve_prompt
+from clara.cli.args import add_prompt_argument, csv_list, int_list
+from clara.model.prompts import resolve_prompt
 
 
 RETRIEVERS = ("query", "bm25", "minilm")
@@ -45,27 +46,6 @@ def register_retrieval(sub) -> None:
     p.set_defaults(func=run_retrieval)
 
 
-def model_config_from_adapters(adapters_dir: str, backbone: str | None = None):
-    """The ModelConfig the adapters were trained with, from their clara_model.json."""
-    import json
-
-    from clara.adapters import resolve_adapters_dir
-    from clara.config import LoraConfig, ModelConfig, from_dict
-    from clara.errors import CheckpointError
-    from clara.model_storage import MODEL_INFO
-
-    try:
-        directory = resolve_adapters_dir(adapters_dir)
-    except Exception:
-        raise CheckpointError(f"{adapters_dir}: no {MODEL_INFO}; give the adapters directory of a trained run") from None
-    info = json.loads((directory / MODEL_INFO).read_text(encoding="utf-8"))
-    return directory, ModelConfig(
-        backbone=backbone or info["backbone"], kind=info.get("backbone_kind") or "hf", chunk_len=info["chunk_len"],
-        compression_rate=info["chunk_len"] // info["num_mem"], lora=from_dict(LoraConfig, info["lora"]),
-        rescale_memory=info.get("rescale_memory", True),
-    )
-
-
 def run_retrieval(args: argparse.Namespace) -> int:
     from clara.errors import ConfigError
     from clara.eval.retrieval import format_recall_tables, load_eval_records
@@ -83,11 +63,10 @@ def run_retrieval(args: argparse.Namespace) -> int:
                                 candidates=args.candidates, types=args.types, limit=args.limit or None)
     model = cache = None
     if args.model:
-        from clara.joint.memory_cache import MemoryCache
-        from clara.model import load_clara_model
+        from clara.model.memory_cache import MemoryCache
+        from clara.model.loading import load_trained_model
 
-        directory, model_cfg = model_config_from_adapters(args.model, args.backbone)
-        model = load_clara_model(directory, model_cfg)
+        model = load_trained_model(args.model, args.backbone)
         cache = MemoryCache.for_model(model, args.cache_dir)
     rankings = compute_rankings(retrievers, records, model, cache, args.scoring)
     tables = {name: recall_by_type_of(name, rankings, records, args.ks) for name in rankings}
@@ -110,7 +89,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
 
 def compute_rankings(retrievers, records, model, cache, scoring) -> dict[str, list[list[int]]]:
     from clara.eval.baselines import bm25_rankings, minilm_rankings
-    from clara.eval.retrieval import rank_with_query_model
+    from clara.model.scoring import rank_with_query_model
 
     out = {}
     for name in retrievers:
@@ -124,7 +103,7 @@ def compute_rankings(retrievers, records, model, cache, scoring) -> dict[str, li
 
 
 def recall_by_type_of(name, rankings, records, ks):
-    from clara.eval.retrieval import recall_by_type
+    from clara.model.scoring import recall_by_type
 
     return recall_by_type(rankings[name], records, ks)
 
@@ -132,7 +111,7 @@ def recall_by_type_of(name, rankings, records, ks):
 def answers_table(model, records, cache, rankings, args) -> dict:
     """EM/F1/Cover-EM: memory of the top-k (normal, oracle, no_gold) per retriever, closed book, raw-text RAG."""
     from clara.eval.baselines import closed_book_answers, raw_text_rag_answers
-    from clara.eval.metrics import answer_scores
+    from clara.answers import answer_scores
     from clara.eval.retrieval import answer_eval
 
     golds = [list(r.answers) for r in records]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from clara.cli_args import add_run_arguments, load_run_config
+from clara.cli.args import add_run_arguments, load_run_config
 
 
 def register(subparsers) -> None:

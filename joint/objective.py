@@ -15,36 +15,14 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from torch import nn
 
-from clara.config import JointConfig, Scoring
-from clara.kernels.dispatch import cosine_scores
+from clara.config import JointConfig
 from clara.kernels.straight_through import straight_through_topk
-from clara.pretrain.scp import ask
+from clara.model.scoring import model_scores
+from clara.model.prompts import ask
 
 if TYPE_CHECKING:
-    from clara.joint.memory_cache import MemoryCache
-    from clara.model import ClaraModel
-
-
-def score_vectors(mem: torch.Tensor, scoring: Scoring) -> torch.Tensor:
-    """(..., m, H) memory -> (..., D) vectors to compare: flattened m·H or mean-pooled H."""
-    if Scoring(scoring) == Scoring.POOLED:
-        return mem.mean(-2)  # (..., H)
-    return mem.flatten(-2)  # (..., m·H)
-
-
-def model_scores(model, query: torch.Tensor, cand_mem: torch.Tensor, scoring: Scoring) -> torch.Tensor:
-    """Cosine scores (B, N) in the model's retrieval space (``ClaraModel.retrieval_memory``)."""
-    space = getattr(model, "retrieval_memory", None)
-    if space is not None:
-        query, cand_mem = space(query), space(cand_mem)
-    return candidate_scores(query, cand_mem, scoring)
-
-
-def candidate_scores(query: torch.Tensor, cand_mem: torch.Tensor, scoring: Scoring) -> torch.Tensor:
-    """query (B, m, H), candidates (B, N, m, H) -> cosine scores (B, N)."""
-    q = score_vectors(query, scoring)  # (B, D)
-    docs = score_vectors(cand_mem, scoring).to(q.dtype)  # (B, N, D)
-    return cosine_scores(q.contiguous(), docs.contiguous())  # (B, N)
+    from clara.model.memory_cache import MemoryCache
+    from clara.model.clara_model import ClaraModel
 
 
 def asked_generator_loss(model, questions, mem_blocks, answers, prompt, **kw) -> torch.Tensor:

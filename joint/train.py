@@ -24,59 +24,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from clara.config import ClaraConfig
-from clara.errors import ConfigError, DataError
+from clara.world.splits import load_split
 
 log = logging.getLogger(__name__)
 
 EVAL_KS = (1, 2, 3, 5)
 
 
-def cache_root(cfg: ClaraConfig) -> Path:
-    return Path(cfg.joint.cache_dir) if cfg.joint.cache_dir else Path(cfg.out_dir).parent / "memory-cache"
-
-
-def world_questions(world: str | Path, split: str) -> Path:
-    return Path(world) / "questions" / f"{split}.jsonl"
-
-
-def world_split(world: str | Path, split: str) -> list:
-    """Joint records of one split of a `clara world` directory (candidates resolved from its corpus)."""
-    from clara.jsonl import read_records
-
-    path = world_questions(world, split)
-    if not path.is_file():
-        raise DataError(f"{path}: missing; create the world with `clara world --out {world}`")
-    return read_records(path, "joint", corpus=Path(world) / "documents.jsonl")
-
-
-def load_split(cfg: ClaraConfig, split: str, train: bool) -> list:
-    """Joint records of one split: ``data.train_file``/``data.eval_file`` if set, else the world's split.
-
-    Training also reads the same split of every ``joint.train_worlds`` directory."""
-    from clara.jsonl import read_records
-
-    file = cfg.data.train_file if train else cfg.data.eval_file
-    if file:
-        records, source = read_records(file, "joint", skip_bad=cfg.data.skip_bad_records), file
-    elif cfg.joint.world:
-        records, source = world_split(cfg.joint.world, split), world_questions(cfg.joint.world, split)
-    else:
-        raise ConfigError("config key 'data.train_file': empty and joint.world is empty; give one of them")
-    sources = [(source, records)]
-    if train:
-        sources += [(world_questions(w, split), world_split(w, split)) for w in cfg.joint.train_worlds]
-    n = cfg.joint.candidates
-    for source, part in sources:
-        for r in part:
-            if len(r.candidates) != n:
-                raise DataError(f"{source}: question {r.id}: docs: {len(r.candidates)} candidates, "
-                                f"but joint.candidates={n}; set joint.candidates to match the data")
-    return [r for _, part in sources for r in part]
-
-
 def build_joint_model(cfg: ClaraConfig):
     """The model with SCP adapters loaded, query = copy of compressor, trainable set for this stage."""
-    from clara.adapters import model_from_adapters
+    from clara.model.loading import model_from_adapters
 
     model = model_from_adapters(cfg, cfg.joint.init_adapters, "joint.init_adapters",
                                 "joint.init_adapters is empty: the query reasoner starts from an untrained compressor")
@@ -89,14 +46,14 @@ def build_joint_model(cfg: ClaraConfig):
 
 def recall_eval(model, records: Sequence, cache, scoring) -> dict[str, float]:
     """Flat Recall@k metrics per question type for the metrics log, e.g. ``R@1/single_hop``."""
-    from clara.eval.retrieval import rank_with_query_model, recall_by_type
+    from clara.model.scoring import rank_with_query_model, recall_by_type
 
     table = recall_by_type(rank_with_query_model(model, records, cache, scoring), records, EVAL_KS)
     return {f"{key}/{group}": value for group, row in table.items() for key, value in row.items() if key != "n"}
 
 
 def make_eval_fn(cfg: ClaraConfig, records: Sequence, cache):
-    from clara.joint.memory_cache import MemoryCache
+    from clara.model.memory_cache import MemoryCache
 
     def eval_fn(objective) -> dict[str, float]:
         model = objective.model
@@ -114,7 +71,7 @@ def make_eval_fn(cfg: ClaraConfig, records: Sequence, cache):
 def run_joint(cfg: ClaraConfig, resume: bool = False, allow_config_change: bool = False) -> dict[str, Any]:
     """Train stage 2; returns the TrainResult, the trained model and Recall@k before/after on the dev subset."""
     from clara.fileio import atomic_write_json
-    from clara.joint.memory_cache import MemoryCache
+    from clara.model.memory_cache import MemoryCache, cache_root
     from clara.joint.objective import JointObjective
     from clara.training import ResumableBatches, Trainer
 

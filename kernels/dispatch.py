@@ -1,4 +1,4 @@
-"""Backend choice, input checks and the public entry points for the kernels.
+"""Backend choice and the public entry points for the kernels.
 
 The kernels (``clara.kernels``; Triton with plain-torch references):
     dispatch.cosine_scores(q [B, D], docs [B, N, D]) -> s [B, N]               (training, with backward)
@@ -6,6 +6,7 @@ The kernels (``clara.kernels``; Triton with plain-torch references):
     straight_through.straight_through_topk(scores [B, N], k, temperature) -> (Z [B, k, N], indices [B, k])
     straight_through.select_topk(q, docs, k, temperature) -> (Z, indices, scores); StraightThroughTopK
     reference: the plain-torch definitions the kernels are tested against.
+    common: the Backend enum, KernelInputError, input checks and launch helpers they all share.
 Every entry point takes ``backend=`` ("auto" | "triton" | "torch" | "faiss", see Backend).
 Triton modules are imported, and kernels decorated, only when a Triton backend runs.
 
@@ -16,58 +17,28 @@ Triton runs on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` (test
 
 from __future__ import annotations
 
-import enum
 import functools
-import logging
-import os
 
 import torch
 
-from clara.errors import ClaraError
-
-log = logging.getLogger(__name__)
-
-SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-DEFAULT_EPS = 1e-8
-# The packed (score, index) keys of the Triton top-k keep the index in 31 bits.
-MAX_BANK_ROWS = 2**31 - 2
-
-
-class KernelInputError(ClaraError, ValueError):
-    """Bad kernel input (shape, dtype, device, k); the message says what to change."""
-
-
-class Backend(str, enum.Enum):
-    """Which implementation runs a kernel call."""
-
-    AUTO = "auto"
-    TRITON = "triton"
-    TORCH = "torch"
-    FAISS = "faiss"
-
-
-def parse_backend(backend: Backend | str) -> Backend:
-    try:
-        return Backend(backend)
-    except ValueError:
-        choices = ", ".join(b.value for b in Backend)
-        raise KernelInputError(f"backend={backend!r} is unknown; use one of: {choices}") from None
-
-
-def triton_interpreting() -> bool:
-    """True when Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``).
-
-    Triton reads the variable when ``triton.language`` is first imported (its own library
-    functions are decorated then), so setting it later in a process has no effect; once
-    Triton is imported, the decoration of ``tl.sum`` is the ground truth.
-    """
-    import sys
-
-    if "triton.language" in sys.modules:
-        from triton.runtime.interpreter import InterpretedFunction
-
-        return isinstance(sys.modules["triton.language"].standard.sum, InterpretedFunction)
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+# The shared names live in ``common`` so the kernel modules need not import this module back;
+# they are re-exported here because callers import them from ``clara.kernels.dispatch``.
+from clara.kernels.common import (  # noqa: F401
+    DEFAULT_EPS,
+    MAX_BANK_ROWS,
+    SUPPORTED_DTYPES,
+    Backend,
+    KernelInputError,
+    cdiv,
+    check_dtype,
+    check_k,
+    check_same_device,
+    contiguous,
+    jit_kernel,
+    next_power_of_2,
+    parse_backend,
+    triton_interpreting,
+)
 
 
 def triton_usable(device: torch.device) -> bool:
@@ -84,37 +55,6 @@ def faiss_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def check_dtype(name: str, t: torch.Tensor) -> None:
-    if t.dtype not in SUPPORTED_DTYPES:
-        raise KernelInputError(
-            f"{name} has dtype {t.dtype}; use float32, bfloat16 or float16 (cast with .float())"
-        )
-
-
-def check_same_device(**tensors: torch.Tensor) -> None:
-    devices = {name: t.device for name, t in tensors.items()}
-    if len(set(devices.values())) > 1:
-        where = ", ".join(f"{n} on {d}" for n, d in devices.items())
-        raise KernelInputError(f"inputs are on different devices ({where}); move them to one device")
-
-
-def check_k(k: int, n: int, what: str = "candidates") -> None:
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise KernelInputError(f"k must be an int, got {type(k).__name__}")
-    if k < 1:
-        raise KernelInputError(f"k={k} must be at least 1")
-    if k > n:
-        raise KernelInputError(f"k={k} exceeds the number of {what} N={n}; use k <= {n}")
-
-
-def contiguous(name: str, t: torch.Tensor) -> torch.Tensor:
-    """Kernels index rows by pointer arithmetic: make a dense copy, said out loud."""
-    if t.is_contiguous():
-        return t
-    log.debug("%s is not contiguous (strides %s): copying to a contiguous tensor", name, t.stride())
-    return t.contiguous()
 
 
 def resolve_backend(backend: Backend | str, device: torch.device, *, allow_faiss: bool) -> Backend:
@@ -139,31 +79,6 @@ def resolve_backend(backend: Backend | str, device: torch.device, *, allow_faiss
         if device.type != "cpu":
             raise KernelInputError(f"backend='faiss' runs on CPU tensors, got {device}; use 'triton'")
     return choice
-
-
-_JIT_CACHE: dict[tuple[object, bool], object] = {}
-
-
-def jit_kernel(fn):
-    """``triton.jit(fn)``, applied at first launch rather than at import.
-
-    Triton decides between compiling and interpreting when ``@triton.jit`` runs; deferring
-    our decoration keeps importing ``clara.kernels`` from importing triton at all.
-    """
-    key = (fn, triton_interpreting())
-    if key not in _JIT_CACHE:
-        import triton
-
-        _JIT_CACHE[key] = triton.jit(fn)
-    return _JIT_CACHE[key]
-
-
-def next_power_of_2(n: int) -> int:
-    return 1 << max(0, (int(n) - 1).bit_length())
-
-
-def cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def cosine_scores(

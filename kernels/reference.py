@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from clara.kernels.dispatch import DEFAULT_EPS
+from clara.kernels.common import DEFAULT_EPS
 
 # Rows of the bank scored per step: bounds the float32 copy the reference makes.
 TOPK_CHUNK_ROWS = 65536

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import triton.language as tl
 
-from clara.kernels.dispatch import DEFAULT_EPS, cdiv, jit_kernel, next_power_of_2, triton_interpreting
+from clara.kernels.common import DEFAULT_EPS, cdiv, jit_kernel, next_power_of_2, triton_interpreting
 
 
 def _scores_fwd_kernel(

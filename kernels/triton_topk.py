@@ -19,7 +19,7 @@ import logging
 import torch
 import triton.language as tl
 
-from clara.kernels.dispatch import DEFAULT_EPS, cdiv, jit_kernel, next_power_of_2, triton_interpreting
+from clara.kernels.common import DEFAULT_EPS, cdiv, jit_kernel, next_power_of_2, triton_interpreting
 
 log = logging.getLogger(__name__)
 

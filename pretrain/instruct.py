@@ -126,14 +126,14 @@ def with_init(cfg: ClaraConfig, init: str | Path | None) -> ClaraConfig:
 
 def resolve_init(cfg: ClaraConfig) -> Path:
     """The adapters directory named by ``joint.init_adapters`` (a run dir holding adapters/ works too)."""
-    from clara.adapters import resolve_adapters_dir
+    from clara.model.loading import resolve_adapters_dir
 
     return resolve_adapters_dir(cfg.joint.init_adapters, key="--init / joint.init_adapters")
 
 
 def build_instruct_model(cfg: ClaraConfig):
     """ClaraModel with the SCP adapters of ``joint.init_adapters`` loaded and SCP's trainable set."""
-    from clara.model import ClaraModel
+    from clara.model.clara_model import ClaraModel
     from clara.pretrain.scp import SCP_ADAPTERS
     from clara.training import seed_everything
 
@@ -146,7 +146,7 @@ def build_instruct_model(cfg: ClaraConfig):
 
 
 def instruct_dataset(cfg: ClaraConfig) -> list[InstructExample]:
-    from clara.joint.train import load_split, world_questions
+    from clara.world.splits import load_split, world_questions
 
     records = load_split(cfg, cfg.joint.train_split, train=True)
     split = cfg.joint.train_split

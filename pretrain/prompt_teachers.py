@@ -16,7 +16,7 @@ import re
 import threading
 
 from clara.pretrain.teachers import Fact, SynthDoc, Teacher
-from clara.records import QAPair
+from clara.data.records import QAPair
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class HFTeacher(PromptTeacher):
     workers = 1  # one model, one CPU: documents run one at a time
 
     def __init__(self, model: str, max_new_tokens: int = 384, seed: int = 0):
-        from clara.backbone import load_backbone
+        from clara.model.backbone import load_backbone
 
         self.model, self.tokenizer = load_backbone(model, "hf")
         self.max_new_tokens = max_new_tokens

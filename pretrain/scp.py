@@ -37,11 +37,11 @@ from torch import nn
 
 from clara.config import ClaraConfig, GeneratorPrompt, QaLayout, ScpConfig
 from clara.errors import ConfigError, DataError
-from clara.records import DataType, PretrainRecord
+from clara.data.records import DataType, PretrainRecord
+from clara.model.prompts import QA_INSTRUCTION
 
 log = logging.getLogger(__name__)
 
-QA_INSTRUCTION = "Write questions and answers about the background, one fact each."
 PARAPHRASE_INSTRUCTIONS = (
     "Rewrite the background in other words, keeping every fact.",
     "Paraphrase the background.",
@@ -50,22 +50,6 @@ PARAPHRASE_INSTRUCTIONS = (
 )
 ADAPTERS_SUBDIR = "adapters"
 SCP_ADAPTERS = ("compressor", "generator")  # what stage 1 trains and saves; the query reasoner is joint's
-
-
-def ask(questions: Sequence[str], prompt: str = "direct") -> tuple[list[str], list[str] | None]:
-    """(generator inputs, reply prefixes) that ask ``questions`` in the form ``prompt`` names
-    (:class:`~clara.config.GeneratorPrompt`): "direct" as they are; "scp" the way SCP's QA rows read
-    memory, the instruction with each reply forced to start ``Question: q\nAnswer:``."""
-    if GeneratorPrompt(prompt) is GeneratorPrompt.SCP:
-        return [QA_INSTRUCTION] * len(questions), [f"Question: {q}\nAnswer:" for q in questions]
-    return list(questions), None
-
-
-def generate_asked(model, questions: Sequence[str], mem_blocks, prompt: str = "direct", **kw) -> list[str]:
-    """The generator's replies to ``questions`` asked in the form ``prompt`` names (:func:`ask`); an scp reply
-    ends with its line. ``kw`` as in ``ClaraModel.generate`` (``max_new_tokens``, ...)."""
-    inputs, prefixes = ask(questions, prompt)
-    return model.generate(inputs, mem_blocks, reply_prefixes=prefixes, stop=("\n",) if prefixes else (), **kw)
 
 
 @dataclass(frozen=True)
@@ -126,7 +110,7 @@ def example_from_record(rec: PretrainRecord, scp: ScpConfig | None = None) -> Sc
 def load_examples(path: str | Path, data_types: Sequence[str] = ("qa", "paraphrase"), skip_bad: bool = False,
                   scp: ScpConfig | None = None) -> list[ScpExample]:
     """SCP examples from a pretrain JSONL (project or reference format); records of other types are left out."""
-    from clara.jsonl import read_records
+    from clara.data.jsonl import read_records
 
     records = read_records(path, "pretrain", skip_bad=skip_bad)
     examples = [example_from_record(r, scp) for r in records if r.data_type.value in data_types]
@@ -140,7 +124,7 @@ def load_examples(path: str | Path, data_types: Sequence[str] = ("qa", "paraphra
 def _fresh_examples(seed: int, data_types: Sequence[str], scp: ScpConfig | None = None) -> Iterator[ScpExample]:
     """Endless examples from never-repeating world documents, synthesised by the world teacher."""
     from clara.pretrain.synth import fresh_world_documents, result_records, synthesize_document
-    from clara.pretrain.teachers import make_teacher
+    from clara.pretrain.teacher_factory import make_teacher
 
     teacher = make_teacher("world")
     for doc in fresh_world_documents(1 << 62, seed):
@@ -287,7 +271,7 @@ def build_scp_model(cfg: ClaraConfig):
 
     Starts from ``scp.init_adapters`` when set (e.g. to train the release further), else fresh LoRA.
     """
-    from clara.adapters import model_from_adapters
+    from clara.model.loading import model_from_adapters
 
     model = model_from_adapters(cfg, cfg.scp.init_adapters, "scp.init_adapters", other_cr=cfg.scp.init_other_cr)
     model.set_trainable(list(SCP_ADAPTERS), mem_embed=True)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from clara.errors import ClaraError, ConfigError, DataError
 from clara.fileio import atomic_write_json
 from clara.pretrain.teachers import Fact, SynthDoc, Teacher
-from clara.records import DataType, Document, PretrainRecord, QAPair
+from clara.data.records import DataType, Document, PretrainRecord, QAPair
 
 log = logging.getLogger(__name__)
 

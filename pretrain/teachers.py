@@ -1,8 +1,8 @@
 """Teachers for guided synthesis (DESIGN §4): one interface, three implementations.
 
-    teacher = make_teacher("world")                      # exact, from structured facts
-    teacher = make_teacher("hf", model="out/backbones/smollm2")
-    teacher = make_teacher("openai", base_url="http://127.0.0.1:8000/v1", model="qwen")
+The interface, its lexical coverage check and the exact `world` teacher live here; `hf` and
+`openai` prompt a model (:mod:`clara.pretrain.prompt_teachers`, :mod:`clara.pretrain.openai_teacher`),
+and :func:`clara.pretrain.teacher_factory.make_teacher` picks one by name.
 
 A teacher lists a document's facts, writes simple QA (one fact per pair), complex QA (pairs
 needing several facts), a paraphrase, and judges whether a fact is covered by some pair.
@@ -16,13 +16,11 @@ import random
 from dataclasses import dataclass, field
 
 from clara.errors import ConfigError
-from clara.records import Document, QAPair
+from clara.data.records import Document, QAPair
 from clara.world import documents as wdoc
 from clara.world.entities import CITY, ORG, PERSON
 from clara.world.lexical import STOPWORDS, stem, words
 from clara.world.questions import DESCRIPTION, SINGLE_HOP, states
-
-TEACHERS = ("world", "hf", "openai")
 
 
 @dataclass(frozen=True)
@@ -223,17 +221,3 @@ def _fields(template: str) -> set[str]:
 
     return {name for _, name, _, _ in string.Formatter().parse(template) if name}
 
-
-def make_teacher(kind: str, **options) -> Teacher:
-    """A teacher by name; options are those of the teacher's constructor."""
-    if kind == "world":
-        return WorldTeacher(**options)
-    if kind == "hf":
-        from clara.pretrain.prompt_teachers import HFTeacher
-
-        return HFTeacher(**options)
-    if kind == "openai":
-        from clara.pretrain.openai_teacher import OpenAITeacher
-
-        return OpenAITeacher(**options)
-    raise ConfigError(f"--teacher {kind}: unknown; use one of {', '.join(TEACHERS)}")

@@ -41,7 +41,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory):
     """One random-init tiny backbone for the whole run (mechanics tests only)."""
-    from clara.backbone import build_tiny_backbone
+    from clara.model.backbone import build_tiny_backbone
 
     return build_tiny_backbone(tmp_path_factory.mktemp("backbones") / "tiny", seed=0)
 

@@ -10,7 +10,7 @@ import pytest
 
 
 REPO = Path(__file__).resolve().parent.parent
-STAGE_FOLDERS = ("pretrain", "joint", "kernels", "eval")
+STAGE_FOLDERS = ("pretrain", "joint", "rl", "kernels", "eval", "demo")
 
 
 def _python(code: str, cwd) -> subprocess.CompletedProcess:
@@ -45,7 +45,7 @@ def test_stages_import_under_clara_from_any_directory(tmp_path):
         "from transformers import LlamaConfig, LlamaForCausalLM\n"
         "LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,"
         " num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2))\n"
-        "import clara.kernels.dispatch, clara.eval.metrics, clara.pretrain.scp, clara.joint.objective\n"
+        "import clara.kernels.dispatch, clara.eval.stats, clara.pretrain.scp, clara.joint.objective, clara.rl.rollout, clara.demo.main\n"
         "print(clara.kernels.dispatch.__file__)\n"
         "spec = u.find_spec('kernels')\n"
         "print('kernels:', spec and spec.origin)\n"
@@ -78,7 +78,7 @@ def test_wheel_holds_only_clara_packages(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
     assert tops == {"clara"}, tops
-    for stage, module in (("kernels", "dispatch"), ("eval", "metrics"), ("pretrain", "scp"), ("joint", "objective")):
+    for stage, module in (("kernels", "dispatch"), ("eval", "stats"), ("pretrain", "scp"), ("joint", "objective"), ("rl", "rollout"), ("demo", "main")):
         assert f"clara/{stage}/{module}.py" in names, stage
 
 
@@ -109,7 +109,7 @@ def test_stage_commands_take_a_preset_then_overrides(tmp_path):
 
     import pytest
 
-    from clara.cli_args import add_run_arguments, load_run_config
+    from clara.cli.args import add_run_arguments, load_run_config
     from clara.errors import ConfigError
 
     preset = tmp_path / "p.yaml"
@@ -133,8 +133,8 @@ def test_stage_commands_take_a_preset_then_overrides(tmp_path):
     (["rl", "train.max_steps=1", "--resume", "configs/rl-tiny-cpu.yaml"], ["train.max_steps=1", "configs/rl-tiny-cpu.yaml"]),
 ])
 def test_overrides_before_or_after_the_flags(argv, expected):
-    from clara.cli import build_parser
-    from clara.cli_args import parse_with_overrides
+    from clara.cli.main import build_parser
+    from clara.cli.args import parse_with_overrides
 
     args = parse_with_overrides(build_parser(), argv)
     assert args.config_and_overrides == expected
@@ -145,8 +145,8 @@ def test_overrides_before_or_after_the_flags(argv, expected):
     ["world", "--out", "X", "train.max_steps=1"],  # a command that takes no overrides
 ])
 def test_leftover_arguments_are_still_errors(argv, capsys):
-    from clara.cli import build_parser
-    from clara.cli_args import parse_with_overrides
+    from clara.cli.main import build_parser
+    from clara.cli.args import parse_with_overrides
 
     with pytest.raises(SystemExit):
         parse_with_overrides(build_parser(), argv)

@@ -13,6 +13,9 @@ data is dropped) and counted as a bad step; the optimizer still steps on the oth
 
 Checkpoints use the engine's own save/load (ZeRO-partitioned optimizer state, one file set per
 rank) inside the same ``step-NNNNNN`` directory layout, manifest and ``latest`` pointer.
+
+The functions take the loop's ``Trainer`` (``clara.training.loop``), which calls them; they do not
+import it, so the two modules form no loop.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import os
 import shutil
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -31,9 +34,6 @@ from clara.config import TrainConfig
 from clara.fileio import atomic_write_json, atomic_write_text, write_manifest
 from clara.training.checkpoint import LATEST, prune_checkpoints, step_dir_name
 from clara.training.distributed import DistContext, deepspeed_config
-
-if TYPE_CHECKING:
-    from clara.training.loop import Trainer
 
 log = logging.getLogger(__name__)
 ENGINE_TAG = "engine"
@@ -49,7 +49,7 @@ def wrap_deepspeed(module, optimizer, scheduler, cfg: TrainConfig, ctx: DistCont
     return engine
 
 
-def deepspeed_step(trainer: Trainer, grad_accum: int):
+def deepspeed_step(trainer, grad_accum: int):
     """Run ``grad_accum`` micro-batches through the engine; returns the loop's accounting tuple."""
     engine = trainer.engine
     lr = trainer.scheduler.get_last_lr()[0]
@@ -72,7 +72,7 @@ def deepspeed_step(trainer: Trainer, grad_accum: int):
     return losses, sums, grad_norm, lr, trainer.ctx.any_true(bad)
 
 
-def save_deepspeed(trainer: Trainer, rng: list[dict[str, Any]]) -> Path:
+def save_deepspeed(trainer, rng: list[dict[str, Any]]) -> Path:
     """Collective save: every rank writes its ZeRO shard, rank 0 completes and publishes the dir."""
     ctx, root, step = trainer.ctx, trainer.ckpt_root, trainer.counters.step
     final = root / step_dir_name(step)

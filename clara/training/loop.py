@@ -350,7 +350,7 @@ class Trainer:
         if os.environ.get(PLOTS_ENV, "1") == "0":
             return None
         from clara.errors import DataError
-        from clara.eval.plots import plot_training_curves
+        from clara.training.curves import plot_training_curves
 
         try:
             return plot_training_curves(self.out_dir / "metrics.jsonl", self.out_dir / "curves.png",

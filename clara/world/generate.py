@@ -15,9 +15,11 @@ from typing import Iterator
 
 from tqdm import tqdm
 
+# Modules named in full: `from clara.world import documents` imports the package, whose
+# __init__ imports this module back (an import loop).
+import clara.world.documents as _documents
+import clara.world.questions as _questions
 from clara.errors import ConfigError
-from clara.world import documents as _documents
-from clara.world import questions as _questions
 from clara.world.candidates import CandidateIndex, choose_candidates
 from clara.world.documents import render_document
 from clara.world.entities import INDUSTRIES, OCCUPATIONS, build_knowledge_base, entity_record

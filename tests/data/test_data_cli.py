@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from clara.cli import main as clara_main
+from clara.cli.main import main as clara_main
 
 
 def _jsonl(path: Path, objs: list) -> Path:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from clara.cli import main as clara_main
+from clara.cli.main import main as clara_main
 from clara.errors import DataError
-from clara.jsonl import read_records
-from clara.records import DEFAULT_LIMITS
+from clara.data.jsonl import read_records
+from clara.data.records import DEFAULT_LIMITS
 
 DOCS = [{"id": f"doc-{i}", "title": f"Title {i}", "text": f"Text of document {i}."} for i in range(4)]
 

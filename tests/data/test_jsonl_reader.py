@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from clara.errors import DataError
-from clara.jsonl import ReadStats, iter_records, read_records, write_jsonl
-from clara.records import Document, EvalRecord, JointRecord, Limits, RecordKind
+from clara.data.jsonl import ReadStats, iter_records, read_records, write_jsonl
+from clara.data.records import Document, EvalRecord, JointRecord, Limits, RecordKind
 
 
 def _write(path: Path, lines: list) -> Path:
@@ -36,7 +36,7 @@ def test_skip_bad_returns_exactly_the_good_records_and_logs_each(tmp_path, caplo
     lines = [good[0], b"{oops", good[1], {"id": "q0", "question": "dup", "answers": ["x"]}, good[2],
              b"\xff", good[3], {"question": "", "answers": ["a"]}, good[4]]
     path = _write(tmp_path / "e.jsonl", lines)
-    with caplog.at_level(logging.WARNING, logger="clara.jsonl"):
+    with caplog.at_level(logging.WARNING, logger="clara.data.jsonl"):
         records = read_records(path, RecordKind.EVAL, skip_bad=True)
     assert [r.to_json() for r in records] == good
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

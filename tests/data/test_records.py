@@ -5,7 +5,7 @@ import json
 import pytest
 
 from clara.errors import DataError
-from clara.records import (
+from clara.data.records import (
     DataType,
     Document,
     EvalRecord,

@@ -12,7 +12,7 @@ from clara.config import LoraConfig, ModelConfig
 
 @pytest.fixture
 def model(tiny_backbone):
-    from clara.model import ClaraModel
+    from clara.model.clara_model import ClaraModel
 
     cfg = ModelConfig(backbone=str(tiny_backbone), kind="tiny", chunk_len=32, compression_rate=8,
                       lora=LoraConfig(r=4, alpha=8, dropout=0.0))
@@ -28,8 +28,8 @@ def hidden(world_dir):
 
 def test_agent_scores_count_answers_searches_and_behaviour(model, hidden, tmp_path):
     from clara.eval.agent import agent_scores
-    from clara.joint.memory_cache import MemoryCache
-    from clara.joint.rollout import CandidateRetriever, RolloutParams, ScriptedPolicy, rollout
+    from clara.model.memory_cache import MemoryCache
+    from clara.rl.rollout import CandidateRetriever, RolloutParams, ScriptedPolicy, rollout
 
     assert len(hidden) == 2
     cache = MemoryCache.for_model(model, tmp_path / "cache")
@@ -73,7 +73,7 @@ def test_one_shot_asks_the_generator_in_the_stage_2_prompt(model, hidden, tmp_pa
     """One-shot retrieval reads memory as the stage-2 run trained the generator to (joint.prompt)."""
     import clara.eval.retrieval as retrieval
     from clara.eval.agent import AgentSettings, evaluate_agent
-    from clara.joint.memory_cache import MemoryCache
+    from clara.model.memory_cache import MemoryCache
 
     asked = []
     real = retrieval.answer_eval
@@ -94,7 +94,7 @@ def test_one_shot_asks_the_generator_in_the_stage_2_prompt(model, hidden, tmp_pa
 
 def test_em_by_relation_and_its_table():
     from clara.eval.agent import em_by_relation, format_agent_table
-    from clara.records import EvalRecord
+    from clara.data.records import EvalRecord
 
     records = [EvalRecord(question=f"q{i}", answers=(gold,), type="two_hop_hidden", extra={"relation": rel})
                for i, (gold, rel) in enumerate([("Plenia", "birth_city>country"), ("Tarsin", "birth_city>country"),

@@ -3,7 +3,8 @@
 import pytest
 
 from clara.eval.baselines import bm25_rankings, minilm_rankings
-from clara.eval.retrieval import ALL, load_eval_records, recall_by_type
+from clara.eval.retrieval import load_eval_records
+from clara.model.scoring import ALL, recall_by_type
 
 
 @pytest.fixture(scope="module")

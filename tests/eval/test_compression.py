@@ -10,9 +10,9 @@ from clara.eval.compression import SETTINGS, evaluate_compression, run_compressi
 
 @pytest.fixture(scope="module")
 def world_and_adapters(tmp_path_factory):
-    from clara.backbone import build_tiny_backbone
+    from clara.model.backbone import build_tiny_backbone
     from clara.config import LoraConfig, ModelConfig
-    from clara.model import ClaraModel
+    from clara.model.clara_model import ClaraModel
     from clara.world import generate_world, write_world
 
     root = tmp_path_factory.mktemp("compression")

@@ -24,7 +24,7 @@ def test_rows_carry_the_gold_pairs_before_each_fact_in_training_order():
 
 def test_run_on_tiny_backbone_counts_every_fact(tiny_backbone, tmp_path):
     from clara.config import LoraConfig, ModelConfig
-    from clara.model import ClaraModel
+    from clara.model.clara_model import ClaraModel
 
     cfg = ModelConfig(backbone=str(tiny_backbone), kind="tiny", chunk_len=32, compression_rate=8, lora=LoraConfig(r=4, alpha=8))
     adapters = ClaraModel.from_config(cfg).save_adapters(tmp_path / "adapters")

@@ -30,7 +30,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def model(tiny_backbone):
-    from clara.model import ClaraModel
+    from clara.model.clara_model import ClaraModel
 
     cfg = ModelConfig(backbone=str(tiny_backbone), kind="tiny", chunk_len=32, compression_rate=8,
                       lora=LoraConfig(r=4, alpha=8, dropout=0.0))  # m = 4 slots

@@ -2,16 +2,16 @@
 
 import pytest
 
-from clara.eval.metrics import (
+from clara.answers import (
     answer_scores,
-    bootstrap_ci,
     char_sim,
     cover_em,
     exact_match,
     f1,
     normalize_answer,
-    recall_at_k,
 )
+from clara.eval.stats import bootstrap_ci
+from clara.model.scoring import recall_at_k
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ import pytest
 
 from clara.errors import DataError
 from clara.eval import lens_cli
-from clara.eval.plots import (curve_series, plot_cr_sweep, plot_retrieval, plot_settings, plot_training_curves,
-                              sweep_points)
+from clara.eval.plots import plot_cr_sweep, plot_retrieval, plot_settings, sweep_points
+from clara.training.curves import curve_series, plot_training_curves
 from clara.training.metrics import MetricsLogger
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -8,16 +8,10 @@ import sys
 import pytest
 import torch
 
-from clara.backbone import build_tiny_backbone, load_backbone
+from clara.model.backbone import build_tiny_backbone, load_backbone
 from clara.config import BackboneKind
-from clara.eval.reading import (
-    ANSWER_INSTRUCTION,
-    build_messages,
-    evaluate_reading,
-    extract_answer,
-    generate_replies,
-    select_questions,
-)
+from clara.eval.reading import evaluate_reading, generate_replies, select_questions
+from clara.model.prompts import ANSWER_INSTRUCTION, build_messages, extract_answer
 
 DOCS = [
     {"id": "d1", "title": "Velmar Osk", "text": "Velmar Osk was born in Trenbury. The answer is Trenbury."},

@@ -2,8 +2,9 @@
 
 import pytest
 
-from clara.eval.retrieval import ALL, load_eval_records, no_gold_selection, oracle_selection, recall_by_type
-from clara.records import Document, EvalRecord
+from clara.eval.retrieval import load_eval_records, no_gold_selection, oracle_selection
+from clara.model.scoring import ALL, recall_by_type
+from clara.data.records import Document, EvalRecord
 
 
 def rec(pos, qtype, n=5):
@@ -71,7 +72,7 @@ def test_answer_eval_reads_the_selected_memory_per_setting():
     assert (out["normal"]["em"], out["oracle"]["em"], out["no_gold"]["em"]) == (0.0, 1.0, 0.0)
     with pytest.raises(ValueError, match="unknown setting"):
         answer_eval(reader, [rec([3], "single_hop")], Cache(), [[0, 1, 2, 3, 4]], settings=["best"])
-    from clara.pretrain.scp import QA_INSTRUCTION
+    from clara.model.prompts import QA_INSTRUCTION
 
     q = rec([3], "single_hop").question
     assert reader.asked[0] == (q, None, ())  # direct: the question as it is
@@ -83,7 +84,7 @@ def test_answer_eval_reads_the_selected_memory_per_setting():
 def test_retrieval_cli_writes_the_results_and_their_comparison_plot(tmp_path, capsys):
     import json
 
-    from clara.cli import main as clara_main
+    from clara.cli.main import main as clara_main
     from clara.world import generate_world, write_world
 
     world = write_world(generate_world(seed=0, entities=30, candidates=6), tmp_path / "w")

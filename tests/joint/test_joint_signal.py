@@ -20,8 +20,9 @@ def test_with_and_without_gold_swap_one_pick():
 
 
 def test_measure_runs_the_joint_forward_on_the_tiny_backbone(joint_cfg, perturb, tmp_path):
-    from clara.joint.memory_cache import MemoryCache
-    from clara.joint.train import build_joint_model, load_split
+    from clara.model.memory_cache import MemoryCache
+    from clara.joint.train import build_joint_model
+    from clara.world.splits import load_split
 
     cfg = joint_cfg()
     model = build_joint_model(cfg)

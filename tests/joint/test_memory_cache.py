@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from clara.joint.memory_cache import MemoryCache, document_key
-from clara.joint.train import build_joint_model, load_split, run_joint
-from clara.model import ClaraModel
+from clara.model.memory_cache import MemoryCache, document_key
+from clara.joint.train import build_joint_model, run_joint
+from clara.world.splits import load_split
+from clara.model.clara_model import ClaraModel
 
 
 @pytest.fixture

@@ -8,10 +8,12 @@ import torch
 
 from clara.config import GeneratorPrompt
 from clara.joint import objective as objective_module
-from clara.joint.memory_cache import MemoryCache
-from clara.joint.objective import JointObjective, candidate_scores, select_memory
-from clara.joint.train import build_joint_model, load_split
-from clara.pretrain.scp import ask
+from clara.model.memory_cache import MemoryCache
+from clara.joint.objective import JointObjective, select_memory
+from clara.model.scoring import candidate_scores, model_scores
+from clara.joint.train import build_joint_model
+from clara.world.splits import load_split
+from clara.model.prompts import ask
 
 @pytest.fixture
 def setup(joint_cfg, perturb):
@@ -69,7 +71,7 @@ def test_scp_prompt_scores_the_answer_as_stage_1_asks_and_still_trains_the_query
     with torch.no_grad():
         questions = [r.question for r in records]
         mem = objective.cache.candidates(records, model.device)
-        scores = objective_module.model_scores(model, model.encode_query(questions), mem, cfg.scoring)
+        scores = model_scores(model, model.encode_query(questions), mem, cfg.scoring)
         selected = select_memory(scores, mem, cfg.top_k, cfg.temperature)[0]
         inputs, prefixes = ask(questions, "scp")
         answers = [r.answers[0] for r in records]

@@ -7,7 +7,7 @@ import pytest
 
 from clara.config import ClaraConfig, from_dict
 from clara.errors import DataError
-from clara.joint.train import load_split, world_split
+from clara.world.splits import load_split, world_split
 from tests.joint.conftest import joint_dict
 
 

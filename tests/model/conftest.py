@@ -8,7 +8,7 @@ from clara.config import LoraConfig, ModelConfig
 @pytest.fixture(scope="session")
 def other_backbone(tmp_path_factory):
     """Same shapes, different weights: adapters from the first must be refused here."""
-    from clara.backbone import build_tiny_backbone
+    from clara.model.backbone import build_tiny_backbone
 
     return build_tiny_backbone(tmp_path_factory.mktemp("backbones") / "tiny-seed1", seed=1)
 
@@ -22,7 +22,7 @@ def model_cfg(tiny_backbone):
 
 @pytest.fixture
 def model(model_cfg, perturb):
-    from clara.model import ClaraModel
+    from clara.model.clara_model import ClaraModel
 
     m = ClaraModel.from_config(model_cfg)
     perturb(m, seed=0)
@@ -34,7 +34,7 @@ def model(model_cfg, perturb):
 @pytest.fixture
 def make_model(model_cfg):
     """Build a fresh (unperturbed) model, optionally on another backbone directory."""
-    from clara.model import ClaraModel
+    from clara.model.clara_model import ClaraModel
 
     def make(backbone_dir=None):
         return ClaraModel.from_config(model_cfg, backbone_dir)

@@ -28,7 +28,7 @@ def test_named_devices_and_errors(monkeypatch):
 
 
 def test_models_are_built_on_the_default_device(monkeypatch, model_cfg):
-    from clara.model import ClaraModel
+    from clara.model.clara_model import ClaraModel
 
     monkeypatch.setenv(ENV, "meta")  # a real device type every build has; nothing is computed
     model = ClaraModel.from_config(model_cfg)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from clara.generation import SamplingParams, generate_from_embeds, pick_next_token
-from clara.memory import left_pad
+from clara.model.generation import SamplingParams, generate_from_embeds, pick_next_token
+from clara.model.memory import left_pad
 
 PROMPTS = ["Where was Kalo born?", "The museum of Mira is 300 years old, said Selad. Who said it?", "Age?"]
 

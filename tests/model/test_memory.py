@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from clara.memory import SLOT_TOKEN, left_pad, rescale_to_rms, splice_memory
+from clara.model.memory import SLOT_TOKEN, left_pad, rescale_to_rms, splice_memory
 
 DOCS = ["Kalo.", "Kalo was born in Venra and studied physics at the school of Mira in 1802.",
         "", "The museum of Mira is 300 years old, said Selad."]
@@ -109,7 +109,7 @@ def test_generator_loss_counts_answer_tokens_only(model):
 def test_reply_prefix_carries_no_loss_and_the_answer_continues_it(model):
     """With reply prefixes the loss is the answer's NLL after the forced ``Question: q\nAnswer:``, the
     reply tokenised as one text (as SCP's rows train it); the prefix tokens carry no loss."""
-    from clara.pretrain.scp import QA_INSTRUCTION, ask
+    from clara.model.prompts import QA_INSTRUCTION, ask
 
     questions, answers = ["Where was Kalo born?", "Age of the museum of Mira?"], ["Venra", "300 years"]
     mem = model.compress(DOCS[1:3]).detach()[:, None]  # (2, 1, m, H)

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import torch
 
-from clara.memory import init_memory_stats, memory_stats_ready, normalize_memory, update_memory_stats
+from clara.model.memory import init_memory_stats, memory_stats_ready, normalize_memory, update_memory_stats
 
 
 def _shared_plus_small(n=6, m=4, H=16, seed=0):
@@ -50,7 +50,7 @@ def test_default_model_has_no_stats_and_unchanged_parameters(model):
 
 @pytest.fixture
 def center_model(model_cfg, perturb):
-    from clara.model import ClaraModel
+    from clara.model.clara_model import ClaraModel
 
     m = ClaraModel.from_config(dataclasses.replace(model_cfg, memory_norm="center"))
     perturb(m, seed=0)
@@ -116,8 +116,8 @@ def test_stats_stay_put_while_the_compressor_is_frozen(center_model):
 def test_retrieval_scores_in_the_centred_space(center_model, model):
     """With centring on, queries and documents are scored after removing the shared mean memory
     (raw cosines all sit near 1); without it, scoring is the plain cosine."""
-    from clara.joint.objective import candidate_scores, model_scores
-    from clara.memory import update_memory_stats
+    from clara.model.scoring import candidate_scores, model_scores
+    from clara.model.memory import update_memory_stats
 
     g = torch.Generator().manual_seed(0)
     shared = torch.randn(center_model.num_mem, center_model.hidden_size, generator=g) * 20  # (m, H)

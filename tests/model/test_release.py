@@ -7,7 +7,7 @@ import torch
 
 from clara.errors import CheckpointError
 from clara.fileio import verify_manifest
-from clara.release import write_release
+from clara.model.release import write_release
 
 
 def lora_weights(model, name):

@@ -86,7 +86,7 @@ def test_adapters_load_onto_another_build_of_the_same_reader_recipe(make_model, 
     assert a.backbone_hash != b.backbone_hash and a.backbone_recipe == b.backbone_recipe != c.backbone_recipe
     perturb(a, seed=5)
     a.save_adapters(tmp_path / "adapters")
-    with caplog.at_level("WARNING", logger="clara.model"):
+    with caplog.at_level("WARNING", logger="clara.model.clara_model"):
         b.load_adapters(tmp_path / "adapters")
     assert "another build of the same recipe" in caplog.text
     assert all(torch.equal(p, q) for p, q in zip(a.adapters.parameters("query"), b.adapters.parameters("query")))
@@ -108,7 +108,7 @@ def test_corrupt_or_missing_adapters_are_refused(model, make_model, tmp_path):
 def test_mismatched_memory_count_is_refused(model, model_cfg, tmp_path):
     import dataclasses
 
-    from clara.model import ClaraModel
+    from clara.model.clara_model import ClaraModel
 
     model.save_adapters(tmp_path / "adapters")
     other = ClaraModel.from_config(dataclasses.replace(model_cfg, compression_rate=4))  # m = 8
@@ -117,7 +117,7 @@ def test_mismatched_memory_count_is_refused(model, model_cfg, tmp_path):
 
 
 def test_resampled_slots_keep_the_ends_and_interpolate_between():
-    from clara.model_storage import resample_slots
+    from clara.model.storage import resample_slots
 
     saved = torch.tensor([[0.0, 10.0], [2.0, 20.0], [4.0, 40.0]])  # (3 slots, H 2)
     torch.testing.assert_close(resample_slots(saved, 5), torch.tensor(
@@ -131,8 +131,8 @@ def test_resampled_slots_keep_the_ends_and_interpolate_between():
 def test_adapters_of_another_rate_load_when_asked_with_lora_kept_and_slots_resampled(model, model_cfg, tmp_path, rate):
     import dataclasses
 
-    from clara.model import ClaraModel
-    from clara.model_storage import resample_slots
+    from clara.model.clara_model import ClaraModel
+    from clara.model.storage import resample_slots
 
     with torch.no_grad():
         model.mem_embed.add_(torch.randn_like(model.mem_embed))
@@ -151,7 +151,7 @@ def test_adapters_of_another_rate_load_when_asked_with_lora_kept_and_slots_resam
 def test_the_generator_prompt_is_recorded_and_carried_to_the_next_stage(model, make_model, tmp_path, caplog):
     """Stage 2 records how it asked the generator; a stage that loads and saves again (RL) keeps it; an
     evaluation asks that way unless told otherwise, and warns when told another way."""
-    from clara.cli_args import resolve_prompt
+    from clara.model.prompts import resolve_prompt
 
     assert model.generator_prompt is None and resolve_prompt(None, model) == "direct"  # bare backbone
     model.save_adapters(tmp_path / "joint", prompt="scp")
@@ -162,6 +162,6 @@ def test_the_generator_prompt_is_recorded_and_carried_to_the_next_stage(model, m
     evaluated = make_model()
     evaluated.load_adapters(tmp_path / "rl")
     assert evaluated.generator_prompt == "scp" and resolve_prompt(None, evaluated) == "scp"
-    with caplog.at_level("WARNING", logger="clara.eval"):
+    with caplog.at_level("WARNING", logger="clara.model.prompts"):
         assert resolve_prompt("direct", evaluated) == "direct"
     assert "trained to be asked in the scp form" in caplog.text

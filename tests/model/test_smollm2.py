@@ -14,9 +14,9 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def smol(tmp_path_factory):
-    from clara.backbone import convert_gguf_backbone
+    from clara.model.backbone import convert_gguf_backbone
     from clara.config import LoraConfig, ModelConfig
-    from clara.model import ClaraModel
+    from clara.model.clara_model import ClaraModel
 
     path = convert_gguf_backbone(out_dir=tmp_path_factory.mktemp("backbones") / "smollm2")
     cfg = ModelConfig(backbone=str(path), kind="hf", chunk_len=64, compression_rate=16, lora=LoraConfig(r=8, alpha=16))
@@ -37,7 +37,7 @@ def test_smollm2_reads_and_generates_through_the_model_api(smol):
 
 
 def test_smollm2_greedy_from_embeds_equals_generate(smol):
-    from clara.generation import SamplingParams, generate_from_embeds
+    from clara.model.generation import SamplingParams, generate_from_embeds
 
     ids = torch.tensor([smol.prompt_ids("Name three colours.", 0)])
     mask = torch.ones_like(ids)
@@ -60,9 +60,9 @@ def test_smollm2_memory_is_scaled_to_its_embeddings(smol):
 
 
 def test_gguf_file_loads_directly(tmp_path):
-    from clara.backbone import default_gguf_path
+    from clara.model.backbone import default_gguf_path
     from clara.config import LoraConfig, ModelConfig
-    from clara.model import ClaraModel
+    from clara.model.clara_model import ClaraModel
 
     cfg = ModelConfig(backbone=str(default_gguf_path()), kind="gguf", chunk_len=64, compression_rate=16,
                       lora=LoraConfig(r=4, alpha=8))

@@ -10,10 +10,10 @@ pytestmark = pytest.mark.slow
 def test_hf_teacher_runs_the_verify_loop_on_wikipedia(tmp_path):
     from pathlib import Path
 
-    from clara.backbone import convert_gguf_backbone
-    from clara.corpus import ingest
+    from clara.model.backbone import convert_gguf_backbone
+    from clara.data.corpus import ingest
     from clara.pretrain.synth import read_documents, synthesize
-    from clara.pretrain.teachers import make_teacher
+    from clara.pretrain.teacher_factory import make_teacher
 
     backbone = convert_gguf_backbone(out_dir=tmp_path / "smollm2")
     dump = Path(__file__).resolve().parents[1] / "fixtures" / "enwiki-shortened-sample.xml.bz2"

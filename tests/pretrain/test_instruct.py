@@ -21,7 +21,7 @@ K = 3
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A tiny backbone, a 12-entity world with 4 candidates per question, and a 2-step SCP run as init."""
-    from clara.backbone import build_tiny_backbone
+    from clara.model.backbone import build_tiny_backbone
     from clara.pretrain.scp import train_scp
     from clara.world import generate_world, write_world
 
@@ -55,7 +55,7 @@ def make_cfg(setup, out, k=K, **train) -> ClaraConfig:
 
 
 def records(cfg):
-    from clara.joint.train import load_split
+    from clara.world.splits import load_split
 
     return load_split(cfg, "train", train=True)
 
@@ -93,7 +93,7 @@ def test_loss_is_finite_and_reaches_compressor_and_generator_only(setup, tmp_pat
 
 
 def test_trains_compressor_generator_and_memory_not_query_or_base(setup, tmp_path):
-    from clara.model import ClaraModel
+    from clara.model.clara_model import ClaraModel
 
     root = setup[0]
     cfg = make_cfg(setup, tmp_path / "run")
@@ -163,7 +163,7 @@ def cli_args(setup, out, *extra):
 
 
 def test_cli_trains_and_gives_one_line_errors(setup, tmp_path, capsys):
-    from clara.cli import main
+    from clara.cli.main import main
 
     root = setup[0]
     missing = tmp_path / "no-such-run"

@@ -6,10 +6,8 @@ import pytest
 import torch
 
 from clara.config import ClaraConfig, LoraConfig, ModelConfig, QaLayout, ScpConfig, TrainConfig
-from clara.pretrain.scp import (
-    PARAPHRASE_INSTRUCTIONS, QA_INSTRUCTION, ScpExample, build_scp_model, load_examples, mean_pairwise_cosine,
-    scp_loss, train_scp,
-)
+from clara.pretrain.scp import PARAPHRASE_INSTRUCTIONS, ScpExample, build_scp_model, load_examples, mean_pairwise_cosine, scp_loss, train_scp
+from clara.model.prompts import QA_INSTRUCTION
 
 
 def make_cfg(backbone, out, **train):
@@ -26,7 +24,7 @@ def make_cfg(backbone, out, **train):
 
 def examples(recs, qa_layout="lines"):
     from clara.pretrain.scp import example_from_record
-    from clara.records import PretrainRecord
+    from clara.data.records import PretrainRecord
 
     return [example_from_record(PretrainRecord.from_json(r, "test"), ScpConfig(qa_layout=qa_layout)) for r in recs]
 
@@ -228,7 +226,7 @@ def test_scp_saves_what_it_trains_and_a_loaded_query_reasoner_is_the_compressor(
     """Stage 1 saves compressor + generator only; loading them (e.g. `clara eval retrieval` before joint
     training) makes the query reasoner a copy of the compressor, as joint training starts — not the
     untrained query LoRA, which is the bare backbone."""
-    from clara.model import ClaraModel
+    from clara.model.clara_model import ClaraModel
 
     data = tmp_path / "synth.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in fresh_docs))

@@ -10,15 +10,15 @@ import pytest
 
 from clara.config import ClaraConfig, LoraConfig, ModelConfig, ScpConfig, TrainConfig
 from clara.errors import CheckpointError
-from clara.memory import memory_stats_ready
+from clara.model.memory import memory_stats_ready
 from clara.pretrain.scp import build_scp_model, export_checkpoint_adapters, train_scp
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from clara.backbone import build_tiny_backbone
+    from clara.model.backbone import build_tiny_backbone
     from clara.pretrain.synth import fresh_world_documents, result_records, synthesize_document
-    from clara.pretrain.teachers import make_teacher
+    from clara.pretrain.teacher_factory import make_teacher
 
     root = tmp_path_factory.mktemp("scp_options")
     backbone = build_tiny_backbone(root / "tiny", seed=0)

@@ -21,9 +21,9 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny-cpu.yaml"
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A tiny backbone and SCP data in the *reference* format ({data_type, question, answers, docs})."""
-    from clara.backbone import build_tiny_backbone
+    from clara.model.backbone import build_tiny_backbone
     from clara.pretrain.synth import fresh_world_documents, synthesize_document
-    from clara.pretrain.teachers import make_teacher
+    from clara.pretrain.teacher_factory import make_teacher
 
     root = tmp_path_factory.mktemp("scp-resume")
     backbone = build_tiny_backbone(root / "tiny", seed=0)

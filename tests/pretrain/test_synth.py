@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from clara.jsonl import read_records
+from clara.data.jsonl import read_records
 from clara.pretrain.synth import dropped_path, fresh_world_documents, summary_path, synthesize, synthesize_document
 from clara.pretrain.teachers import Fact, SynthDoc, Teacher, WorldTeacher
-from clara.records import QAPair
+from clara.data.records import QAPair
 from clara.world.questions import states
 
 

@@ -9,7 +9,7 @@ from clara.config import ClaraConfig, LoraConfig, ModelConfig, from_dict
 
 @pytest.fixture
 def model(tiny_backbone, perturb):
-    from clara.model import ClaraModel
+    from clara.model.clara_model import ClaraModel
 
     # m = 32 / 8 = 4 memory vectors; dropout 0 so forwards are deterministic; fp32 throughout
     cfg = ModelConfig(backbone=str(tiny_backbone), kind="tiny", chunk_len=32, compression_rate=8,

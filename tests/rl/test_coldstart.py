@@ -12,7 +12,7 @@ def _records(world_dir, types):
 
 
 def test_teacher_searches_the_question_then_the_bridge_entity_then_answers(world_dir):
-    from clara.joint.coldstart import teacher_script
+    from clara.rl.coldstart import teacher_script
 
     two_hop = _records(world_dir, ["two_hop_hidden"])[0]
     bridge = two_hop.candidates[two_hop.pos_index[-1]]
@@ -24,9 +24,9 @@ def test_teacher_searches_the_question_then_the_bridge_entity_then_answers(world
 
 
 def test_teacher_rollout_retrieves_and_its_loss_trains_only_the_generator(model, world_dir, tmp_path):
-    from clara.joint.coldstart import cold_start_loss, teacher_rollouts
-    from clara.joint.memory_cache import MemoryCache
-    from clara.joint.rollout import CandidateRetriever
+    from clara.rl.coldstart import cold_start_loss, teacher_rollouts
+    from clara.model.memory_cache import MemoryCache
+    from clara.rl.rollout import CandidateRetriever
 
     records = _records(world_dir, ["two_hop_hidden"])
     cache = MemoryCache.for_model(model, tmp_path / "cache")
@@ -44,7 +44,7 @@ def test_teacher_rollout_retrieves_and_its_loss_trains_only_the_generator(model,
 
 
 def test_cold_start_run_lowers_the_teacher_loss(rl_cfg, tmp_path):
-    from clara.joint.rl import run_rl
+    from clara.rl.train import run_rl
 
     cfg = rl_cfg("cold", cold_start=True, question_types=["two_hop_hidden", "single_hop"])
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=16, lr=1e-2))

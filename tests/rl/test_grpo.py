@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from clara.joint.grpo import Aggregation, aggregate, full_kl, group_advantages, k3_kl, policy_loss
+from clara.rl.grpo import Aggregation, aggregate, full_kl, group_advantages, k3_kl, policy_loss
 
 
 def test_group_advantages_population_std_and_zero_variance_groups():

@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from clara.joint.rewards import (
+from clara.rl.rewards import (
     RewardWeights, behaviour_metrics, combine_rewards, distractor_probability, format_reward, group_normalise,
     well_formed,
 )
-from clara.joint.rollout import Trajectory
+from clara.rl.rollout import Trajectory
 
 
 def traj(turns, answer=None, group=0, queries=(), retrieved=(), sc=0.0, n=1, question="who is x"):

@@ -5,8 +5,8 @@ import shutil
 import torch
 from safetensors.torch import load_file
 
-from clara.joint.grpo import group_advantages, policy_loss
-from clara.joint.rollout import CandidateRetriever, RolloutParams, ScriptedPolicy, rollout, sequence_logprobs
+from clara.rl.grpo import group_advantages, policy_loss
+from clara.rl.rollout import CandidateRetriever, RolloutParams, ScriptedPolicy, rollout, sequence_logprobs
 from clara.training import read_metrics
 
 
@@ -28,7 +28,7 @@ def test_policy_gradient_reaches_only_the_generator_adapter(model, cand_mem):
 
 
 def test_rl_run_logs_metrics_and_resumes_exactly(rl_cfg, tmp_path):
-    from clara.joint.rl import run_rl
+    from clara.rl.train import run_rl
 
     cfg = rl_cfg("straight", dgpo_beta=0.1, aggregation="dr_grpo")
     out = run_rl(cfg)

@@ -22,7 +22,7 @@ RELEASE = ROOT / "assets" / "scp-smollm2-cr16"
 @pytest.mark.slow
 def test_short_grpo_run_raises_the_mean_reward(tmp_path, smollm2_reader, world_0):
     from clara.config import load_config
-    from clara.joint.rl import run_rl
+    from clara.rl.train import run_rl
     from clara.training import read_metrics
 
     common = [f"model.backbone={smollm2_reader}", f"joint.world={world_0}", f"joint.cache_dir={tmp_path / 'cache'}",

@@ -2,7 +2,7 @@
 
 import torch
 
-from clara.joint.rollout import (
+from clara.rl.rollout import (
     CandidateRetriever, RolloutParams, SamplingPolicy, ScriptedPolicy, rollout, sequence_embeds,
     sequence_logprobs,
 )
@@ -43,7 +43,7 @@ def test_scripted_rollout_searches_splices_and_answers(model, cand_mem):
 
 
 def test_spliced_embeddings_hold_the_rescaled_memory(model, cand_mem):
-    from clara.memory import rescale_to_rms
+    from clara.model.memory import rescale_to_rms
 
     t = _scripted(model, cand_mem)[0]
     ids, embeds, _ = sequence_embeds(model, [t])

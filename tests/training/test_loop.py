@@ -137,7 +137,7 @@ def test_the_trainer_moves_the_module_to_the_default_device(monkeypatch, tmp_pat
 
 
 def test_each_checkpoint_redraws_the_runs_curves_and_a_failed_figure_only_warns(toy, tmp_path, monkeypatch, caplog):
-    from clara.eval import plots
+    from clara.training import curves as plots
 
     drawn = []
     real = plots.plot_training_curves

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from clara.cli import main
+from clara.cli.main import main
 from clara.errors import CheckpointError, DataError
 from clara.fileio import verify_manifest
 from clara.world import generate_world, load_world, write_world

@@ -1,0 +1,1 @@
+"""The `clara` console script: one entry point (main), one module per core command."""

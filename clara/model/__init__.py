@@ -1,0 +1,1 @@
+"""The model: backbone, the three LoRA adapters, memory tokens, generation, storage, loading."""

@@ -1,0 +1,152 @@
+"""Decoding from ``inputs_embeds`` with a KV cache: greedy or temperature/top-p sampling.
+
+:func:`decode` is the one decoding loop (the RL agent's turns use it too): the prompt (with spliced
+memory) is run once through the model, filling a ``DynamicCache``; each later step feeds only the new token. Batches are left-padded; position ids follow the
+attention mask so a padded row decodes exactly as it would alone. Rows stop at an
+end-of-sequence token, at a stop string, or at ``max_new_tokens``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from clara.model.memory import position_ids_for
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()  # the text is cut before the first stop string
+    seed: int | None = None  # sampling RNG; None uses torch's global generator
+    eos_ids: tuple[int, ...] = ()
+    banned_ids: tuple[int, ...] = field(default=())  # never emitted (memory/slot tokens)
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def new_kv_cache(lm) -> tuple[str, object]:
+    """(the forward's cache argument name, an empty ``DynamicCache``): transformers 5.x calls the argument
+    ``cache`` and builds the cache from the config; 4.x calls it ``past_key_values``."""
+    from transformers import DynamicCache
+
+    kw = "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+    cache = DynamicCache(config=lm.config) if "config" in inspect.signature(DynamicCache).parameters else DynamicCache()
+    return kw, cache
+
+
+@torch.no_grad()
+def decode(lm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+           step: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """The one decoding loop (generation, the RL agent's turns): the left-padded prompt runs once,
+    filling a KV cache; then each step feeds only the new tokens.
+
+    inputs_embeds (B, T, H), attention_mask (B, T). ``step(logits (B, V), i) -> (tokens (B,), done (B,))``
+    picks every row's next token and says which rows have finished; the loop ends when all have, or
+    after ``max_new_tokens`` steps. Position ids follow the mask, so a padded row decodes as it would alone.
+    """
+    kw, cache = new_kv_cache(lm)
+    mask = attention_mask.to(inputs_embeds.device)  # (B, T)
+    positions = position_ids_for(mask)  # (B, T)
+    logits = lm(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=positions,
+                use_cache=True, logits_to_keep=1, **{kw: cache}).logits[:, -1]  # (B, V)
+    next_pos = positions[:, -1:] + 1  # (B, 1)
+    for i in range(max_new_tokens):
+        token, done = step(logits, i)  # (B,), (B,)
+        if bool(done.all()) or i == max_new_tokens - 1:
+            return
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # (B, T+i+1)
+        logits = lm(input_ids=token[:, None].to(mask.device), attention_mask=mask, position_ids=next_pos,
+                    use_cache=True, **{kw: cache}).logits[:, -1]  # (B, V)
+        next_pos = next_pos + 1
+
+
+def pick_next_token(logits: torch.Tensor, params: SamplingParams, rng: torch.Generator | None) -> torch.Tensor:
+    """logits (B, V) -> token ids (B,): argmax, or a sample from the top-p nucleus."""
+    if params.banned_ids:
+        logits = logits.index_fill(-1, torch.tensor(params.banned_ids, device=logits.device), float("-inf"))
+    if params.temperature == 0.0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / params.temperature, dim=-1)  # (B, V)
+    if params.top_p < 1.0:
+        sorted_p, order = probs.sort(-1, descending=True)  # (B, V)
+        # drop a token when the tokens ranked above it already cover top_p (the first always stays)
+        drop = (sorted_p.cumsum(-1) - sorted_p) >= params.top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=rng).squeeze(-1)
+
+
+def _stop_index(text: str, stops: tuple[str, ...]) -> int | None:
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(hits) if hits else None
+
+
+def generate_from_embeds(
+    lm,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    params: SamplingParams,
+    decode_text: Callable[[list[int]], str] | None = None,
+) -> list[list[int]]:
+    """Decode from a left-padded prompt given as embeddings; returns new token ids per row.
+
+    inputs_embeds (B, T, H), attention_mask (B, T). ``lm`` is a causal LM (``forward`` takes
+    ``inputs_embeds``/``input_ids``, ``attention_mask``, ``position_ids``, a cache, and
+    ``logits_to_keep``). ``decode_text`` turns ids into text; it is needed for stop strings.
+    """
+    if params.stop and decode_text is None:
+        raise ValueError("stop strings need a decode function")
+    device = inputs_embeds.device
+    rng = None
+    if params.seed is not None:
+        rng = torch.Generator(device=device).manual_seed(params.seed)
+    eos = torch.tensor(params.eos_ids or (-1,), device=device)
+    done = torch.zeros(inputs_embeds.shape[0], dtype=torch.bool, device=device)
+    steps: list[torch.Tensor] = []
+
+    def step(logits: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal done
+        token = pick_next_token(logits, params, rng)  # (B,)
+        steps.append(token)
+        done = done | torch.isin(token, eos)
+        if params.stop:
+            done = done | _rows_hitting_stop(steps, done, params.stop, decode_text, device)
+        return token, done
+
+    decode(lm, inputs_embeds, attention_mask, params.max_new_tokens, step)
+    return _trim_rows(torch.stack(steps, dim=1).tolist(), params)  # (B, t) -> ragged
+
+
+def _rows_hitting_stop(steps, done, stops, decode, device) -> torch.Tensor:
+    """Rows (not yet done) whose decoded text so far contains a stop string."""
+    ids = torch.stack(steps, dim=1).tolist()  # (B, t)
+    hit = [not d and _stop_index(decode(row), stops) is not None for row, d in zip(ids, done.tolist())]
+    return torch.tensor(hit, dtype=torch.bool, device=device)
+
+
+def _trim_rows(rows: list[list[int]], params: SamplingParams) -> list[list[int]]:
+    """Cut each row after its first end-of-sequence token (the eos itself is dropped)."""
+    eos = set(params.eos_ids)
+    trimmed = []
+    for row in rows:
+        cut = next((i for i, t in enumerate(row) if t in eos), len(row))
+        trimmed.append(row[:cut])
+    return trimmed
+
+
+def finish_text(text: str, stops: tuple[str, ...]) -> str:
+    """Cut ``text`` before its first stop string."""
+    i = _stop_index(text, stops) if stops else None
+    return text if i is None else text[:i]

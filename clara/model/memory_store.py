@@ -1,0 +1,94 @@
+"""Compressed memory on disk (DESIGN §5, §9): the one store behind stage 2's candidate cache
+(:class:`clara.model.memory_cache.MemoryCache`) and the memory bank's resumable build
+(:mod:`clara.serving.bank_build`).
+
+Documents are compressed in batches without gradient (:func:`compress_batches`) into *shards*: one
+``.npy`` array ``(rows, m, H)`` each, optionally with a ``.json`` list naming each row. A shard is
+written under a temporary name, fsynced and renamed, its key list last (:func:`new_shard`), so it is
+complete or invisible after a crash; :func:`read_shard` checks it against the model's shape and names
+the file when it does not fit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from clara.errors import CheckpointError
+
+
+def compress_batches(model, texts: Sequence[str], batch_size: int) -> Iterator[tuple[int, object]]:
+    """(start row, memory (b, m, H)) for each batch of ``texts``: no gradient, dropout off (the memory
+    must not depend on when it was computed); the model's training mode is restored afterwards."""
+    import torch
+
+    was_training = getattr(model, "training", False)  # stand-ins (hashing) are no torch modules
+    if was_training:
+        model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(texts), batch_size):
+                batch = list(texts[start : start + batch_size])
+                mem = model.compress(batch)  # (b, m, H)
+                if tuple(mem.shape) != (len(batch), model.num_mem, model.hidden_size):
+                    raise CheckpointError(f"compressor returned {tuple(mem.shape)}, expected "
+                                          f"({len(batch)}, {model.num_mem}, {model.hidden_size})")
+                yield start, mem
+    finally:
+        if was_training:
+            model.train(True)
+
+
+def _fsync_replace(tmp: Path, final: Path) -> None:
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+
+
+@contextlib.contextmanager
+def new_shard(path: Path, shape: tuple[int, ...], dtype, keys: Sequence[str] | None = None) -> Iterator[np.ndarray]:
+    """A writable memory-mapped array for the shard at ``path``; on a clean exit it is flushed, fsynced
+    and renamed into place, then ``keys`` (if given) as ``path`` with ``.json``. On an error nothing appears."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+    try:
+        yield array
+        array.flush()
+    except BaseException:
+        del array
+        tmp.unlink(missing_ok=True)
+        raise
+    del array
+    _fsync_replace(tmp, path)
+    if keys is not None:
+        tmp_keys = path.with_name(f".{path.stem}.json.tmp")
+        tmp_keys.write_text(json.dumps(list(keys)), encoding="utf-8")
+        _fsync_replace(tmp_keys, path.with_suffix(".json"))  # the shard is visible to keyed readers now
+
+
+def read_shard(path: Path, row_shape: tuple[int, ...], dtype, rows: int | None = None, mmap: bool = False) -> np.ndarray:
+    """The shard at ``path``, checked: ``dtype`` and rows of ``row_shape`` (``rows`` of them, if given)."""
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None)
+    except (OSError, ValueError, EOFError) as e:
+        raise CheckpointError(f"{path}: unreadable memory shard ({e}); delete {path.parent} and run again") from None
+    want = ((rows,) if rows is not None else array.shape[:1]) + tuple(row_shape)
+    if array.dtype != np.dtype(dtype) or array.shape != want:
+        raise CheckpointError(f"{path}: shard {array.shape} {array.dtype} does not fit {want} {np.dtype(dtype)}; "
+                              f"delete {path.parent} and run again")
+    return array
+
+
+def read_keys(path: Path) -> list[str]:
+    """The row keys of the shard at ``path`` (its ``.json``)."""
+    keys_path = Path(path).with_suffix(".json")
+    try:
+        return json.loads(keys_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{keys_path}: unreadable shard keys ({e}); delete {keys_path.parent}") from None
