@@ -13,7 +13,6 @@ import dataclasses
 import enum
 import hashlib
 import json
-import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any
 import yaml
 
 from clara.errors import ConfigError
+from clara.yaml_safe import load_yaml, yaml_text
 
 
 class Precision(str, enum.Enum):
@@ -436,10 +436,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override '{text}': empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.split("."), _yaml_floats(value)
+        value = yaml_text(raw, f"override '{text}'") if raw.strip() else ""
+    except ConfigError:
+        value = raw  # not YAML: the string as given (an alias, too, is left as text, never expanded)
+    return key.split("."), value
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -454,33 +454,6 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = child
         node[path[-1]] = value
     return data
-
-
-_SCI_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
-
-
-def _yaml_floats(obj: Any) -> Any:
-    """YAML 1.1 leaves '3e-4' (no dot) as a string; convert such scalars to floats."""
-    if isinstance(obj, dict):
-        return {k: _yaml_floats(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_yaml_floats(v) for v in obj]
-    if isinstance(obj, str) and _SCI_FLOAT.match(obj):
-        return float(obj)
-    return obj
-
-
-def load_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML ({e})".replace("\n", " ")) from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    return _yaml_floats(data)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = (), cls: type = ClaraConfig) -> Any:

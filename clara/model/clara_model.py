@@ -30,8 +30,10 @@ from clara.model.generation import SamplingParams, finish_text, generate_from_em
 from clara.model.memory import (
     MEMORY_NORMS,
     SLOT_TOKEN,
+    USER_FENCE,
     add_memory_tokens,
     embedding_rms,
+    fence,
     init_memory_stats,
     left_pad,
     normalize_memory,
@@ -152,7 +154,22 @@ class ClaraModel(AdapterStorage, nn.Module):
         return self.lm.get_input_embeddings()(input_ids)  # (B, T, H)
 
     def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        """Token ids of user text (documents, questions, answers): a reserved token's string in it (a
+        memory slot, a chat-template marker) is read as plain text, never as that token."""
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    def _template_ids(self, text: str) -> list[int]:
+        """Token ids of prompt text that holds our own markup (slot placeholders, chat-template tokens)
+        around user text fenced by :data:`USER_FENCE`: the markup becomes its reserved tokens, the
+        fenced text never does. Each user span starts at a word boundary (after a space or newline),
+        where byte-level BPE starts a new piece, so the ids equal those of the unfenced whole."""
+        ids: list[int] = []
+        for i, part in enumerate(text.split(USER_FENCE)):
+            if i % 2:
+                ids += self._ids(part)
+            elif part:
+                ids += self.tokenizer(part, add_special_tokens=False)["input_ids"]
+        return ids
 
     # ------------------------------------------------------------------ encoders
 
@@ -202,15 +219,16 @@ class ClaraModel(AdapterStorage, nn.Module):
             raise ValueError("a prompt holds either memory slots or a document's text, not both")
         slots = "".join(SLOT_TOKEN * self.num_mem + "\n" for _ in range(k))
         if document is not None:
-            slots = f"{document}\n"
-        content = f"Background:\n{slots}\nQuestion: {question}" if slots else f"Question: {question}"
+            slots = f"{fence(document)}\n"
+        question = fence(f" {question}")
+        content = f"Background:\n{slots}\nQuestion:{question}" if slots else f"Question:{question}"
         if getattr(self.tokenizer, "chat_template", None):
             text = self.tokenizer.apply_chat_template(
                 [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
             )
         else:
             text = f"{content}\nAnswer:"
-        return self._ids(text)
+        return self._template_ids(text)
 
     def _answer_ids(self, answer: str, max_answer_len: int) -> list[int]:
         prefix = "" if getattr(self.tokenizer, "chat_template", None) else " "

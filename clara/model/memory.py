@@ -20,6 +20,14 @@ import torch
 
 MEM_TOKEN = "<MEM{}>"
 SLOT_TOKEN = "<MEMSLOT>"
+# Fences user text inside a prompt string (a private-use character, removed from the user text itself):
+# ClaraModel tokenises what it fences as plain text, so no user string becomes a reserved token.
+USER_FENCE = "\ue000"
+
+
+def fence(user_text: str) -> str:
+    """``user_text`` fenced for :meth:`ClaraModel._template_ids` (any fence characters in it dropped)."""
+    return f"{USER_FENCE}{user_text.replace(USER_FENCE, '')}{USER_FENCE}"
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import numpy as np
 
 from clara.config import Scoring
 from clara.errors import CheckpointError, ConfigError
-from clara.fileio import MANIFEST, verify_manifest
+from clara.fileio import MANIFEST, recover_directory, verify_manifest
 from clara.model.scoring import retrieval_vectors
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ def read_manifest(directory: Path, verify: str = "sha256") -> tuple[dict, BankIn
     """Check the files against the manifest (sizes always; sha256 unless verify="size")."""
     if verify not in ("sha256", "size"):
         raise ConfigError(f"verify={verify!r}; use 'sha256' or 'size'")
-    if not directory.is_dir():
+    if not directory.is_dir() and not recover_directory(directory):
         raise CheckpointError(f"{directory}: no such bank directory; build one with `clara index build`")
     if verify == "sha256":
         manifest = verify_manifest(directory)

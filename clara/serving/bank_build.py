@@ -46,7 +46,7 @@ from clara.config import Scoring
 from clara.errors import CheckpointError, DataError
 from clara.model.memory_store import compress_batches, new_shard, read_shard
 from clara.model.scoring import in_retrieval_space, retrieval_vectors
-from clara.fileio import atomic_dir, atomic_write_json, sha256_file, write_manifest
+from clara.fileio import atomic_dir, atomic_write_json, sha256_file, write_manifest, writer_lock
 from clara.data.records import Document
 from clara.serving.protocols import compressor_hash
 
@@ -183,12 +183,25 @@ def _model_fields(model) -> dict:
             "chunk_len": chunk, "compression_rate": chunk // model.num_mem if chunk else None}
 
 
-def build_bank(
+def build_bank(corpus: str | Path, model, out: str | Path, **kw) -> BankInfo:
+    """Compress every document of ``corpus`` into a new bank at ``out`` (replacing one there); keyword
+    arguments as :func:`_build_bank`. One writer per bank: a second build or add of it is refused."""
+    with writer_lock(out, "bank"):
+        return _build_bank(corpus, model, out, **kw)
+
+
+def add_to_bank(bank_dir: str | Path, corpus: str | Path, model, **kw) -> BankInfo:
+    """Append the documents of ``corpus`` to an existing bank without recompressing it; keyword
+    arguments as :func:`_add_to_bank`. One writer per bank: a second build or add of it is refused."""
+    with writer_lock(bank_dir, "bank"):
+        return _add_to_bank(bank_dir, corpus, model, **kw)
+
+
+def _build_bank(
     corpus: str | Path, model, out: str | Path, *, batch_size: int = 16, dtype: MemDtype | str = MemDtype.FP16,
     retrieval: Scoring | str = Scoring.FLATTENED, index: IndexParams = IndexParams(),
     shard_docs: int = DEFAULT_SHARD_DOCS, progress: bool = True,
 ) -> BankInfo:
-    """Compress every document of ``corpus`` into a new bank at ``out`` (replacing one there)."""
     dtype = _enum(MemDtype, dtype, "--dtype")
     retrieval = _enum(Scoring, retrieval, "--retrieval")
     out = Path(out)
@@ -210,11 +223,10 @@ def build_bank(
     return info
 
 
-def add_to_bank(
+def _add_to_bank(
     bank_dir: str | Path, corpus: str | Path, model, *, batch_size: int = 16,
     shard_docs: int = DEFAULT_SHARD_DOCS, progress: bool = True,
 ) -> BankInfo:
-    """Append the documents of ``corpus`` to an existing bank without recompressing it."""
     bank_dir = Path(bank_dir)
     base = MemoryBank.open(bank_dir, verify="sha256", use_gpu=False)
     fields = _model_fields(model)

@@ -83,21 +83,34 @@ class MicroBatcher:
             if not live:
                 continue
             try:
-                results = await loop.run_in_executor(self.executor, self.run_batch, [item for item, _ in live])
-                if len(results) != len(live):
-                    raise RuntimeError(f"{self.name}: batch function returned {len(results)} results for {len(live)} items")
-            except Exception as e:  # noqa: BLE001 - delivered to every waiting request
-                log.exception("%s batch of %d failed", self.name, len(live))
-                for _, fut in live:
-                    if not fut.done():
-                        fut.set_exception(e)
-                continue
+                results = await self._run(loop, [item for item, _ in live])
+            except Exception as e:  # noqa: BLE001 - one request may have broken the batch: find it
+                if len(live) == 1:
+                    log.exception("%s request failed", self.name)
+                    results = [e]
+                else:
+                    log.warning("%s batch of %d failed (%s); running its requests one by one", self.name,
+                                len(live), e)
+                    results = [await self._run_alone(loop, item) for item, _ in live]
             self.batches += 1
             self.items += len(live)
             for (_, fut), result in zip(live, results):
                 if fut.done():
                     continue
-                if isinstance(result, Exception):  # one item's own error, not the batch's
+                if isinstance(result, Exception):  # this item's own error, never its neighbours'
                     fut.set_exception(result)
                 else:
                     fut.set_result(result)
+
+    async def _run(self, loop, items: list) -> Sequence[Any]:
+        results = await loop.run_in_executor(self.executor, self.run_batch, items)
+        if len(results) != len(items):
+            raise RuntimeError(f"{self.name}: batch function returned {len(results)} results for {len(items)} items")
+        return results
+
+    async def _run_alone(self, loop, item) -> Any:
+        try:
+            return (await self._run(loop, [item]))[0]
+        except Exception as e:  # noqa: BLE001 - delivered to this request alone
+            log.exception("%s request failed", self.name)
+            return e

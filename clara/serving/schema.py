@@ -92,16 +92,21 @@ class HealthResponse(BaseModel):
     queues: Optional[dict] = None
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def make_schemas(s: ServerSettings) -> SimpleNamespace:
     """Request models with this server's limits."""
     Query = Annotated[str, Field(min_length=1, max_length=s.max_query_chars)]
     Queries = Annotated[list[Query], Field(min_length=1, max_length=s.max_queries)]
-    K = Annotated[int, Field(ge=1, le=s.k_max, description=f"documents per query, 1..{s.k_max}")]
+    # strict: "5" and true are not numbers; vectors stay inside float32 (1e308 would become inf there)
+    K = Annotated[int, Field(ge=1, le=s.k_max, strict=True, description=f"documents per query, 1..{s.k_max}")]
+    Value = Annotated[float, Field(allow_inf_nan=False, strict=True, ge=-FLOAT32_MAX, le=FLOAT32_MAX)]
 
     class RetrieveRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
         queries: Optional[Queries] = Field(None, description="questions, encoded by the query reasoner")
-        embeddings: Optional[list[list[Annotated[float, Field(allow_inf_nan=False)]]]] = Field(
+        embeddings: Optional[list[list[Value]]] = Field(
             None, max_length=s.max_queries,
             description="query vectors instead of text: each of the bank's retrieval dimension (see /health)",
         )
@@ -119,7 +124,7 @@ def make_schemas(s: ServerSettings) -> SimpleNamespace:
         model_config = ConfigDict(extra="forbid")
         question: Query
         k: K = s.default_k
-        max_new_tokens: Annotated[int, Field(ge=1, le=s.max_new_tokens)] = s.default_new_tokens
+        max_new_tokens: Annotated[int, Field(ge=1, le=s.max_new_tokens, strict=True)] = s.default_new_tokens
 
     class FlashRequest(BaseModel):
         # Search-R1 / FlashRAG clients send exactly these; unknown keys are ignored as they are there
