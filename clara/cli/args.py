@@ -17,6 +17,26 @@ def csv_list(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _whole_number(text: str, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{value} is below {least}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """Argument type of counts and sizes that must be at least 1 (``--batch-size``, ``--shard-docs``)."""
+    return _whole_number(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """Argument type of counts where 0 means "the default" or "off" (``--threads``, ``--nlist``)."""
+    return _whole_number(text, 0)
+
+
 def int_list(text: str) -> list[int]:
     """Argument type of comma lists of integers (``--ks 1,3,5``)."""
     return [int(t) for t in csv_list(text)]
@@ -41,7 +61,7 @@ def add_run_arguments(p: argparse.ArgumentParser, example: str) -> None:
     p.add_argument("--allow-config-change", action="store_true",
                    help="with --resume: continue although the config differs from the checkpoint's, e.g. a larger "
                    "train.max_steps to extend a finished run (the change is logged; exactness is then yours)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--threads", type=non_negative_int, default=0, help="torch CPU threads (0 = torch default)")
 
 
 OVERRIDES_DEST = "config_and_overrides"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from clara.cli.args import non_negative_int, positive_int
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("backbone", help="build the tiny test backbone or convert a GGUF backbone")
@@ -12,8 +14,8 @@ def register(subparsers) -> None:
     tiny = sub.add_parser("tiny", help="random-init Llama + locally trained BPE tokenizer (mechanics tests only)")
     tiny.add_argument("--out", required=True, help="output directory (replaced atomically)")
     tiny.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size (default 2048)")
-    tiny.add_argument("--hidden", type=int, default=128, help="hidden size (default 128)")
-    tiny.add_argument("--layers", type=int, default=2, help="transformer layers (default 2)")
+    tiny.add_argument("--hidden", type=positive_int, default=128, help="hidden size (default 128)")
+    tiny.add_argument("--layers", type=positive_int, default=2, help="transformer layers (default 2)")
     tiny.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
     tiny.add_argument("--seed", type=int, default=0, help="seed for weights and built-in corpus (default 0)")
     tiny.set_defaults(func=run_tiny)
@@ -31,8 +33,8 @@ def register(subparsers) -> None:
     rd.add_argument("--backbone", required=True, help="source backbone directory (from `clara backbone convert|tiny`)")
     rd.add_argument("--out", required=True, help="output backbone directory; skipped if it already records this "
                     "source hash and recipe")
-    rd.add_argument("--steps", type=int, default=80, help="optimizer steps; each sees batch-size new documents (default 80)")
-    rd.add_argument("--batch-size", type=int, default=8, help="samples per step (default 8)")
+    rd.add_argument("--steps", type=positive_int, default=80, help="optimizer steps; each sees batch-size new documents (default 80)")
+    rd.add_argument("--batch-size", type=positive_int, default=8, help="samples per step (default 8)")
     rd.add_argument("--lr", type=float, default=5e-4, help="peak learning rate, cosine decay after 5 warmup steps (default 5e-4)")
     rd.add_argument("--r", type=int, default=16, help="LoRA rank on every linear layer; alpha = 2r (default 16)")
     rd.add_argument("--seed", type=int, default=0, help="seed of LoRA init and batch order (default 0)")
@@ -42,7 +44,7 @@ def register(subparsers) -> None:
                     help="world directory whose entity names never appear in training (repeatable); "
                     "pass every world you will evaluate on")
     rd.add_argument("--work-dir", default=None, help="checkpoint directory for resuming (default: hidden sibling of --out)")
-    rd.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    rd.add_argument("--threads", type=non_negative_int, default=0, help="torch CPU threads (0 = torch default)")
     rd.add_argument("--force", action="store_true", help="train again even if --out matches")
     rd.set_defaults(func=run_reader)
 
@@ -74,7 +76,12 @@ def run_convert(args: argparse.Namespace) -> int:
 
 def run_reader(args: argparse.Namespace) -> int:
     from clara.model.backbone import backbone_hash
-    from clara.model.reader_backbone import ReaderConfig, describe, train_reader, world_entity_names
+    from clara.model.reader_backbone import (
+        ReaderConfig,
+        describe,
+        train_reader,
+        world_entity_names,
+    )
 
     if args.threads:
         import torch

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from clara.cli.args import positive_int
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -28,11 +30,11 @@ def register(subparsers) -> None:
     ing.add_argument("--out", required=True, help="output passages JSONL (replaced atomically)")
     ing.add_argument("--tokenizer", required=True,
                      help="backbone folder whose tokenizer counts tokens (e.g. from `clara backbone convert --out DIR`)")
-    ing.add_argument("--chunk-len", type=int, default=256,
+    ing.add_argument("--chunk-len", type=positive_int, default=256,
                      help="most tokens per passage; match model.chunk_len of the model that will compress them")
     ing.add_argument("--format", default="auto", choices=("auto", "jsonl", "text", "mediawiki"),
                      help="input format; auto: folder → text, XML → mediawiki, JSON → jsonl")
-    ing.add_argument("--limit", type=int, default=None, help="stop after this many source documents (to try a big dump)")
+    ing.add_argument("--limit", type=positive_int, default=None, help="stop after this many source documents (to try a big dump)")
     ing.set_defaults(func=run_ingest)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 

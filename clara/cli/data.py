@@ -14,8 +14,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
-from clara.errors import DataError
 from clara.data.records import DEFAULT_LIMITS, Limits, RecordKind
+from clara.errors import DataError
 
 KIND_HELP = (
     "record kind: pretrain (SCP qa/paraphrase, project or reference format), joint (questions with "

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from clara.cli.args import non_negative_int, positive_int
+
 MODEL_HELP = (
     "model: an adapters directory saved by a training stage (ClaraModel.save_adapters), or "
     "hashing:m=INT,h=INT for the lexical hashing stand-in (tests, baselines)"
@@ -15,8 +17,8 @@ MODEL_HELP = (
 def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--backbone", default=None, help="backbone directory, if not the one recorded with the adapters")
-    p.add_argument("--batch-size", type=int, default=16, help="documents per compressor forward (default %(default)s)")
-    p.add_argument("--shard-docs", type=int, default=1024,
+    p.add_argument("--batch-size", type=positive_int, default=16, help="documents per compressor forward (default %(default)s)")
+    p.add_argument("--shard-docs", type=positive_int, default=1024,
                    help="documents per resumable shard in the work directory (default %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -39,9 +41,9 @@ def register(subparsers) -> None:
     b.add_argument("--faiss", choices=["flat", "ivf", "ivfpq", "kernel"], default="flat",
                    help="index: exact inner product (flat), inverted lists (ivf), ivf + product quantisation "
                    "(ivfpq), or plain vectors searched by clara.kernels (kernel); default %(default)s")
-    b.add_argument("--nlist", type=int, default=0, help="ivf lists (default: about sqrt(documents))")
-    b.add_argument("--nprobe", type=int, default=8, help="ivf lists searched per query (default %(default)s)")
-    b.add_argument("--pq-m", type=int, default=0, help="ivfpq sub-quantisers (default: largest of 64..1 dividing the dim)")
+    b.add_argument("--nlist", type=non_negative_int, default=0, help="ivf lists (default: about sqrt(documents))")
+    b.add_argument("--nprobe", type=positive_int, default=8, help="ivf lists searched per query (default %(default)s)")
+    b.add_argument("--pq-m", type=non_negative_int, default=0, help="ivfpq sub-quantisers (default: largest of 64..1 dividing the dim)")
     b.set_defaults(func=run_build)
 
     a = sub.add_parser("add", help="append documents to a bank without rebuilding it",

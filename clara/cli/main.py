@@ -60,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     except ClaraError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # disk full, read-only file system, permissions: the path and the cause, one line
+        if args.verbose or not e.strerror:
+            raise
+        print(f"error: {e.filename or 'a file'}: {e.strerror.lower()} (errno {e.errno})", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

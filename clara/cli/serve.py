@@ -7,6 +7,8 @@ import ipaddress
 import logging
 from pathlib import Path
 
+from clara.cli.args import positive_int
+
 log = logging.getLogger(__name__)
 
 
@@ -23,17 +25,17 @@ def register(subparsers) -> None:
     p.add_argument("--backbone", default=None, help="backbone directory, if not the one recorded with the adapters")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default %(default)s)")
-    p.add_argument("--k-max", type=int, default=20, help="largest k a request may ask for (default %(default)s)")
-    p.add_argument("--max-batch", type=int, default=16, help="requests per model batch (default %(default)s)")
+    p.add_argument("--k-max", type=positive_int, default=20, help="largest k a request may ask for (default %(default)s)")
+    p.add_argument("--max-batch", type=positive_int, default=16, help="requests per model batch (default %(default)s)")
     p.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="how long a batch waits for more requests, in ms (default %(default)s)")
-    p.add_argument("--queue-size", type=int, default=256,
+    p.add_argument("--queue-size", type=positive_int, default=256,
                    help="requests waiting per endpoint before 429 (default %(default)s)")
-    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body; 413 above (default %(default)s)")
-    p.add_argument("--max-queries", type=int, default=64, help="queries per request (default %(default)s)")
+    p.add_argument("--max-body-bytes", type=positive_int, default=1 << 20, help="largest request body; 413 above (default %(default)s)")
+    p.add_argument("--max-queries", type=positive_int, default=64, help="queries per request (default %(default)s)")
     p.add_argument("--verify", choices=["sha256", "size"], default="sha256",
                    help="bank check at start-up: every sha256 (default) or file sizes only (fast, large banks)")
-    p.add_argument("--nprobe", type=int, default=None, help="ivf lists searched per query (default: the bank's)")
+    p.add_argument("--nprobe", type=positive_int, default=None, help="ivf lists searched per query (default: the bank's)")
     p.set_defaults(func=run)
 
 
@@ -41,8 +43,8 @@ def run(args) -> int:
     import uvicorn
 
     from clara.errors import ConfigError
-    from clara.serving.server import create_app, load_for_serving
     from clara.serving.schema import ServerSettings
+    from clara.serving.server import create_app, load_for_serving
 
     try:
         loopback = ipaddress.ip_address(args.host).is_loopback

@@ -26,10 +26,22 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
+from clara.config import Scoring
+from clara.data.records import Document
+from clara.errors import CheckpointError, DataError
+from clara.fileio import (
+    atomic_dir,
+    atomic_write_json,
+    sha256_file,
+    write_manifest,
+    writer_lock,
+)
+from clara.model.memory_store import compress_batches, new_shard, read_shard
+from clara.model.scoring import in_retrieval_space, retrieval_vectors
 from clara.serving.bank import (
     FAISS_FILE,
-    META_FILE,
     MEMORY_FILE,
+    META_FILE,
     VECTORS_FILE,
     BankInfo,
     IndexKind,
@@ -42,12 +54,6 @@ from clara.serving.bank import (
     new_faiss_index,
     to_bits,
 )
-from clara.config import Scoring
-from clara.errors import CheckpointError, DataError
-from clara.model.memory_store import compress_batches, new_shard, read_shard
-from clara.model.scoring import in_retrieval_space, retrieval_vectors
-from clara.fileio import atomic_dir, atomic_write_json, sha256_file, write_manifest, writer_lock
-from clara.data.records import Document
 from clara.serving.protocols import compressor_hash
 
 log = logging.getLogger(__name__)

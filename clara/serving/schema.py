@@ -13,6 +13,8 @@ from typing import Annotated, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+MAX_WAIT_MS = 1000.0  # a batch never holds a request longer than this for company
+
 
 @dataclass(frozen=True)
 class ServerSettings:
@@ -35,6 +37,8 @@ class ServerSettings:
                      "max_batch", "queue_size", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"server setting {name}={getattr(self, name)} must be at least 1")
+        if not 0.0 <= self.max_wait_ms <= MAX_WAIT_MS:  # NaN fails too; inf would never answer a lone request
+            raise ConfigError(f"server setting max_wait_ms={self.max_wait_ms} must be between 0 and {MAX_WAIT_MS:g} ms")
         if not (self.default_k <= self.k_max and self.default_topk <= self.k_max):
             raise ConfigError(f"default k ({self.default_k}, topk {self.default_topk}) must be <= k_max={self.k_max}")
 

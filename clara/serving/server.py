@@ -21,9 +21,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from clara.errors import CheckpointError
 from clara.serving.bank import MemoryBank
 from clara.serving.batcher import MicroBatcher, QueueFull
-from clara.errors import CheckpointError
+from clara.serving.protocols import compressor_hash
 from clara.serving.schema import (
     AnswerResponse,
     ErrorResponse,
@@ -33,7 +34,6 @@ from clara.serving.schema import (
     ServerSettings,
     make_schemas,
 )
-from clara.serving.protocols import compressor_hash
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +199,7 @@ class Service:
     def _ask(self, questions: list[str], mem, max_new_tokens: int) -> list[str]:
         """Answers, the generator asked in the form its training run recorded (``generator_prompt``): an
         scp-trained generator gets stage 1's QA instruction and a ``Question: q / Answer:`` reply prefix."""
-        from clara.model.prompts import extract_answer
-        from clara.model.prompts import generate_asked
+        from clara.model.prompts import extract_answer, generate_asked
 
         replies = generate_asked(self.model, questions, mem, self.prompt, max_new_tokens=max_new_tokens)
         return replies if self.prompt == "direct" else [extract_answer(t) for t in replies]
