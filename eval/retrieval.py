@@ -1,8 +1,8 @@
 """Retrieval and answer evaluation on candidate lists (DESIGN §10).
 
     records = load_eval_records(world="out/world-0", splits=["test"])
-    rankings = rank_with_query_model(model, records, cache)          # or a baseline's rankings
-    table = recall_by_type(rankings, records, ks=(1, 2, 3, 5))      # {type: {"n", "R@1", ...}}
+    rankings = rank_with_query_model(model, records, cache)          # clara.model.scoring; or a baseline's
+    table = recall_by_type(rankings, records, ks=(1, 2, 3, 5))      # clara.model.scoring: {type: {"n", "R@1", ...}}
     answers = answer_eval(model, records, cache, rankings, k=5)      # EM/F1/Cover-EM normal, oracle, no_gold
 
 A *ranking* is every candidate index of a record, best first. Recall@k = |gold ∩ top-k| /
@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from clara.errors import DataError
 from clara.answers import answer_scores
-from clara.model.scoring import ALL, rank_with_query_model, recall_by_type  # noqa: F401 (the evaluation's API)
 
 if TYPE_CHECKING:
     from clara.model.memory_cache import MemoryCache

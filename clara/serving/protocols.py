@@ -136,6 +136,9 @@ def load_model(spec: str | Path, backbone: str | Path | None = None):
     spec = str(spec)
     if spec.startswith(HASHING_PREFIX):
         return parse_hashing_spec(spec)
-    from clara.model.loading import load_trained_model
+    from clara.model.loading import MissingAdaptersError, load_trained_model
 
-    return load_trained_model(spec, backbone)
+    try:
+        return load_trained_model(spec, backbone)
+    except MissingAdaptersError as e:
+        raise MissingAdaptersError(f"{e}, or hashing:m=4,h=64 for the lexical stand-in") from None
