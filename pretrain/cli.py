@@ -32,17 +32,20 @@ def register_synth(sub) -> None:
         description="For each document: list its facts, write simple QA (one fact per pair), complex QA and a "
         "paraphrase; then verify and regenerate — pairs are asked for facts no pair covers yet, up to "
         "--max-rounds rounds; documents below --threshold coverage are dropped (OUT.dropped.jsonl). Kept "
-        "documents become a 'qa' and a 'paraphrase' pretrain record in OUT, appended and fsynced per "
+        "documents become a 'qa' and a 'paraphrase' pretrain record (and a 'continuation' with --teacher cloze) in OUT, appended and fsynced per "
         "document; re-running skips documents already done. A summary goes to OUT.summary.json.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     src = s.add_mutually_exclusive_group(required=True)
-    src.add_argument("--docs", help="documents JSONL ({id,title,text} or {id,contents}; world 'facts' used if present)")
+    src.add_argument("--docs", "--corpus", dest="docs",
+                     help="documents JSONL ({id,title,text} or {id,contents}; world 'facts' used if present), e.g. "
+                     "the passages of `clara corpus ingest`")
     src.add_argument("--world-fresh", type=int, metavar="N", help="synthesise from N fresh world documents (never repeat)")
     s.add_argument("--world-seed", type=int, default=1,
                    help="seed of the fresh-document stream (use another seed than the evaluation world)")
-    s.add_argument("--teacher", default="world", choices=("world", "hf", "openai"),
-                   help="world: exact from structured facts; hf: local transformers model; openai: HTTP endpoint")
+    s.add_argument("--teacher", default="world", choices=("world", "cloze", "hf", "openai"),
+                   help="world: exact from structured facts; cloze: any text, no model (cloze QA of salient spans, "
+                   "reconstruction, continuation of the next passage); hf: local transformers model; openai: HTTP endpoint")
     s.add_argument("--out", required=True, help="output pretrain records JSONL (appended; resumable)")
     s.add_argument("--threshold", type=float, default=0.9, help="least fraction of facts covered by QA to keep a document")
     s.add_argument("--max-rounds", type=int, default=10, help="most regeneration rounds for uncovered facts")
@@ -61,8 +64,8 @@ def _teacher(args):
     from clara.errors import ConfigError
     from clara.pretrain.teacher_factory import make_teacher
 
-    if args.teacher == "world":
-        return make_teacher("world")
+    if args.teacher in ("world", "cloze"):
+        return make_teacher(args.teacher)
     if not args.model:
         raise ConfigError(f"--teacher {args.teacher} needs --model (hf: a backbone folder; openai: the model name)")
     if args.teacher == "hf":

@@ -19,7 +19,7 @@ import os
 import re
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -48,6 +48,7 @@ class DocResult:
     rounds: int = 0  # regeneration rounds used (0: the first draft covered enough)
     uncovered: list[Fact] = field(default_factory=list)
     paraphrase: str = ""
+    continuation: str = ""
     reason: str = ""
 
 
@@ -91,6 +92,7 @@ def synthesize_document(doc: SynthDoc, teacher: Teacher, *, threshold: float = 0
     # complex pairs only for kept documents: they do not count towards coverage
     result.complex = _add_unique(pairs, teacher.complex_qa(doc, facts), seen)
     result.paraphrase = teacher.paraphrase(doc).strip()
+    result.continuation = teacher.continuation(doc).strip()
     if not result.paraphrase:
         result.kept, result.reason = False, "the teacher wrote an empty paraphrase"
     return result
@@ -148,7 +150,7 @@ def load_done(out: Path) -> tuple[set[str], set[str]]:
     # Records of one document are adjacent; only the last document can be incomplete.
     if rows:
         last_id = str(rows[-1][1].get("doc_id"))
-        if kinds[last_id] != {"qa", "paraphrase"}:
+        if not {"qa", "paraphrase"} <= kinds[last_id]:
             good = min(pos for pos, obj in rows if str(obj.get("doc_id")) == last_id)
             kinds.pop(last_id)
             log.warning("%s: document %s was half-written; it will be redone", out, last_id)
@@ -171,15 +173,25 @@ def _append(f, lines: list[dict]) -> None:
     os.fsync(f.fileno())
 
 
-def result_records(r: DocResult, teacher_name: str) -> list[dict]:
+def result_records(r: DocResult, teacher_name: str, paraphrase_instruction: str | None = None) -> list[dict]:
+    """The document's records: qa, the continuation if any, and the paraphrase last — a document
+    counts as done once its paraphrase is written (:func:`load_done`)."""
     doc = r.doc.as_text()
     qa = PretrainRecord(doc=doc, data_type=DataType.QA, pairs=tuple(r.pairs), id=f"{r.doc.id}:qa", doc_id=r.doc.id)
     para = PretrainRecord(doc=doc, data_type=DataType.PARAPHRASE, paraphrase=r.paraphrase,
-                          instruction=PARAPHRASE_INSTRUCTION, id=f"{r.doc.id}:paraphrase", doc_id=r.doc.id)  # fmt: skip
+                          instruction=paraphrase_instruction or PARAPHRASE_INSTRUCTION, id=f"{r.doc.id}:paraphrase",
+                          doc_id=r.doc.id)  # fmt: skip
     # Readers of pretrain records ignore unknown keys; these make the file self-describing.
     meta = {"teacher": teacher_name, "facts": len(r.facts), "simple": r.simple, "complex": r.complex,
             "coverage": round(r.coverage, 4), "rounds": r.rounds}  # fmt: skip
-    return [{**qa.to_json(), "synth": meta}, para.to_json()]
+    out = [{**qa.to_json(), "synth": meta}]
+    if r.continuation:
+        from clara.pretrain.text_teachers import CONTINUATION_INSTRUCTION
+
+        cont = PretrainRecord(doc=doc, data_type=DataType.PARAPHRASE, paraphrase=r.continuation,
+                              instruction=CONTINUATION_INSTRUCTION, id=f"{r.doc.id}:continuation", doc_id=r.doc.id)  # fmt: skip
+        out.append(cont.to_json())
+    return out + [para.to_json()]
 
 
 def dropped_record(r: DocResult) -> dict:
@@ -191,10 +203,14 @@ def dropped_record(r: DocResult) -> dict:
 
 
 def read_documents(path: str | Path) -> Iterator[SynthDoc]:
-    """Documents JSONL (``{id,title,text}`` / ``{id,contents}``), with world ``facts`` kept if present."""
+    """Documents JSONL (``{id,title,text}`` / ``{id,contents}``), with world ``facts`` kept if present.
+
+    Passages of one source, as `clara corpus ingest` writes them (``SRC#0``, ``SRC#1``, … in file
+    order), get the next passage's text as ``next_text`` (a continuation target)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such documents file; give a JSONL of {{id, title, text}}")
+    prev: SynthDoc | None = None
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -205,7 +221,19 @@ def read_documents(path: str | Path) -> Iterator[SynthDoc]:
             except ValueError as e:
                 raise DataError(f"{where}: record: invalid JSON ({e})") from None
             d = Document.from_json(obj, where)
-            yield SynthDoc(d.id, d.title, d.text, obj.get("entity_type", ""), tuple(obj.get("facts") or ()))
+            doc = SynthDoc(d.id, d.title, d.text, obj.get("entity_type", ""), tuple(obj.get("facts") or ()))
+            if prev is not None:
+                yield replace(prev, next_text=doc.text) if follows(prev.id, doc.id) else prev
+            prev = doc
+    if prev is not None:
+        yield prev
+
+
+def follows(first: str, second: str) -> bool:
+    """Whether passage id ``second`` is the passage right after ``first`` of one source (``S#n``, ``S#n+1``)."""
+    a, sep_a, n = first.rpartition("#")
+    b, sep_b, m = second.rpartition("#")
+    return bool(sep_a and sep_b) and a == b and n.isdigit() and m.isdigit() and int(m) == int(n) + 1
 
 
 def fresh_world_documents(n: int, seed: int) -> Iterator[SynthDoc]:
@@ -277,7 +305,7 @@ def synthesize(
             tqdm(total=total, desc=f"synth ({teacher.name})", unit="doc", disable=None) as bar:  # fmt: skip
         for r in _run_pool(todo, teacher, threshold, max_rounds, max_errors, run):
             if r.kept:
-                _append(fout, result_records(r, teacher.name))
+                _append(fout, result_records(r, teacher.name, teacher.paraphrase_instruction))
             else:
                 _append(fdrop, [dropped_record(r)])
             run.add(r)

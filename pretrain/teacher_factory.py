@@ -1,6 +1,7 @@
 """Pick a synthesis teacher by name (DESIGN §4).
 
     teacher = make_teacher("world")                      # exact, from structured facts
+    teacher = make_teacher("cloze")                      # any text: cloze QA, reconstruction, continuation
     teacher = make_teacher("hf", model="out/backbones/smollm2")
     teacher = make_teacher("openai", base_url="http://127.0.0.1:8000/v1", model="qwen")
 
@@ -14,13 +15,17 @@ from __future__ import annotations
 from clara.errors import ConfigError
 from clara.pretrain.teachers import Teacher, WorldTeacher
 
-TEACHERS = ("world", "hf", "openai")
+TEACHERS = ("world", "cloze", "hf", "openai")
 
 
 def make_teacher(kind: str, **options) -> Teacher:
     """A teacher by name; options are those of the teacher's constructor."""
     if kind == "world":
         return WorldTeacher(**options)
+    if kind == "cloze":
+        from clara.pretrain.text_teachers import ClozeTeacher
+
+        return ClozeTeacher(**options)
     if kind == "hf":
         from clara.pretrain.prompt_teachers import HFTeacher
 

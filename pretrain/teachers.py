@@ -1,11 +1,11 @@
-"""Teachers for guided synthesis (DESIGN §4): one interface, three implementations.
+"""Teachers for guided synthesis (DESIGN §4): one interface, four implementations.
 
 The interface, its lexical coverage check and the exact `world` teacher live here; `hf` and
 `openai` prompt a model (:mod:`clara.pretrain.prompt_teachers`, :mod:`clara.pretrain.openai_teacher`),
-and :func:`clara.pretrain.teacher_factory.make_teacher` picks one by name.
+`cloze` needs no model at all (:mod:`clara.pretrain.text_teachers`), and :func:`clara.pretrain.teacher_factory.make_teacher` picks one by name.
 
 A teacher lists a document's facts, writes simple QA (one fact per pair), complex QA (pairs
-needing several facts), a paraphrase, and judges whether a fact is covered by some pair.
+needing several facts), a paraphrase, optionally a continuation, and judges whether a fact is covered by some pair.
 The verify-and-regenerate loop in :mod:`clara.pretrain.synth` only talks to this interface.
 """
 
@@ -42,6 +42,8 @@ class SynthDoc:
     text: str
     entity_type: str = ""
     facts: tuple[dict, ...] = field(default=(), compare=False)
+    next_text: str = ""  # the next passage of the same source document, if the corpus has one
+
 
     def as_text(self) -> str:
         return Document(text=self.text, title=self.title, id=self.id).as_text()
@@ -52,6 +54,7 @@ class Teacher(abc.ABC):
 
     name = "teacher"
     workers = 1
+    paraphrase_instruction: str | None = None  # None: the synthesis loop's rewrite instruction
 
     @abc.abstractmethod
     def facts(self, doc: SynthDoc) -> list[Fact]:
@@ -68,6 +71,10 @@ class Teacher(abc.ABC):
     @abc.abstractmethod
     def paraphrase(self, doc: SynthDoc) -> str:
         """The document in other words, same meaning."""
+
+    def continuation(self, doc: SynthDoc) -> str:
+        """The text that follows the document (a continuation target), or "" for none."""
+        return ""
 
     def covered(self, fact: Fact, pairs: list[QAPair]) -> bool:
         """Whether some pair states ``fact`` (lexical by default)."""
