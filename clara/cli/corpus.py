@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from clara.cli.args import positive_int
+from clara.cli.args import csv_list, positive_int
 
 
 def register(subparsers) -> None:
@@ -36,6 +36,22 @@ def register(subparsers) -> None:
                      help="input format; auto: folder → text, XML → mediawiki, JSON → jsonl")
     ing.add_argument("--limit", type=positive_int, default=None, help="stop after this many source documents (to try a big dump)")
     ing.set_defaults(func=run_ingest)
+    sp = sub.add_parser(
+        "split",
+        help="hold out whole articles: every passage of a held-out source goes to the evaluation file",
+        description="Split a passages JSONL (from `clara corpus ingest`, ids SRC#n) by source document, so that no "
+        "held-out article is ever trained on: the articles named by --heldout-titles, plus a stable --heldout-fraction "
+        "of the others (a hash of --seed and the source id). Both outputs are written atomically.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sp.add_argument("src", help="passages JSONL")
+    sp.add_argument("--train", required=True, help="output: passages of the training articles")
+    sp.add_argument("--heldout", required=True, help="output: passages of the held-out articles")
+    sp.add_argument("--heldout-titles", type=csv_list, default=[], metavar="T1,T2",
+                    help="titles to hold out, comma-separated, matched exactly")
+    sp.add_argument("--heldout-fraction", type=float, default=0.0, help="fraction of the other articles to hold out")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the fractional draw")
+    sp.set_defaults(func=run_split)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -45,4 +61,15 @@ def run_ingest(args) -> int:
     summary = ingest(args.src, args.out, tokenizer=args.tokenizer, chunk_len=args.chunk_len, fmt=args.format,
                      limit=args.limit)  # fmt: skip
     print(f"{summary.format} {args.src} -> {args.out}: {summary.line()}")
+    return 0
+
+
+def run_split(args) -> int:
+    from clara.data.corpus import split_by_source
+
+    s = split_by_source(args.src, args.train, args.heldout, titles=args.heldout_titles,
+                        fraction=args.heldout_fraction, seed=args.seed)  # fmt: skip
+    print(f"{args.src}: {s['train_sources']} articles ({s['train_passages']} passages) -> {args.train}; "
+          f"{s['heldout_sources']} held out ({s['heldout_passages']} passages) -> {args.heldout}: "
+          + ", ".join(s["heldout_titles"]))
     return 0

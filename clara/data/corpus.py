@@ -12,12 +12,13 @@ with the same tokenizer gives the same ids. The output is written atomically.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import logging
 import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from tqdm import tqdm
 
@@ -246,3 +247,47 @@ def ingest(
 
 def summary_path(out: Path) -> Path:
     return out.with_name(out.name + ".summary.json")
+
+
+# ---------------------------------------------------------------------------- held-out split
+
+
+def source_id(passage_id: str) -> str:
+    """The source document of a passage id ``SRC#n`` (the id itself when it has no ``#n``)."""
+    src, sep, n = passage_id.rpartition("#")
+    return src if sep and n.isdigit() else passage_id
+
+
+def split_by_source(
+    src: str | Path, train_out: str | Path, heldout_out: str | Path, *, titles: Sequence[str] = (),
+    fraction: float = 0.0, seed: int = 0,
+) -> dict:
+    """Hold out whole source documents: every passage of a held-out article goes to ``heldout_out``.
+
+    Held out are the articles titled in ``titles`` (each must exist), plus a stable ``fraction`` of the
+    other articles drawn by a hash of ``seed`` and the source id. Both outputs are written atomically;
+    returns counts and the held-out titles.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"--heldout-fraction {fraction}: must be in [0, 1)")
+    docs = [d for d in iter_records(src, RecordKind.DOCUMENTS)]
+    known = {d.title for d in docs}
+    missing = [t for t in titles if t not in known]
+    if missing:
+        raise ConfigError(f"{src}: no passage has the title {missing[0]!r}; titles are matched exactly")
+    want = set(titles)
+
+    def held(d: Document) -> bool:
+        if d.title in want:
+            return True
+        digest = hashlib.sha256(f"{seed}/{source_id(d.id)}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+    heldout = [d for d in docs if held(d)]
+    train = [d for d in docs if not held(d)]
+    write_jsonl(train_out, train)
+    write_jsonl(heldout_out, heldout)
+    return {"train_passages": len(train), "heldout_passages": len(heldout),
+            "train_sources": len({source_id(d.id) for d in train}),
+            "heldout_sources": len({source_id(d.id) for d in heldout}),
+            "heldout_titles": sorted({d.title for d in heldout})}  # fmt: skip
