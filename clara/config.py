@@ -215,6 +215,7 @@ class ScpConfig:
     instruct_k: int = 1  # `clara pretrain instruct`: gold + first non-gold candidates; gold slot by id hash
     init_adapters: str = ""  # adapters to start from (train an SCP run further, fresh optimizer); "" = fresh LoRA
     init_other_cr: bool = False  # init_adapters may be of another CR: LoRA kept, memory-token embeddings resampled
+    init_other_backbone: bool = False  # init_adapters may come from another backbone of the same shape (a warning)
     # beyond the reference: in-batch InfoNCE between each document's pooled memory and its own text states
     # (both centred over the batch), a signal that keeps documents' memories apart (DESIGN §11, collapse)
     contrastive_weight: float = 0.0

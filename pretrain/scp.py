@@ -273,7 +273,8 @@ def build_scp_model(cfg: ClaraConfig):
     """
     from clara.model.loading import model_from_adapters
 
-    model = model_from_adapters(cfg, cfg.scp.init_adapters, "scp.init_adapters", other_cr=cfg.scp.init_other_cr)
+    model = model_from_adapters(cfg, cfg.scp.init_adapters, "scp.init_adapters", other_cr=cfg.scp.init_other_cr,
+                                other_backbone=cfg.scp.init_other_backbone)
     model.set_trainable(list(SCP_ADAPTERS), mem_embed=True)
     return model
 

@@ -96,10 +96,12 @@ def load_trained_model(path: str | Path, backbone: str | Path | None = None, key
     return model
 
 
-def model_from_adapters(cfg: ClaraConfig, init_adapters: str, key: str, missing: str = "", other_cr: bool = False):
+def model_from_adapters(cfg: ClaraConfig, init_adapters: str, key: str, missing: str = "", other_cr: bool = False,
+                        other_backbone: bool = False):
     """A stage's starting model: seeded, with an earlier run's adapters loaded, or fresh ones (logging
     ``missing`` if given). ``key``: the config key that gave ``init_adapters`` (named in the error when it
-    holds none). ``other_cr``: adapters of another compression rate load too (``load_adapters``).
+    holds none). ``other_cr``, ``other_backbone``: adapters of another compression rate or backbone load too
+    (``load_adapters``).
     """
     from clara.model.clara_model import ClaraModel
     from clara.training import seed_everything
@@ -107,7 +109,7 @@ def model_from_adapters(cfg: ClaraConfig, init_adapters: str, key: str, missing:
     seed_everything(cfg.train.seed)  # LoRA init draws from the torch RNG: same model on every run
     model = ClaraModel.from_config(cfg.model, seed=cfg.train.seed)
     if init_adapters:
-        model.load_adapters(resolve_adapters_dir(init_adapters, key), other_cr=other_cr)
+        model.load_adapters(resolve_adapters_dir(init_adapters, key), other_cr=other_cr, other_backbone=other_backbone)
     elif missing:
         log.warning(missing)
     return model

@@ -107,13 +107,15 @@ class AdapterStorage:
                                        target_modules=tuple(sorted(cfg.target_modules)))),
         }
 
-    def load_adapters(self, directory: str | Path, other_cr: bool = False) -> None:
+    def load_adapters(self, directory: str | Path, other_cr: bool = False, other_backbone: bool = False) -> None:
         """Load adapters saved by :meth:`save_adapters`; refuse ones trained on another backbone.
 
         Adapters without a query reasoner (stage 1's) get a copy of the compressor as one, as joint training starts.
         ``other_cr``: adapters saved with another number of memory tokens (another compression rate) are loaded
         too, to be trained further at this one: the LoRA weights as saved, the memory-token embeddings resampled
         along the slot axis (:func:`resample_slots`), the splice-side memory stats left unset.
+        ``other_backbone``: adapters trained on another backbone of the same shape are loaded too, to be trained
+        further on this one (e.g. from the derived reader backbone to the stock one), with a warning.
         """
         from safetensors.torch import load_file
 
@@ -130,11 +132,15 @@ class AdapterStorage:
             log.warning("%s: adapters were trained on backbone %s, this one is %s: another build of the same "
                         "recipe (%s; e.g. trained with another CPU thread count), loading them", directory,
                         info["backbone_hash"], self.backbone_hash, self.backbone_recipe)  # fmt: skip
+        elif not match and other_backbone:
+            log.warning("%s: adapters were trained on backbone %s (%s), this one is %s: loading them to train further "
+                        "on this backbone", directory, info["backbone_hash"], info.get("backbone"), self.backbone_hash)
         elif not match:
             raise CheckpointError(
                 f"{directory}: adapters were trained on backbone {info['backbone_hash']} ({info.get('backbone')}) "
                 f"but this model's backbone is {self.backbone_hash} ({self.backbone_path}); "
-                "set model.backbone to the backbone the adapters were trained on"
+                "set model.backbone to the backbone the adapters were trained on (or, to train them further on "
+                "this one, scp.init_other_backbone=true)"
             )
         ours = self._info()
         resample = other_cr and info["num_mem"] != ours["num_mem"]

@@ -64,6 +64,21 @@ def test_adapters_from_another_backbone_are_refused(model, make_model, other_bac
         other.load_adapters(tmp_path / "adapters")
 
 
+def test_adapters_from_another_backbone_load_when_asked(model, make_model, other_backbone, tmp_path, caplog):
+    """scp.init_other_backbone: train adapters further on another backbone of the same shape (a warning)."""
+    with torch.no_grad():
+        model.mem_embed.add_(0.1)
+    model.save_adapters(tmp_path / "adapters")
+    other = make_model(other_backbone)
+    with caplog.at_level("WARNING"):
+        other.load_adapters(tmp_path / "adapters", other_backbone=True)
+    assert "loading them to train further on this backbone" in caplog.text
+    assert torch.equal(other.mem_embed, model.mem_embed)
+    theirs = other.adapters.state_dict("compressor")
+    for name, value in model.adapters.state_dict("compressor").items():
+        assert torch.equal(theirs[name], value)
+
+
 def _as_reader_build(src, dst, steps):
     """A copy of backbone ``src`` that says it is a reader backbone made with ``steps`` steps."""
     import shutil
