@@ -8,7 +8,8 @@ project's own format. Formats read:
   "pairs": [{"question", "answer"}] | "paraphrase", "instruction"?}`` and reference
   ``{"data_type", "question": [..], "answers": [..], "docs": [doc, ...]}`` (several docs
   are joined with a blank line; for paraphrase ``answers[0]`` is the target and
-  ``question[0]``, if any, the instruction).
+  ``question[0]``, if any, the instruction). Either may name the data set it came from in
+  ``source`` (a string; ``clara eval compression --data`` scores each source apart).
 - **joint / eval** — ``question``; answers from exactly one of ``answer`` (string),
   ``answers`` or ``golden_answers`` (lists; several may be given only if they agree);
   candidates from ``docs`` (strings or document objects) or ``doc_ids`` (resolved against a
@@ -233,13 +234,13 @@ class PretrainRecord:
     instruction: str | None = None  # optional paraphrase instruction
     id: str | None = None
     doc_id: str | None = None
+    source: str | None = None  # the data set it came from
 
     def to_json(self) -> dict:
         out: dict[str, Any] = {}
-        if self.id is not None:
-            out["id"] = self.id
-        if self.doc_id is not None:
-            out["doc_id"] = self.doc_id
+        for key in ("id", "doc_id", "source"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         out.update(data_type=self.data_type.value, doc=self.doc)
         if self.data_type is DataType.QA:
             out["pairs"] = [{"question": p.question, "answer": p.answer} for p in self.pairs]
@@ -258,7 +259,8 @@ class PretrainRecord:
             data_type = DataType(raw_type)
         except (ValueError, TypeError):
             raise c.error("data_type", f"unknown value {show(raw_type)} (expected \"qa\" or \"paraphrase\")") from None
-        ids = dict(id=c.optional(obj, "id", c.ident), doc_id=c.optional(obj, "doc_id", c.ident))
+        ids = dict(id=c.optional(obj, "id", c.ident), doc_id=c.optional(obj, "doc_id", c.ident),
+                   source=c.optional(obj, "source", c.string, limits.max_id_chars))  # fmt: skip
         if "doc" in obj:
             return cls._from_project(c, obj, data_type, ids)
         if "docs" in obj:
