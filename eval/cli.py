@@ -57,22 +57,31 @@ def add_answer_options(p) -> None:
 def register_compression(sub) -> None:
     p = sub.add_parser(
         "compression",
-        help="answer held-out world questions from compressed memory only, vs wrong memory, raw text, closed book",
+        help="answer held-out world questions (or your own QA records) from compressed memory only, vs wrong "
+        "memory, raw text, closed book",
         description="For held-out world entities, answer each document's single-hop questions from its compressed "
         "memory only (generator adapter), from a wrong document's memory (ablation: equal scores mean the memory "
         "is ignored), and with the bare backbone given the raw document text / nothing (closed book). Reports EM, "
         "F1, Cover-EM, the mean pairwise cosine between compressed documents (near 1 = collapse) and the "
-        "teacher-forced target loss with right vs wrong memory. Several --model give a compression-rate sweep.",
+        "teacher-forced target loss with right vs wrong memory. Several --model give a compression-rate sweep. "
+        "With --data instead of --world, the questions are the QA pairs of pretraining records (each asked of its "
+        "record's document; the wrong memory is another record's), scored per source as well.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model", action="append", required=True,
                    help="run directory of `clara pretrain train` (or its adapters/ directory); repeat for a CR sweep")
-    p.add_argument("--world", required=True, help="world directory (from `clara world --out DIR`)")
+    given = p.add_mutually_exclusive_group(required=True)
+    given.add_argument("--world", help="world directory (from `clara world --out DIR`)")
+    given.add_argument("--data", action="append", metavar="FILE",
+                       help="pretraining records JSONL (project or reference format, as `clara data check --kind "
+                       "pretrain` reads; data_type qa, paraphrase records are skipped and counted), scored per "
+                       "record 'source' field, else per file name; repeat for several files")
     p.add_argument("--cr", type=int_list, default=[], help="only these compression rates, e.g. 4,16,32,64,128,256; "
                    "each must have a checkpoint among --model (each CR needs its own trained adapters)")
     p.add_argument("--backbone", default=None, help="backbone directory, if not where the adapters were trained")
-    p.add_argument("--split", default="test_unseen", type=csv_list, help="split(s): test_unseen holds entities never asked about in training")
-    p.add_argument("--types", default="single_hop", type=csv_list, help="question types (single-document ones)")
+    p.add_argument("--split", default="test_unseen", type=csv_list,
+                   help="with --world, split(s): test_unseen holds entities never asked about in training")
+    p.add_argument("--types", default="single_hop", type=csv_list, help="with --world, question types (single-document ones)")
     p.add_argument("--limit", type=int, default=100, help="at most this many questions (0 = all)")
     add_answer_options(p)
     p.add_argument("--batch-size", type=int, default=8, help="questions per batch")
@@ -93,14 +102,17 @@ def run_compression(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     start = time.perf_counter()
     results = run_compression_eval(
-        args.model, args.world, crs=args.cr, backbone=args.backbone, splits=args.split, types=args.types,
-        limit=args.limit or None, settings=args.settings, prompt=args.prompt, style=args.style,
+        args.model, args.world, data=args.data or (), crs=args.cr, backbone=args.backbone, splits=args.split,
+        types=args.types, limit=args.limit or None, settings=args.settings, prompt=args.prompt, style=args.style,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
     )
     first = results["runs"][0]
-    print(f"compression eval: {first['n']} questions on {first['documents']} documents from "
-          f"{','.join(results['splits'])} of {results['world']}, backbone {first['backbone']}, prompt {args.prompt}, "
-          f"{time.perf_counter() - start:.0f} s")
+    if args.data:
+        source = f"{', '.join(results['data'])} ({results['skipped_paraphrase']} paraphrase record(s) skipped)"
+    else:
+        source = f"{','.join(results['splits'])} of {results['world']}"
+    print(f"compression eval: {first['n']} questions on {first['documents']} documents from {source}, "
+          f"backbone {first['backbone']}, prompt {args.prompt}, {time.perf_counter() - start:.0f} s")
     print(format_table(results))
     if args.out:
         atomic_write_json(args.out, results)

@@ -1,7 +1,9 @@
 """Compression evaluation (DESIGN §10, §11): can the generator answer from a document's memory alone?
 
 For held-out world entities (``test_unseen`` by default), each single-hop question is answered
-in four settings on the same backbone:
+in four settings on the same backbone — or, with ``data`` (``--data FILE``), each QA pair of
+pretraining records (project or reference format, :class:`clara.data.records.PretrainRecord`)
+is a question whose gold document is its record's ``doc``, scored per ``source`` as well:
 
 - ``memory``        — the gold document compressed by the compressor; the generator sees only mem;
 - ``wrong_memory``  — another document's memory (the ablation of §11: equal to ``memory`` means
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import random
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -29,7 +32,7 @@ from tqdm.auto import tqdm
 
 from clara.errors import CheckpointError, DataError
 from clara.model.loading import load_trained_model, read_model_info, resolve_adapters_dir
-from clara.answers import answer_scores, cover_em, exact_match
+from clara.answers import answer_scores, cover_em
 from clara.eval.reading import evaluate_reading, load_world_questions
 from clara.model.prompts import extract_answer
 from clara.data.records import Document
@@ -166,13 +169,6 @@ def choice_accuracy(model, questions: Sequence[str], choices: Sequence[Sequence[
     return sum(v[0] < min(v[1:]) for v in per_q.values()) / len(per_q)
 
 
-def target_nll(model, questions: Sequence[str], answers: Sequence[str], mem: torch.Tensor, batch_size: int = 8) -> float:
-    """Mean teacher-forced loss of ``Question: q\nAnswer: a`` given mem (N, m, H)."""
-    if not questions:
-        return 0.0
-    return float(answer_losses(model, questions, answers, mem, batch_size=batch_size).mean())
-
-
 def evaluate_compression(
     model,
     questions: Sequence[dict],
@@ -201,8 +197,8 @@ def evaluate_compression(
     texts = [q["question"] for q in qs]
     results: dict[str, Any] = {"n": len(qs), "documents": len(unique), "prompt": prompt, "settings": {},
                                "num_mem": model.num_mem, "chunk_len": model.chunk_len, **memory_spread(mem_unique)}  # fmt: skip
-    records = [{"id": q["id"], "question": q["question"], "answers": g, "doc_id": d, "wrong_doc_id": doc_ids[w]}
-               for q, g, d, w in zip(qs, golds, doc_ids, wrong)]  # fmt: skip
+    records = [{"id": q["id"], "question": q["question"], "answers": g, "doc_id": d, "wrong_doc_id": doc_ids[w],
+                **({"source": q["source"]} if "source" in q else {})} for q, g, d, w in zip(qs, golds, doc_ids, wrong)]  # fmt: skip
     for setting, m in (("memory", mem), ("wrong_memory", mem[wrong])):
         if setting not in settings:
             continue
@@ -216,8 +212,11 @@ def evaluate_compression(
             rec[setting] = {"reply": reply, "prediction": pred}
     results["em_by_relation"] = em_by_relation(qs, records, [s for s in ("memory", "wrong_memory") if s in settings])
     first = [g[0] for g in golds]
-    results["nll_right"] = target_nll(model, texts, first, mem, batch_size)
-    results["nll_wrong"] = target_nll(model, texts, first, mem[wrong], batch_size)
+    for key, m in (("nll_right", mem), ("nll_wrong", mem[wrong])):
+        losses = answer_losses(model, texts, first, m, batch_size=batch_size)  # (N,)
+        results[key] = float(losses.mean())
+        for rec, loss in zip(records, losses.tolist()):
+            rec[key] = loss
     choices = answer_choices(qs)
     results["choices"] = sum(len(c) for c in choices) / len(choices)
     results["choice_right"] = choice_accuracy(model, texts, choices, mem, batch_size)
@@ -233,8 +232,28 @@ def evaluate_compression(
             for rec, r in zip(records, reading["records"]):
                 rec[s] = r[names[s]]
     results["settings"] = {s: results["settings"][s] for s in SETTINGS if s in results["settings"]}
+    if any("source" in q for q in qs):
+        results["by_source"] = scores_by_group([rec.get("source", "?") for rec in records], records, list(results["settings"]))
     results["records"] = records
     return results
+
+
+def scores_by_group(groups: Sequence[str], records: Sequence[dict], settings: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per group (sorted): the count ``n``, each setting's answer scores, and the mean of each per-record
+    ``nll_right`` / ``nll_wrong`` the records carry."""
+    members: dict[str, list[dict]] = {}
+    for group, rec in zip(groups, records):
+        members.setdefault(group, []).append(rec)
+    out: dict[str, dict[str, Any]] = {}
+    for group, recs in sorted(members.items()):
+        row: dict[str, Any] = {"n": len(recs)}
+        for s in settings:
+            row[s] = answer_scores([r[s]["prediction"] for r in recs], [r["answers"] for r in recs])
+        for key in ("nll_right", "nll_wrong"):
+            if all(key in r for r in recs):
+                row[key] = sum(r[key] for r in recs) / len(recs)
+        out[group] = row
+    return out
 
 
 def em_by_relation(qs: Sequence[dict], records: Sequence[dict], settings: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -242,28 +261,58 @@ def em_by_relation(qs: Sequence[dict], records: Sequence[dict], settings: Sequen
 
     A compressor can keep some facts of a document and drop others (a target cut at max_target_tokens
     never trains the later ones); the mean over all questions hides which."""
-    out: dict[str, dict[str, float]] = {}
-    for q, rec in zip(qs, records):
-        row = out.setdefault(_relation(q) or "?", {"n": 0, **{s: 0.0 for s in settings}})
-        row["n"] += 1
-        for s in settings:
-            row[s] += exact_match(rec[s]["prediction"], rec["answers"])
-    for row in out.values():
-        for s in settings:
-            row[s] /= row["n"]
-    return dict(sorted(out.items()))
+    groups = scores_by_group([_relation(q) or "?" for q in qs], records, settings)
+    return {g: {"n": row["n"], **{s: row[s]["em"] for s in settings}} for g, row in groups.items()}
+
+
+def load_data_questions(paths: Sequence[str], limit: int | None) -> tuple[list[dict], dict[str, dict], int]:
+    """Questions from the QA pairs of pretraining records (the first ``limit``), their documents by id
+    (``file:line`` of the first record with that text) and the count of paraphrase records skipped.
+
+    A question's ``source`` is its record's, else the file's name."""
+    from clara.data.jsonl import ReadStats, iter_records
+    from clara.data.records import DataType
+
+    questions: list[dict] = []
+    documents: dict[str, dict] = {}
+    id_of_text: dict[str, str] = {}  # one document per distinct text, so wrong memory is another text
+    skipped = 0
+    for path in paths:
+        stats = ReadStats(str(path))
+        for rec in iter_records(path, "pretrain", stats=stats):
+            if rec.data_type is not DataType.QA:
+                skipped += 1
+                continue
+            where = f"{path}:{stats.line}"
+            doc_id = id_of_text.setdefault(rec.doc, where)
+            documents.setdefault(doc_id, {"id": doc_id, "title": "", "text": rec.doc})
+            source = rec.source or Path(path).name
+            questions += [{"id": f"{where}#{k}", "question": p.question, "answers": [p.answer], "gold_ids": [doc_id],
+                           "source": source} for k, p in enumerate(rec.pairs)]  # fmt: skip
+    if not questions:
+        raise DataError(f"{', '.join(map(str, paths))}: no qa records ({skipped} paraphrase record(s) skipped); "
+                        "--data takes pretraining records of data_type qa")  # fmt: skip
+    return questions[:limit] if limit else questions, documents, skipped
 
 
 # ---------------------------------------------------------------------------- checkpoints and the table
 
 
 def run_compression_eval(
-    models: Sequence[str], world_dir: str, *, crs: Sequence[int] = (), backbone: str | None = None,
-    splits: Sequence[str] = ("test_unseen",), types: Sequence[str] = ("single_hop",), limit: int | None = 100,
-    **kw,
+    models: Sequence[str], world_dir: str | None = None, *, data: Sequence[str] = (), crs: Sequence[int] = (),
+    backbone: str | None = None, splits: Sequence[str] = ("test_unseen",), types: Sequence[str] = ("single_hop",),
+    limit: int | None = 100, **kw,
 ) -> dict[str, Any]:  # fmt: skip
-    """Evaluate each checkpoint on the same questions; with ``crs``, only (and all of) those rates."""
-    questions, documents = load_world_questions(world_dir, splits, types, limit)
+    """Evaluate each checkpoint on the same questions — the world's, or with ``data`` those of
+    pretraining record files — and with ``crs``, only (and all of) those rates."""
+    if data:
+        questions, documents, skipped = load_data_questions(data, limit)
+        evaluated: dict[str, Any] = {"data": [str(p) for p in data], "skipped_paraphrase": skipped}
+    elif world_dir:
+        questions, documents = load_world_questions(world_dir, splits, types, limit)
+        evaluated = {"world": str(world_dir), "splits": list(splits), "types": list(types)}
+    else:
+        raise DataError("nothing to evaluate on; give a world directory or data files")
     runs = []
     seen_crs = set()
     for path in models:
@@ -286,7 +335,7 @@ def run_compression_eval(
         raise CheckpointError(f"--cr {','.join(map(str, missing))}: no checkpoint among --model has that compression rate")
     if not runs:
         raise CheckpointError("no checkpoint to evaluate; pass --model RUN_OR_ADAPTER_DIR")
-    return {"world": str(world_dir), "splits": list(splits), "types": list(types), "runs": runs}
+    return {**evaluated, "runs": runs}
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -304,9 +353,26 @@ def format_table(results: dict[str, Any]) -> str:
                      f"{run['mem_between_share']:.4f} | "
                      f"{run['nll_right']:.4f} | {run['nll_wrong']:.4f} | {run.get('choice_right', float('nan')):.3f} | "
                      f"{run.get('choice_wrong', float('nan')):.3f} ({run.get('choices', float('nan')):.1f}) |")  # fmt: skip
+    if any("by_source" in run for run in results["runs"]):
+        return "\n".join(lines + ["", source_table(results)])
     lines += ["", "| CR | relation | n | EM memory | EM wrong memory |", "|---|---|---|---|---|"]
     for run in results["runs"]:
         for rel, row in run.get("em_by_relation", {}).items():
             lines.append(f"| {run['cr']} | {rel} | {row['n']} | {row.get('memory', float('nan')):.3f} | "
                          f"{row.get('wrong_memory', float('nan')):.3f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def source_table(results: dict[str, Any]) -> str:
+    """Scores per source and over all (``all``); the target NLL is the right memory's on the memory row
+    and the wrong memory's on the wrong-memory row."""
+    nll_of = {"memory": "nll_right", "wrong_memory": "nll_wrong"}
+    lines = ["| CR | source | setting | n | EM | F1 | Cover-EM | target NLL |", "|---|---|---|---|---|---|---|---|"]
+    for run in results["runs"]:
+        rows = {**run.get("by_source", {}), "all": {"n": run["n"], **run["settings"], **{k: run[k] for k in nll_of.values()}}}
+        for source, row in rows.items():
+            for setting in run["settings"]:
+                s, nll = row[setting], row.get(nll_of.get(setting, ""))
+                lines.append(f"| {run['cr']} | {source} | {setting} | {s['n']} | {s['em']:.3f} | {s['f1']:.3f} | "
+                             f"{s['cover_em']:.3f} | {'-' if nll is None else f'{nll:.4f}'} |")  # fmt: skip
     return "\n".join(lines)

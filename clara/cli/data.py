@@ -19,7 +19,8 @@ from clara.errors import DataError
 
 KIND_HELP = (
     "record kind: pretrain (SCP qa/paraphrase, project or reference format), joint (questions with "
-    "candidates and pos_index), eval (questions, candidates optional; FlashRAG records too), "
+    "candidates and pos_index; the reference's gold_answer records too), eval (questions, candidates "
+    "optional; FlashRAG and reference records too), "
     "documents (corpus lines {id,title,text} or {id,contents})"
 )
 

@@ -53,6 +53,7 @@ class ReadStats:
     lines: int = 0  # non-blank lines
     records: int = 0
     skipped: int = 0
+    line: int = 0  # the line number of the record last yielded
     corpus: str | None = None  # the corpus used to resolve doc_ids, if any
     problems: list[str] = field(default_factory=list)
 
@@ -223,6 +224,7 @@ def iter_records(
                     logger.warning("skipping bad record: %s", e)
                 continue
             stats.records += 1
+            stats.line = lineno
             yield record
     if skip_bad and stats.skipped:
         logger.warning("skipped %d bad record(s) of %d in %s", stats.skipped, stats.lines, path)

@@ -8,7 +8,8 @@ project's own format. Formats read:
   "pairs": [{"question", "answer"}] | "paraphrase", "instruction"?}`` and reference
   ``{"data_type", "question": [..], "answers": [..], "docs": [doc, ...]}`` (several docs
   are joined with a blank line; for paraphrase ``answers[0]`` is the target and
-  ``question[0]``, if any, the instruction).
+  ``question[0]``, if any, the instruction). Either may name the data set it came from in
+  ``source`` (a string; ``clara eval compression --data`` scores each source apart).
 - **joint / eval** — ``question``; answers from exactly one of ``answer`` (string),
   ``answers`` or ``golden_answers`` (lists; several may be given only if they agree);
   candidates from ``docs`` (strings or document objects) or ``doc_ids`` (resolved against a
@@ -17,6 +18,15 @@ project's own format. Formats read:
   ``metadata``), derived from ``gold_ids`` when absent. Unknown keys are kept in ``extra``.
   FlashRAG records whose candidates live in a separate file get them merged in by the
   reader (:func:`clara.data.jsonl.load_candidates`, ``--candidates``).
+- **joint / eval, reference form** — the reference's end-to-end records ``{"question",
+  "docs": [str, ...], "gold_answer": str}`` and its instruction-tuning records, which add
+  ``"answer"``: there ``answer`` is a teacher's *generated* answer, not the reference, so
+  ``gold_answer`` is the answer and ``answer`` is kept as the extra field
+  ``generated_answer``. These records name no gold document: with neither ``pos_index``
+  nor ``gold_ids``, ``pos_index`` lists the candidates whose text contains a gold answer
+  as a run of normalised tokens (:func:`clara.answers.cover_em`: lowercase, no
+  punctuation or articles), and the extra field ``"pos_from": "answer_match"`` says it
+  was derived, not labelled — a candidate can mention the answer without supporting it.
 - **documents** — ``{"id", "title", "text"}`` or FlashRAG ``{"id", "contents"}`` where
   contents is ``title\\ntext`` (a title in double quotes loses them).
 """
@@ -28,6 +38,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from clara.answers import cover_em
 from clara.errors import DataError
 
 
@@ -223,13 +234,13 @@ class PretrainRecord:
     instruction: str | None = None  # optional paraphrase instruction
     id: str | None = None
     doc_id: str | None = None
+    source: str | None = None  # the data set it came from
 
     def to_json(self) -> dict:
         out: dict[str, Any] = {}
-        if self.id is not None:
-            out["id"] = self.id
-        if self.doc_id is not None:
-            out["doc_id"] = self.doc_id
+        for key in ("id", "doc_id", "source"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         out.update(data_type=self.data_type.value, doc=self.doc)
         if self.data_type is DataType.QA:
             out["pairs"] = [{"question": p.question, "answer": p.answer} for p in self.pairs]
@@ -248,7 +259,8 @@ class PretrainRecord:
             data_type = DataType(raw_type)
         except (ValueError, TypeError):
             raise c.error("data_type", f"unknown value {show(raw_type)} (expected \"qa\" or \"paraphrase\")") from None
-        ids = dict(id=c.optional(obj, "id", c.ident), doc_id=c.optional(obj, "doc_id", c.ident))
+        ids = dict(id=c.optional(obj, "id", c.ident), doc_id=c.optional(obj, "doc_id", c.ident),
+                   source=c.optional(obj, "source", c.string, limits.max_id_chars))  # fmt: skip
         if "doc" in obj:
             return cls._from_project(c, obj, data_type, ids)
         if "docs" in obj:
@@ -304,7 +316,8 @@ class PretrainRecord:
 
 # ---------------------------------------------------------------------------- questions
 
-_QUESTION_KEYS = {"id", "question", "answer", "answers", "golden_answers", "docs", "doc_ids", "pos_index", "type", "gold_ids"}
+_QUESTION_KEYS = {"id", "question", "answer", "answers", "golden_answers", "gold_answer", "docs", "doc_ids", "pos_index",
+                  "type", "gold_ids"}  # fmt: skip
 _CANDIDATE_KEYS = ("docs", "doc_ids", "pos_index")
 
 
@@ -350,6 +363,9 @@ class QuestionRecord:
             raise c.error("docs", "missing (give candidates as 'docs' or 'doc_ids', at top level or in 'metadata')")
         gold_ids = c.optional(obj, "gold_ids", c.idents, True) or ()
         pos_index = _pos_index(c, obj, meta, candidates, gold_ids)
+        extra = _extra(c, obj, meta, source)
+        if "gold_answer" in obj:
+            pos_index = _reference_form(c, obj, meta, candidates, gold_ids, answers, pos_index, extra)
         kwargs = dict(
             question=question,
             answers=answers,
@@ -358,7 +374,7 @@ class QuestionRecord:
             id=c.optional(obj, "id", c.ident),
             type=c.optional(obj, "type", c.string, limits.max_id_chars),
             gold_ids=gold_ids,
-            extra=_extra(c, obj, meta, source),
+            extra=extra,
         )
         return cls(**kwargs)
 
@@ -376,13 +392,15 @@ class EvalRecord(QuestionRecord):
 def _answers(c: _Check, obj: dict) -> tuple[str, ...]:
     lim = c.limits.max_question_chars
     found: list[tuple[str, tuple[str, ...]]] = []
-    if "answer" in obj:
-        found.append(("answer", (c.string(obj["answer"], "answer", lim),)))
+    # beside 'gold_answer', 'answer' is a teacher's generated answer (_reference_form), not a gold one
+    single = "gold_answer" if "gold_answer" in obj else "answer"
+    if single in obj:
+        found.append((single, (c.string(obj[single], single, lim),)))
     for key in ("answers", "golden_answers"):
         if key in obj:
             found.append((key, c.strings(obj[key], key, lim)))
     if not found:
-        raise c.error("answers", "missing (give 'answer', 'answers' or 'golden_answers')")
+        raise c.error("answers", "missing (give 'answer', 'answers', 'golden_answers' or 'gold_answer')")
     first_key, first = found[0]
     for key, other in found[1:]:
         if set(other) != set(first):
@@ -441,6 +459,22 @@ def _pos_index(c: _Check, obj: dict, meta: dict, candidates, gold_ids) -> tuple[
             raise c.error(item, f"index {v} listed twice")
         out.append(v)
     return tuple(out)
+
+
+def _reference_form(c: _Check, obj: dict, meta: dict, candidates, gold_ids, answers, pos_index, extra: dict):
+    """The reference's records with ``gold_answer`` (module docstring): a generated ``answer`` moves to
+    ``extra["generated_answer"]``; without a gold label, pos_index is derived by answer match."""
+    if "answer" in obj:
+        generated = c.string(obj["answer"], "answer", c.limits.max_question_chars)
+        if extra.get("generated_answer", generated) != generated:
+            raise c.error("generated_answer", "disagrees with 'answer' (beside 'gold_answer', the generated answer); "
+                          "give only one of them")  # fmt: skip
+        extra["generated_answer"] = generated
+    labelled = obj.get("pos_index", meta.get("pos_index")) is not None or bool(gold_ids)
+    if candidates is None or labelled:
+        return pos_index
+    extra["pos_from"] = "answer_match"
+    return tuple(i for i, d in enumerate(candidates) if cover_em(d.as_text(), answers))
 
 
 def _extra(c: _Check, obj: dict, meta: dict, source: str | None) -> dict:

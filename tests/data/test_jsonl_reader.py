@@ -31,6 +31,13 @@ def test_blank_lines_bom_and_crlf_are_fine_and_line_numbers_count_them(tmp_path)
     assert (stats.lines, stats.records, stats.skipped) == (2, 1, 1)
 
 
+def test_stats_line_is_the_line_number_of_the_record_just_yielded(tmp_path):
+    path = _write(tmp_path / "e.jsonl", ["", {"question": "a?", "answer": "b"}, "  ", "{bad", {"question": "c?", "answer": "d"}])
+    stats = ReadStats(str(path))
+    assert [(r.question, stats.line) for r in iter_records(path, "eval", skip_bad=True, stats=stats)] == [
+        ("a?", 2), ("c?", 5)]
+
+
 def test_skip_bad_returns_exactly_the_good_records_and_logs_each(tmp_path, caplog):
     good = [{"id": f"q{i}", "question": f"q {i}?", "answers": [str(i)]} for i in range(5)]
     lines = [good[0], b"{oops", good[1], {"id": "q0", "question": "dup", "answers": ["x"]}, good[2],

@@ -42,6 +42,15 @@ def test_pretrain_project_and_reference_qa_normalise_to_the_same_record():
     assert PretrainRecord.from_json(a.to_json(), W) == a
 
 
+def test_pretrain_source_names_the_data_set_in_either_format():
+    ref = {"data_type": "qa", "question": ["a?"], "answers": ["1"], "docs": ["d"], "source": "nq"}
+    r = PretrainRecord.from_json(ref, W)
+    assert r.source == "nq" and r.to_json()["source"] == "nq"
+    assert PretrainRecord.from_json(r.to_json(), W) == r
+    assert "source" not in PretrainRecord.from_json({k: v for k, v in ref.items() if k != "source"}, W).to_json()
+    assert err(PretrainRecord.from_json, {**ref, "source": 5}, W) == f"{W}: source: expected a string, got 5"
+
+
 def test_pretrain_reference_paraphrase_takes_answer_and_instruction():
     ref = {"data_type": "paraphrase", "question": ["Rewrite the document."], "answers": ["Born 1975: Mara."],
            "docs": ["Mara was born", "in 1975."]}

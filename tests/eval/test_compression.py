@@ -64,6 +64,19 @@ def test_em_by_relation_hand_values():
                                                     "employer": {"n": 1, "memory": 1.0}}
 
 
+def test_scores_by_group_hand_values():
+    from clara.eval.compression import scores_by_group
+
+    recs = [{"answers": ["Tovin"], "memory": {"prediction": "Tovin"}, "nll_right": 1.0, "nll_wrong": 4.0},
+            {"answers": ["Ann Bell"], "memory": {"prediction": "the bell"}, "nll_right": 2.0, "nll_wrong": 3.0},
+            {"answers": ["Oslo"], "memory": {"prediction": "in Oslo"}, "nll_right": 0.5, "nll_wrong": 0.5}]
+    rows = scores_by_group(["nq", "nq", "trivia"], recs, ["memory"])
+    assert list(rows) == ["nq", "trivia"] and rows["nq"]["n"] == 2
+    assert rows["nq"]["memory"]["em"] == 0.5 and rows["nq"]["memory"]["f1"] == pytest.approx((1 + 2 / 3) / 2)
+    assert rows["trivia"]["memory"]["cover_em"] == 1.0 and rows["trivia"]["memory"]["em"] == 0.0
+    assert (rows["nq"]["nll_right"], rows["nq"]["nll_wrong"], rows["trivia"]["nll_wrong"]) == (1.5, 3.5, 0.5)
+
+
 def test_cli_run_with_cr_filter(world_and_adapters, tmp_path):
     root, world, _, adapters = world_and_adapters
     res = run_compression_eval([str(root / "run")], str(world), crs=[8], limit=4,
@@ -124,3 +137,99 @@ def test_generator_loss_sum_is_the_mean_times_the_answer_tokens(world_and_adapte
     assert torch.allclose(total, mean * counts, rtol=1e-5)
     with pytest.raises(ValueError, match="reduction"):
         model.generator_loss(["q?"], mem[:1], ["a"], reduction="max")
+
+
+def _qa_file(path):
+    import json
+
+    rows = [
+        {"data_type": "qa", "source": "trivia", "doc": "Mara Kellen was born in Tovin in 1975.",
+         "pairs": [{"question": "Where was Mara born?", "answer": "Tovin"},
+                   {"question": "When was Mara born?", "answer": "1975"}]},
+        {"data_type": "qa", "question": ["Who founded Feis Systems?"], "answers": ["Ann Bell"],
+         "docs": ["Feis Systems was founded by Ann Bell."]},
+        {"data_type": "paraphrase", "doc": "Oslo is the capital of Norway.", "paraphrase": "Norway's capital: Oslo."},
+        {"data_type": "qa", "source": "trivia", "doc": "Oslo is the capital of Norway.",
+         "pairs": [{"question": "What is the capital of Norway?", "answer": "Oslo"}]},
+        {"data_type": "qa", "question": ["Who started Feis Systems?"], "answers": ["Ann Bell"],
+         "docs": ["Feis Systems was founded by Ann Bell."]},  # the same document as line 2
+    ]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_data_file_questions_documents_and_limit(tmp_path):
+    from clara.eval.compression import load_data_questions
+
+    path = _qa_file(tmp_path / "mine.jsonl")
+    questions, documents, skipped = load_data_questions([str(path)], None)
+    assert skipped == 1
+    assert [q["answers"] for q in questions] == [["Tovin"], ["1975"], ["Ann Bell"], ["Oslo"], ["Ann Bell"]]
+    assert [q["source"] for q in questions] == ["trivia", "trivia", "mine.jsonl", "trivia", "mine.jsonl"]
+    assert [q["gold_ids"][0] for q in questions] == [f"{path}:{n}" for n in (1, 1, 2, 4, 2)]
+    assert documents[f"{path}:4"]["text"] == "Oslo is the capital of Norway." and len(documents) == 3
+    assert len(load_data_questions([str(path)], 3)[0]) == 3
+
+
+def test_data_file_bad_input_is_one_line_naming_file_and_line(tmp_path):
+    from clara.eval.compression import load_data_questions
+
+    path = _qa_file(tmp_path / "mine.jsonl")
+    lines = path.read_text().splitlines()
+    lines[3] = lines[3].replace('"answer": "Oslo"', '"answer": 3')
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as e:
+        load_data_questions([str(path)], None)
+    assert str(e.value) == f"{path}:4: pairs[0].answer: expected a string, got 3"
+    para = tmp_path / "para.jsonl"
+    para.write_text(lines[2] + "\n")
+    with pytest.raises(DataError, match=f"^{para}: no qa records \\(1 paraphrase record\\(s\\) skipped\\)"):
+        load_data_questions([str(para)], None)
+
+
+def test_data_file_is_scored_per_source_with_wrong_memory_from_another_document(world_and_adapters, tmp_path):
+    from clara.eval.compression import format_table
+
+    _, _, _, adapters = world_and_adapters
+    path = _qa_file(tmp_path / "mine.jsonl")
+    res = run_compression_eval([str(adapters)], data=[str(path)], limit=0, batch_size=3, max_new_tokens=2)
+    assert res["data"] == [str(path)] and res["skipped_paraphrase"] == 1
+    (run,) = res["runs"]
+    assert run["n"] == 5 and run["documents"] == 3 and list(run["settings"]) == list(SETTINGS)
+    # wrong memory: the next question's document that differs, cyclically (line 1 -> 2 -> 4 -> 2 -> 1)
+    recs = run["records"]
+    assert [r["doc_id"] for r in recs] == [f"{path}:{n}" for n in (1, 1, 2, 4, 2)]
+    assert [r["wrong_doc_id"] for r in recs] == [f"{path}:{n}" for n in (2, 2, 4, 2, 1)]
+    # the wrong memory is really another document's: the same answer is scored differently
+    assert all(r["nll_right"] != r["nll_wrong"] for r in recs)
+    by_source = run["by_source"]
+    assert {s: row["n"] for s, row in by_source.items()} == {"mine.jsonl": 2, "trivia": 3}
+    for setting in SETTINGS:  # the sources' scores, weighted by n, are the overall scores
+        for metric in ("em", "f1", "cover_em"):
+            total = sum(row[setting][metric] * row["n"] for row in by_source.values()) / 5
+            assert total == pytest.approx(run["settings"][setting][metric])
+    for key in ("nll_right", "nll_wrong"):
+        assert sum(row[key] * row["n"] for row in by_source.values()) / 5 == pytest.approx(run[key])
+    table = format_table(res)
+    for source, n in (("mine.jsonl", 2), ("trivia", 3), ("all", 5)):
+        for setting in SETTINGS:
+            assert f"| 8 | {source} | {setting} | {n} |" in table
+    assert "| relation |" not in table
+
+
+def test_cli_data_flag(world_and_adapters, tmp_path, capsys):
+    from clara.cli.main import main as clara_main
+
+    _, world, _, adapters = world_and_adapters
+    path = _qa_file(tmp_path / "mine.jsonl")
+    args = ["eval", "compression", "--model", str(adapters), "--settings", "memory,wrong_memory",
+            "--max-new-tokens", "2", "--limit", "3"]  # fmt: skip
+    assert clara_main(args + ["--data", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"compression eval: 3 questions on 2 documents from {path} (1 paraphrase record(s) skipped)")
+    assert "| 8 | trivia | memory | 2 |" in out and "| 8 | mine.jsonl | wrong_memory | 1 |" in out
+    path.write_text('{"data_type": "qa", "doc": "d", "pairs": [], "source": "x"}\n')
+    assert clara_main(args + ["--data", str(path)]) == 1
+    assert capsys.readouterr().err.strip() == f"error: {path}:1: pairs: must not be an empty array"
+    with pytest.raises(SystemExit):  # --world and --data are one or the other
+        clara_main(args + ["--data", str(path), "--world", str(world)])
