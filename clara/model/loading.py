@@ -89,7 +89,7 @@ def load_trained_model(path: str | Path, backbone: str | Path | None = None, key
 
     directory, cfg = model_config_from_adapters(path, backbone, key)
     model = ClaraModel.from_config(cfg)
-    model.load_adapters(directory)
+    model.load_adapters(directory, backbone_key="--backbone DIR")
     model.eval()
     log.info("model loaded from %s (backbone %s, m=%d, H=%d)", directory, cfg.backbone, model.num_mem,
              model.hidden_size)

@@ -107,7 +107,8 @@ class AdapterStorage:
                                        target_modules=tuple(sorted(cfg.target_modules)))),
         }
 
-    def load_adapters(self, directory: str | Path, other_cr: bool = False, other_backbone: bool = False) -> None:
+    def load_adapters(self, directory: str | Path, other_cr: bool = False, other_backbone: bool = False,
+                      backbone_key: str = "model.backbone") -> None:
         """Load adapters saved by :meth:`save_adapters`; refuse ones trained on another backbone.
 
         Adapters without a query reasoner (stage 1's) get a copy of the compressor as one, as joint training starts.
@@ -116,6 +117,7 @@ class AdapterStorage:
         along the slot axis (:func:`resample_slots`), the splice-side memory stats left unset.
         ``other_backbone``: adapters trained on another backbone of the same shape are loaded too, to be trained
         further on this one (e.g. from the derived reader backbone to the stock one), with a warning.
+        ``backbone_key``: how the caller's user names the backbone (a config key or a flag), for the error.
         """
         from safetensors.torch import load_file
 
@@ -139,8 +141,8 @@ class AdapterStorage:
             raise CheckpointError(
                 f"{directory}: adapters were trained on backbone {info['backbone_hash']} ({info.get('backbone')}) "
                 f"but this model's backbone is {self.backbone_hash} ({self.backbone_path}); "
-                "set model.backbone to the backbone the adapters were trained on (or, to train them further on "
-                "this one, scp.init_other_backbone=true)"
+                f"set {backbone_key} to the backbone the adapters were trained on"
+                + (" (or, to train them further on this one, scp.init_other_backbone=true)" if backbone_key.startswith("model.") else "")
             )
         ours = self._info()
         resample = other_cr and info["num_mem"] != ours["num_mem"]

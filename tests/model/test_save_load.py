@@ -64,6 +64,15 @@ def test_adapters_from_another_backbone_are_refused(model, make_model, other_bac
         other.load_adapters(tmp_path / "adapters")
 
 
+def test_a_command_names_its_backbone_flag(model, other_backbone, tmp_path):
+    """`clara index build` and the other loaders take --backbone, not the config key model.backbone."""
+    from clara.model.loading import load_trained_model
+
+    model.save_adapters(tmp_path / "adapters")
+    with pytest.raises(CheckpointError, match=r"set --backbone DIR to the backbone the adapters were trained on$"):
+        load_trained_model(tmp_path / "adapters", other_backbone)
+
+
 def test_adapters_from_another_backbone_load_when_asked(model, make_model, other_backbone, tmp_path, caplog):
     """scp.init_other_backbone: train adapters further on another backbone of the same shape (a warning)."""
     with torch.no_grad():
