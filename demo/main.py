@@ -2,11 +2,12 @@
 teach it to read with a short reading LoRA (cached) and ask again; then stage 1: synthesise QA
 for fresh world documents, score the release SCP adapters (compressed documents in, answers
 out, against a wrong document's memory, the raw text and closed book) beside a short live SCP run;
-then stage 2: a short joint training run and Recall@k before/after it against BM25 and MiniLM.
+then stage 2: a short joint training run and Recall@k before/after it against BM25 and MiniLM;
+then real text: held-out Wikipedia passages answered from memory by the real-text release.
 
 Minutes on 2 CPU cores. Writes ``DIR/world``, ``DIR/backbones/<name>[-reader]``,
 ``DIR/reading.json``, ``DIR/stage1.json``, ``DIR/scp-live``, ``DIR/stage2.json``, ``DIR/joint``,
-the PNGs and ``DIR/report.md``, and prints the report.
+``DIR/realtext.json``, ``DIR/realtext``, the PNGs and ``DIR/report.md``, and prints the report.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import logging
 import time
 from pathlib import Path
 
+from clara.demo.realtext import add_arguments as add_realtext_arguments
 from clara.demo.stage1 import add_arguments as add_stage1_arguments
 from clara.demo.stage2 import add_arguments as add_stage2_arguments
 
@@ -45,6 +47,7 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     add_stage1_arguments(p)
     add_stage2_arguments(p)
+    add_realtext_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -60,7 +63,7 @@ def _prepare_backbone(name: str, out: Path) -> tuple[Path, str]:
 
 
 def build_report(results: dict, world_counts: dict, timings: dict[str, float], backbone_name: str,
-                 stage1: dict | None = None, stage2: dict | None = None) -> str:
+                 stage1: dict | None = None, stage2: dict | None = None, realtext: dict | None = None) -> str:
     from clara.demo.stage1 import stage1_report
     from clara.demo.stage2 import stage2_report
     from clara.eval.reading import format_table
@@ -92,6 +95,10 @@ def build_report(results: dict, world_counts: dict, timings: dict[str, float], b
         lines += stage1_report(stage1)
     if stage2:
         lines += stage2_report(stage2)
+    if realtext:
+        from clara.demo.realtext import realtext_report
+
+        lines += realtext_report(realtext)
     if backbone_name == "tiny":
         lines.append("")
         lines.append("The tiny backbone is random-init: its answers are noise (mechanics check only).")
@@ -115,7 +122,8 @@ def files_section(out: Path) -> str:
             "reading.json": "reading scores and every reply", "stage1.json": "stage-1 scores and every reply",
             "synth": "synthesised QA records", "scp-live": "the live SCP run (config, metrics, adapters)",
             "stage2.json": "stage-2 Recall@k tables", "joint": "the joint run (config, metrics, adapters, recall.json)",
-            "memory-cache": "cached candidate memory (keyed by compressor hash)"}  # fmt: skip
+            "memory-cache": "cached candidate memory (keyed by compressor hash)",
+            "realtext.json": "real-text scores and every reply", "realtext": "held-out Wikipedia passages and their bank"}  # fmt: skip
     lines = ["", f"Files in `{out}`:", ""]
     for name, desc in what.items():
         if (out / name).exists():
@@ -169,7 +177,13 @@ def run(args: argparse.Namespace) -> int:
         release = Path(stage1["release"]["model"]) if stage1.get("release") else None
         stage2 = run_stage2(args, reader_dir, kind, world_dir, out, timings, release)
         atomic_write_json(out / "stage2.json", stage2)
-    report = build_report(results, world.counts(), timings, args.backbone, stage1, stage2) + files_section(out)
+    realtext = None
+    if args.realtext_questions > 0 and args.backbone == "smollm2":  # real text needs real weights
+        from clara.demo.realtext import run_realtext
+
+        realtext = run_realtext(args, backbone, out, timings)
+        atomic_write_json(out / "realtext.json", realtext)
+    report = build_report(results, world.counts(), timings, args.backbone, stage1, stage2, realtext) + files_section(out)
     atomic_write_text(out / "report.md", report)
     print(report)
     print(f"report written to {out / 'report.md'}")
