@@ -1,4 +1,4 @@
-"""``clara data check|convert``: validate data files and normalise them to the project format.
+"""``clara data check|convert|mix``: validate data files, normalise them to the project format, mix them.
 
 ``check`` lists every problem in a file, one ``file:line: field: problem`` per line (exit 1),
 or prints a summary when the file is clean. ``convert`` reads any supported format
@@ -86,6 +86,28 @@ def register(subparsers) -> None:
         help="skip (and log, with a total) lines that fail validation instead of stopping at the first (the count is printed)",
     )
     convert.set_defaults(func=run_convert)
+
+    mixp = sub.add_parser(
+        "mix",
+        help="a shuffled training mixture of pretraining records, reproducible from this command",
+        description="Join parts FILE:KIND:N[:SOURCE] of pretraining records and shuffle them with --seed. KIND: qa, "
+        "paraphrase, continuation (by the record id's suffix, as `clara pretrain synth` writes them) or all; N: a "
+        "count drawn without replacement, or all; SOURCE: the records' 'source' (default: the file's stem), which "
+        "`clara eval compression --data` reports by. Every record is validated; OUT is written atomically.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    mixp.add_argument("parts", nargs="+", metavar="FILE:KIND:N[:SOURCE]", help="e.g. cloze.jsonl:qa:all:wiki")
+    mixp.add_argument("--out", required=True, type=Path, help="mixture JSONL to write")
+    mixp.add_argument("--seed", type=int, default=0, help="seed of the draws and the shuffle")
+    mixp.set_defaults(func=run_mix)
+
+
+def run_mix(args: argparse.Namespace) -> int:
+    from clara.data.mix import mix
+
+    counts = mix(args.parts, args.out, seed=args.seed)
+    print(f"{args.out}: {sum(counts.values())} records (" + ", ".join(f"{p} {n}" for p, n in counts.items()) + ")")
+    return 0
 
 
 def _limits(args: argparse.Namespace) -> Limits:
