@@ -19,3 +19,7 @@ class DataError(ClaraError):
 
 class CheckpointError(ClaraError):
     """A checkpoint that is missing, corrupt, or does not match the model."""
+
+
+class OutputError(ClaraError):
+    """An output path that holds something the command did not make, or may replace only when told to."""

@@ -5,6 +5,11 @@ renamed into place; directories are assembled under a temporary name and swapped
 that at every instant the path holds the old directory or the new one (:func:`atomic_dir`).
 A ``manifest.json`` lists the sha256 of every file so corruption is detected on load, and
 :func:`writer_lock` keeps a second writer of the same directory out.
+
+Nothing a command writes replaces what it did not make: :func:`claim_output` recognises what an
+output path holds (a training run, a bank, a world, a backbone, adapters, a plain file...) by the
+files each writer always puts there, and refuses anything but the command's own kind, which it
+replaces only with ``--overwrite`` (or reuses, where the command resumes or appends).
 """
 
 from __future__ import annotations
@@ -18,10 +23,11 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from clara.errors import CheckpointError
+from clara.errors import CheckpointError, OutputError
 
 MANIFEST = "manifest.json"
 
@@ -117,6 +123,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory; on success it replaces ``path`` in one atomic swap, so a reader or a
     crash at any instant finds the old directory or the new one at ``path``, never neither."""
     path = Path(path)
+    if os.path.lexists(path) and not path.is_dir():  # never swap a directory in for a file
+        raise OutputError(f"{path}: is {describe_path(path)}, not a directory; refusing to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     recover_directory(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -197,3 +205,106 @@ def verify_manifest(directory: str | os.PathLike) -> dict:
         if sha256_file(p) != info["sha256"]:
             raise CheckpointError(f"{p}: sha256 mismatch with {MANIFEST} (file is corrupt)")
     return manifest
+
+
+# ---------------------------------------------------------------- what an output path holds
+
+
+def _manifest_of(directory: Path) -> dict:
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _all_of(*names: str) -> Callable[[Path], bool]:
+    return lambda d: all((d / n).exists() for n in names)
+
+
+def _any_of(*names: str) -> Callable[[Path], bool]:
+    return lambda d: any((d / n).exists() for n in names)
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """What a command writes at its output path. ``recognise`` tells a directory of this kind by the files its
+    writer always puts there; ``file`` marks a one-file output. ``reusable``: the command writes into an existing
+    one of its own kind without ``--overwrite`` (a training run resumes, synthesis appends, a sweep continues)."""
+
+    name: str
+    recognise: Callable[[Path], bool] = lambda d: False
+    file: bool = False
+    reusable: bool = False
+
+
+# The markers are the file names the writers use (clara.model.storage.MODEL_INFO, clara.serving.bank.MEMORY_FILE,
+# clara.model.backbone.BACKBONE_INFO...): this module sits below them. tests/test_outputs.py recognises real ones.
+CHECKPOINT = OutputKind("training checkpoint", _all_of("trainer_state.json"))
+RELEASE = OutputKind("adapter release", lambda d: (d / "clara_model.json").is_file() and _manifest_of(d).get("release") is True)
+ADAPTERS = OutputKind("adapters directory", _all_of("clara_model.json"))
+BANK = OutputKind("memory bank", _all_of("memory.bin", MANIFEST))
+WORLD = OutputKind("world corpus", _all_of("documents.jsonl", "facts.jsonl", "questions"))
+BACKBONE = OutputKind("backbone", _all_of("clara_backbone.json"))
+BANK_WORK = OutputKind("bank work directory", _all_of("job.json"), reusable=True)
+SWEEP = OutputKind("compression-rate sweep", lambda d: (d / "sweep.json").is_file() or any(d.glob("cr-*")), reusable=True)
+TRAINING_RUN = OutputKind("training run", _any_of("checkpoints", "metrics.jsonl", "config.yaml"), reusable=True)
+DEMO = OutputKind("demo output", _any_of("report.md", "backbones"), reusable=True)
+FILE = OutputKind("file", file=True)
+APPENDED_FILE = OutputKind("file", file=True, reusable=True)  # appended to, and resumed from (`pretrain synth`)
+KINDS = (CHECKPOINT, RELEASE, ADAPTERS, BANK, WORLD, BACKBONE, BANK_WORK, SWEEP, TRAINING_RUN, DEMO)  # most specific first
+
+
+def recognise_output(path: str | os.PathLike) -> OutputKind | None:
+    """The kind of output the directory ``path`` holds, or None (missing, a file, empty or unrecognised)."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    return next((kind for kind in KINDS if kind.recognise(path)), None)
+
+
+def describe_path(path: str | os.PathLike) -> str:
+    """What is at ``path``, in words: 'a training run', 'a regular file (12 bytes)', 'an empty directory'..."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return "nothing"
+    if not path.exists():
+        return "a broken symbolic link"
+    if path.is_file():
+        return f"a regular file ({path.stat().st_size} bytes)"
+    if not path.is_dir():
+        return "a special file"
+    if (kind := recognise_output(path)) is not None:
+        return f"a {kind.name}"
+    entries = sorted(p.name for p in path.iterdir())
+    if not entries:
+        return "an empty directory"
+    shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+    return f"a directory of {len(entries)} other entries ({shown})"
+
+
+def claim_output(path: str | os.PathLike, kind: OutputKind, *, overwrite: bool = False) -> Path:
+    """Check, before any work, that a command may write ``kind`` at ``path``; else raise :class:`OutputError`,
+    one line naming the path and what it holds.
+
+    Free: nothing there, or an empty directory for a directory kind. The command's own kind: reused where
+    ``kind.reusable`` (it resumes or appends), else replaced only with ``overwrite``. Anything else is refused,
+    ``overwrite`` or not: a command never replaces what it did not make."""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return path
+    if kind.file:
+        own = path.is_file()
+    elif path.is_dir() and not any(path.iterdir()):
+        return path
+    else:
+        own = recognise_output(path) is kind
+    if own:
+        if kind.reusable or overwrite:
+            return path
+        what = "already exists" if kind.file else f"already holds a {kind.name}"
+        raise OutputError(f"{path}: {what}; pass --overwrite to replace it")
+    what = describe_path(path)
+    if kind.file and recognise_output(path) is not None:
+        what = f"a directory ({what})"  # 'is a directory (a world corpus), not a file'
+    raise OutputError(f"{path}: is {what}, not a {kind.name}; refusing to replace it: choose another path")

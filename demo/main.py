@@ -134,14 +134,14 @@ def files_section(out: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from clara.eval.reading import run_reading_eval
-    from clara.fileio import atomic_write_json, atomic_write_text
+    from clara.fileio import DEMO, atomic_write_json, atomic_write_text, claim_output
     from clara.world import generate_world, write_world
 
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    out = Path(args.out)
+    out = claim_output(args.out, DEMO)
     timings: dict[str, float] = {}
     start = time.perf_counter()
     world = generate_world(0, args.entities)

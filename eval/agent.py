@@ -18,6 +18,8 @@ import argparse
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
+from clara.cli.args import add_out_file_arguments, claim_out_file
+
 
 @dataclass(frozen=True)
 class AgentSettings:
@@ -161,11 +163,12 @@ def register_agent(sub) -> None:
     p.add_argument("--no-baselines", action="store_true", help="score the agent only")
     p.add_argument("--cache-dir", default="out/memory-cache", help="candidate-memory cache (shared with `clara joint`)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    p.add_argument("--out", default=None, help="write scores and every rollout to this JSON file")
+    add_out_file_arguments(p, "write scores and every rollout to this JSON file")
     p.set_defaults(func=run_agent)
 
 
 def run_agent(args: argparse.Namespace) -> int:
+    claim_out_file(args)
     from clara.model.prompts import resolve_prompt
     from clara.eval.retrieval import load_eval_records
     from clara.fileio import atomic_write_json

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from clara.cli.args import csv_list, int_list
+from clara.cli.args import add_out_file_arguments, claim_out_file, csv_list, int_list
 
 
 def register(subparsers) -> None:
@@ -31,7 +31,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="questions per generate() call (left padded)")
     p.add_argument("--max-new-tokens", type=int, default=16, help="greedy tokens per answer")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    p.add_argument("--out", default=None, help="write full results (scores + every reply) to this JSON file")
+    add_out_file_arguments(p, "write full results (scores + every reply) to this JSON file")
     p.set_defaults(func=run_reading)
     from clara.eval.agent import register_agent
     from clara.eval.retrieval_cli import register_retrieval
@@ -86,11 +86,12 @@ def register_compression(sub) -> None:
     add_answer_options(p)
     p.add_argument("--batch-size", type=int, default=8, help="questions per batch")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    p.add_argument("--out", default=None, help="write full results (scores + every reply) to this JSON file")
+    add_out_file_arguments(p, "write full results (scores + every reply) to this JSON file")
     p.set_defaults(func=run_compression)
 
 
 def run_compression(args: argparse.Namespace) -> int:
+    claim_out_file(args)
     import time
 
     from clara.eval.compression import format_table, run_compression_eval
@@ -121,6 +122,7 @@ def run_compression(args: argparse.Namespace) -> int:
 
 
 def run_reading(args: argparse.Namespace) -> int:
+    claim_out_file(args)
     from clara.eval.reading import format_table, run_reading_eval
     from clara.fileio import atomic_write_json
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from clara.cli.args import csv_list, int_list
+from clara.cli.args import add_overwrite_argument, claim_out_file, csv_list, int_list
 
 FORMATTER = argparse.ArgumentDefaultsHelpFormatter
 
@@ -27,6 +27,8 @@ def _model_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     p.add_argument("--top", type=int, default=d(None), help="top tokens per slot (default 5; 10 for compare)")
     p.add_argument("--threads", type=int, default=d(0), help="torch CPU threads (0 = torch default)")
     p.add_argument("--out", default=d(None), help="also write the full result to this JSON file")
+    p.add_argument("--overwrite", action="store_true", default=d(False),
+                   help="replace files already at --out and --png (a directory there is always refused)")
 
 
 def register(subparsers) -> None:
@@ -123,8 +125,11 @@ def backbone_kind(path: str) -> str:
 def run_lens(args: argparse.Namespace) -> int:
     from clara.errors import ConfigError
     from clara.eval.lens import format_lens_table, logit_lens
-    from clara.fileio import atomic_write_json
+    from clara.fileio import FILE, atomic_write_json, claim_output
 
+    claim_out_file(args)
+    if args.png:
+        claim_output(args.png, FILE, overwrite=args.overwrite)
     model, trained = load_lens_model(args)
     adapter = args.adapter or (args.default_adapter if trained else "none")
     if adapter != "none" and not trained:
@@ -151,6 +156,7 @@ def run_compare(args: argparse.Namespace) -> int:
     from clara.fileio import atomic_write_json
     from clara.world import document_kinds
 
+    claim_out_file(args)
     model, trained = load_lens_model(args)
     if not trained:
         raise ConfigError("lens compare needs trained adapters: pass --model ADAPTERS_DIR")
@@ -178,16 +184,19 @@ def register_plot(subparsers) -> None:
     p.add_argument("metrics", metavar="METRICS_JSONL", help="metrics.jsonl written by a training stage")
     p.add_argument("--keys", default="", type=csv_list, help="metric keys to plot, comma-separated (empty = all numeric)")
     p.add_argument("--out", required=True, help="PNG to write")
+    add_overwrite_argument(p, "a file")
     p.set_defaults(func=run_plot)
     p = sub.add_parser("sweep", formatter_class=FORMATTER, help="metric vs compression rate, per setting")
     p.add_argument("results", metavar="RESULTS_JSON", help="JSON from `clara eval compression --out`")
     p.add_argument("--metric", default="em", help="score to plot: em, f1, cover_em, raw_cover_em")
     p.add_argument("--out", required=True, help="PNG to write")
+    add_overwrite_argument(p, "a file")
     p.set_defaults(func=run_plot)
     p = sub.add_parser("retrieval", formatter_class=FORMATTER, help="Recall@k per question type, per retriever")
     p.add_argument("results", metavar="RESULTS_JSON", help="JSON from `clara eval retrieval --out`")
     p.add_argument("--ks", default="", type=int_list, help="k values, comma-separated (empty = all in the results)")
     p.add_argument("--out", required=True, help="PNG to write")
+    add_overwrite_argument(p, "a file")
     p.set_defaults(func=run_plot)
 
 
@@ -207,6 +216,7 @@ def run_plot(args: argparse.Namespace) -> int:
     from clara.eval import plots
     from clara.training.curves import plot_training_curves
 
+    claim_out_file(args)
     if args.plot_command == "curves":
         if not Path(args.metrics).is_file():
             raise DataError(f"{args.metrics}: no such metrics file")

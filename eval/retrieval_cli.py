@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from clara.cli.args import add_prompt_argument, csv_list, int_list
+from clara.cli.args import add_out_file_arguments, add_prompt_argument, claim_out_file, csv_list, int_list
 from clara.model.prompts import resolve_prompt
 
 
@@ -41,15 +42,15 @@ def register_retrieval(sub) -> None:
     p.add_argument("--scoring", default="flattened", choices=["flattened", "pooled"], help="query scoring")
     p.add_argument("--cache-dir", default="out/memory-cache", help="candidate-memory cache (shared with `clara joint`)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="greedy tokens per answer")
-    p.add_argument("--out", default=None, help="write all results to this JSON file, and the Recall@k comparison "
-                   "(R@1 and R@2 per question type, one bar per retriever) beside it as a PNG of the same name")
+    add_out_file_arguments(p, "write all results to this JSON file, and the Recall@k comparison (R@1 and R@2 per "
+                           "question type, one bar per retriever) beside it as a PNG of the same name")
     p.set_defaults(func=run_retrieval)
 
 
 def run_retrieval(args: argparse.Namespace) -> int:
     from clara.errors import ConfigError
     from clara.eval.retrieval import format_recall_tables, load_eval_records
-    from clara.fileio import atomic_write_json
+    from clara.fileio import FILE, atomic_write_json, claim_output
 
     retrievers = args.retrievers or (list(RETRIEVERS) if args.model else ["bm25", "minilm"])
     unknown = sorted(set(retrievers) - set(RETRIEVERS))
@@ -57,6 +58,9 @@ def run_retrieval(args: argparse.Namespace) -> int:
         raise ConfigError(f"--retrievers: unknown {unknown}; choose from {','.join(RETRIEVERS)}")
     if args.out and args.out.endswith(".png"):
         raise ConfigError(f"--out {args.out}: give the JSON file; its plot is written beside it as a .png")
+    claim_out_file(args)
+    if args.out:
+        claim_output(Path(args.out).with_suffix(".png"), FILE, overwrite=args.overwrite)
     if ("query" in retrievers or args.answers) and not args.model:
         raise ConfigError("--model is required for the 'query' retriever and for --answers")
     records = load_eval_records(world=args.world, splits=args.split, data=args.data, corpus=args.corpus,
@@ -76,8 +80,6 @@ def run_retrieval(args: argparse.Namespace) -> int:
     if args.answers:
         results["answers"] = answers_table(model, records, cache, rankings, args)
     if args.out:
-        from pathlib import Path
-
         from clara.eval.plots import plot_retrieval
 
         atomic_write_json(args.out, results)

@@ -72,6 +72,7 @@ def run_sweep_command(args) -> int:
     from clara.errors import ConfigError
     from clara.eval.compression import format_table
     from clara.eval.sweep import run_sweep, training_table
+    from clara.fileio import SWEEP, claim_output
 
     config, overrides = split_config_args(args)
     try:
@@ -82,6 +83,7 @@ def run_sweep_command(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    claim_output(args.out, SWEEP)
     start = time.perf_counter()
     results = run_sweep(
         config, overrides, crs, args.out, data=args.data, fresh=args.world_fresh, eval_world=args.eval_world,

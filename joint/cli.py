@@ -28,8 +28,10 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_run_config(args)
+    from clara.fileio import TRAINING_RUN, claim_output
     from clara.joint.train import run_joint
 
+    claim_output(cfg.out_dir, TRAINING_RUN)
     out = run_joint(cfg, resume=args.resume, allow_config_change=args.allow_config_change)
     result = out["result"]
     print(f"joint training: {result.step} steps, last loss {next((x for x in reversed(result.losses) if x is not None), float('nan')):.4f}, "

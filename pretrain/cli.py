@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from clara.cli.args import add_run_arguments, load_run_config
+from clara.cli.args import add_overwrite_argument, add_run_arguments, load_run_config
 
 
 def register(subparsers) -> None:
@@ -46,7 +46,7 @@ def register_synth(sub) -> None:
     s.add_argument("--teacher", default="world", choices=("world", "cloze", "hf", "openai"),
                    help="world: exact from structured facts; cloze: any text, no model (cloze QA of salient spans, "
                    "reconstruction, continuation of the next passage); hf: local transformers model; openai: HTTP endpoint")
-    s.add_argument("--out", required=True, help="output pretrain records JSONL (appended; resumable)")
+    s.add_argument("--out", required=True, help="output pretrain records JSONL (appended; resumable; a directory is refused)")
     s.add_argument("--threshold", type=float, default=0.9, help="least fraction of facts covered by QA to keep a document")
     s.add_argument("--max-rounds", type=int, default=10, help="most regeneration rounds for uncovered facts")
     s.add_argument("--limit", type=int, default=None, help="stop after this many input documents")
@@ -79,8 +79,10 @@ def run_synth(args) -> int:
     from itertools import islice
     from pathlib import Path
 
+    from clara.fileio import APPENDED_FILE, claim_output
     from clara.pretrain.synth import fresh_world_documents, read_documents, summary_path, synthesize
 
+    claim_output(args.out, APPENDED_FILE)
     if args.world_fresh is not None:
         docs, total = fresh_world_documents(args.world_fresh, args.world_seed), args.world_fresh
     else:
@@ -101,7 +103,8 @@ def run_synth(args) -> int:
 
 def _add_run_args(s) -> None:
     add_run_arguments(s, "train.max_steps=200 scp.mse_weight=0.1 model.compression_rate=4")
-    s.add_argument("--out", default=None, help="run directory (default: out_dir of the config)")
+    s.add_argument("--out", default=None, help="run directory (default: out_dir of the config); a directory holding "
+                   "anything but a training run is refused")
     s.add_argument("--skip-bad-records", action="store_true", help="log and skip malformed input lines instead of stopping")
 
 
@@ -124,6 +127,7 @@ def register_train(sub) -> None:
                      "(seed scp.fresh_seed), each seen once: nothing can be memorised")
     src.add_argument("--export-checkpoint", metavar="CKPT", help="train nothing: write the adapters of checkpoint CKPT "
                      "(RUN/checkpoints/step-N, same config) to --out (e.g. of a run stopped early)")
+    add_overwrite_argument(s, "an adapters directory, with --export-checkpoint,")
     s.set_defaults(func=run_train)
 
 
@@ -131,6 +135,7 @@ def run_train(args) -> int:
     import time
     from pathlib import Path
 
+    from clara.fileio import ADAPTERS, TRAINING_RUN, claim_output
     from clara.pretrain.scp import ADAPTERS_SUBDIR, train_scp
 
     cfg = load_run_config(args)
@@ -138,8 +143,10 @@ def run_train(args) -> int:
     if args.export_checkpoint:
         from clara.pretrain.scp import export_checkpoint_adapters
 
+        claim_output(out, ADAPTERS, overwrite=args.overwrite)
         print(f"adapters of {args.export_checkpoint} written to {export_checkpoint_adapters(cfg, args.export_checkpoint, out)}")
         return 0
+    claim_output(out, TRAINING_RUN)
     start = time.perf_counter()
     r = train_scp(cfg, args.data, fresh=args.world_fresh, resume=args.resume, out_dir=out,
                   skip_bad=args.skip_bad_records, allow_config_change=args.allow_config_change)
@@ -166,7 +173,8 @@ def register_instruct(sub) -> None:
     s.add_argument("--init", default=None, metavar="ADAPTERS_DIR",
                    help="SCP adapters to start from: the run directory of `clara pretrain train` or its adapters/ "
                    "(sets joint.init_adapters; required unless that key is set)")
-    s.add_argument("--out", default=None, help="run directory (default: out_dir of the config)")
+    s.add_argument("--out", default=None, help="run directory (default: out_dir of the config); a directory holding "
+                   "anything but a training run is refused")
     s.set_defaults(func=run_instruct)
 
 
@@ -174,11 +182,12 @@ def run_instruct(args) -> int:
     import time
     from pathlib import Path
 
+    from clara.fileio import TRAINING_RUN, claim_output
     from clara.pretrain.instruct import train_instruct
     from clara.pretrain.scp import ADAPTERS_SUBDIR
 
     cfg = load_run_config(args)
-    out = Path(args.out or cfg.out_dir)
+    out = claim_output(args.out or cfg.out_dir, TRAINING_RUN)
     start = time.perf_counter()
     r = train_instruct(cfg, args.init, resume=args.resume, out_dir=out, allow_config_change=args.allow_config_change)
     done = [x for x in r.losses if x is not None]
@@ -198,6 +207,7 @@ def register_release(sub) -> None:
     )
     s.add_argument("source", help="run directory (holding adapters/) or adapter directory")
     s.add_argument("--out", required=True, help="release directory to write (e.g. assets/scp-smollm2-cr16)")
+    add_overwrite_argument(s, "a release")
     s.add_argument("--keep", default="compressor,generator", help="adapters to ship, comma-separated")
     s.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"), help="stored weight type")
     s.add_argument("--command", default="", help="the exact command that trained the source (goes in the README)")
@@ -210,8 +220,10 @@ def register_release(sub) -> None:
 def run_release(args) -> int:
     from pathlib import Path
 
+    from clara.fileio import RELEASE, claim_output
     from clara.model.release import write_release
 
+    claim_output(args.out, RELEASE, overwrite=args.overwrite)
     notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else ""
     out = write_release(args.source, args.out, keep=[k for k in args.keep.split(",") if k], dtype=args.dtype,
                         command=args.command, notes=notes, train_config=args.train_config)

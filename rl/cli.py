@@ -29,8 +29,10 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_run_config(args)
+    from clara.fileio import TRAINING_RUN, claim_output
     from clara.rl.train import run_rl
 
+    claim_output(cfg.out_dir, TRAINING_RUN)
     out = run_rl(cfg, resume=args.resume, allow_config_change=args.allow_config_change)
     result = out["result"]
     last = next((x for x in reversed(result.losses) if x is not None), float("nan"))

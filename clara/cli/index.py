@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from clara.cli.args import non_negative_int, positive_int
+from clara.cli.args import add_overwrite_argument, non_negative_int, positive_int
 
 MODEL_HELP = (
     "model: an adapters directory saved by a training stage (ClaraModel.save_adapters), or "
@@ -29,10 +29,12 @@ def register(subparsers) -> None:
     sub = parser.add_subparsers(dest="index_command", metavar="ACTION", required=True)
 
     b = sub.add_parser("build", help="compress a corpus into a new bank",
-                       description="Compress every document of a corpus into a new bank directory (replaces one at --out). "
+                       description="Compress every document of a corpus into a new bank directory (a bank already at "
+                       "--out is replaced only with --overwrite; anything else there is refused). "
                        "Resumable: after a crash, run the same command again.")
     b.add_argument("--corpus", required=True, type=Path, help="documents.jsonl ({id,title,text} or {id,contents})")
     b.add_argument("--out", required=True, type=Path, help="bank directory to write")
+    add_overwrite_argument(b, "a memory bank")
     _add_model(b)
     b.add_argument("--dtype", choices=["fp16", "bf16"], default="fp16",
                    help="storage type of memory states (default %(default)s; bf16 if fp16 overflows)")
@@ -69,10 +71,12 @@ def _summary(bank: Path, info) -> str:
 
 
 def run_build(args) -> int:
+    from clara.fileio import BANK, claim_output
     from clara.serving.bank import IndexParams
     from clara.serving.bank_build import build_bank
     from clara.serving.protocols import load_model
 
+    claim_output(args.out, BANK, overwrite=args.overwrite)
     index = IndexParams(args.faiss, nlist=args.nlist, nprobe=args.nprobe, pq_m=args.pq_m)
     model = load_model(args.model, args.backbone)
     info = build_bank(args.corpus, model, args.out, batch_size=args.batch_size, dtype=args.dtype,

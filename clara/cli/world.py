@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from clara.cli.args import add_overwrite_argument
 from clara.config import WorldConfig
 
 
@@ -21,7 +22,8 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=defaults.seed, help="random seed; a different seed is a different world")
     p.add_argument("--entities", type=int, default=defaults.entities,
                    help="number of entities (people, organisations, cities); one document each; at least 10")
-    p.add_argument("--out", required=True, help="output directory (written atomically, replaced if it exists)")
+    p.add_argument("--out", required=True, help="output directory (written atomically; an existing one is refused)")
+    add_overwrite_argument(p, "a world corpus")
     p.add_argument("--candidates", type=int, default=defaults.candidates,
                    help="candidate documents per question (gold + hard negatives + random)")
     p.add_argument("--max-words", type=int, default=defaults.max_words,
@@ -44,8 +46,10 @@ def format_summary(world) -> str:
 
 
 def run(args) -> int:
+    from clara.fileio import WORLD, claim_output
     from clara.world import generate_world, write_world
 
+    claim_output(args.out, WORLD, overwrite=args.overwrite)
     start = time.perf_counter()
     world = generate_world(args.seed, args.entities, candidates=args.candidates, max_words=args.max_words)
     out = write_world(world, args.out)

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 from clara.config import BackboneKind
 from clara.errors import CheckpointError, ConfigError
-from clara.fileio import atomic_dir, atomic_write_json, sha256_file
+from clara.fileio import BACKBONE, atomic_dir, atomic_write_json, claim_output, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -171,13 +171,15 @@ def _read_info(directory: Path) -> dict | None:
         return None
 
 
-def convert_gguf_backbone(gguf: str | Path | None = None, *, out_dir: str | Path, force: bool = False) -> Path:
+def convert_gguf_backbone(gguf: str | Path | None = None, *, out_dir: str | Path, force: bool = False,
+                          overwrite: bool = False) -> Path:
     """Dequantise a GGUF causal LM into a normal safetensors directory (with its tokenizer).
 
     Cached: if ``out_dir`` already holds a conversion of a file with the same sha256, nothing
-    is done. A GGUF-loaded model cannot ``save_pretrained`` (its config carries a
-    ``quantization_config``), so the config is cleaned, the model rebuilt and the dequantised
-    state dict loaded into it.
+    is done (``force`` converts again). Another backbone there is replaced only with ``overwrite``;
+    anything else there is refused. A GGUF-loaded model cannot ``save_pretrained`` (its config
+    carries a ``quantization_config``), so the config is cleaned, the model rebuilt and the
+    dequantised state dict loaded into it.
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -187,10 +189,12 @@ def convert_gguf_backbone(gguf: str | Path | None = None, *, out_dir: str | Path
         raise ConfigError(f"{gguf}: no such GGUF file; pass --gguf PATH to an existing .gguf")
     out_dir = Path(out_dir)
     source_sha = sha256_file(gguf)
-    info = _read_info(out_dir)
-    if not force and info and info.get("source_sha256") == source_sha and (out_dir / "config.json").is_file():
+    info = _read_info(out_dir) if out_dir.is_dir() else None
+    same = bool(info) and info.get("source_sha256") == source_sha and (out_dir / "config.json").is_file()
+    if same and not force:
         log.info("backbone %s already converted from %s (sha256 %s…); skipping", out_dir, gguf.name, source_sha[:12])
         return out_dir
+    claim_output(out_dir, BACKBONE, overwrite=overwrite or same)  # this GGUF's own conversion may be redone
 
     log.info("dequantising %s (this takes ~30 s on 2 cores)", gguf)
     src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)

@@ -29,9 +29,9 @@ from typing import Any, Iterable
 
 from clara.model.backbone import BACKBONE_INFO, backbone_hash, load_backbone
 from clara.config import LoraConfig, LRSchedule, TrainConfig, config_hash, to_dict
-from clara.errors import ConfigError
+from clara.errors import ConfigError, OutputError
 from clara.model.prompts import PROMPT_STYLES, build_messages
-from clara.fileio import atomic_dir, atomic_write_json
+from clara.fileio import BACKBONE, TRAINING_RUN, atomic_dir, atomic_write_json, claim_output
 
 log = logging.getLogger(__name__)
 
@@ -200,13 +200,18 @@ def reader_is_cached(out_dir: Path, source_hash: str, recipe: ReaderConfig, excl
     )
 
 
-def _prepare_work_dir(work_dir: Path, identity_hash: str) -> None:
-    """Keep a half-finished run of this exact recipe (to resume); clear one of any other."""
+def _prepare_work_dir(work_dir: Path, identity_hash: str, hidden_default: bool) -> None:
+    """Keep a half-finished run of this exact recipe (to resume). One of another recipe is cleared from the default
+    hidden sibling, which only this command writes, and refused in a ``--work-dir`` the user named."""
+    claim_output(work_dir, TRAINING_RUN)
     resolved = work_dir / "config.yaml"
     if not resolved.is_file():
         return
     first = resolved.read_text(encoding="utf-8").splitlines()[:1]
     if first != [f"# config hash: {identity_hash}"]:
+        if not hidden_default:
+            raise OutputError(f"{work_dir}: holds a training run of another recipe or source; refusing to clear "
+                              "it: choose another --work-dir")
         log.warning("%s holds a run of another recipe or source; starting afresh", work_dir)
         shutil.rmtree(work_dir)
 
@@ -219,12 +224,15 @@ def train_reader(
     exclude_names: set[str] | None = None,
     work_dir: str | Path | None = None,
     force: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Train the reading LoRA on ``backbone``, merge it, and write a new backbone to ``out_dir``.
 
     Cached: nothing is done if ``out_dir`` already records the same source hash, recipe and
-    excluded names. Training checkpoints go to ``work_dir`` (default: a hidden sibling of
-    ``out_dir``) so an interrupted run resumes; it is removed once the backbone is written.
+    excluded names (``force`` trains again). Another backbone there is replaced only with
+    ``overwrite``; anything else there is refused. Training checkpoints go to ``work_dir``
+    (default: a hidden sibling of ``out_dir``) so an interrupted run resumes; it is removed once
+    the backbone is written.
     """
     import torch
 
@@ -234,12 +242,15 @@ def train_reader(
     backbone, out_dir = Path(backbone), Path(out_dir)
     source_hash = backbone_hash(backbone)
     exclude_sha = names_digest(exclude_names or ())
-    if not force and reader_is_cached(out_dir, source_hash, recipe, exclude_sha):
+    cached = out_dir.is_dir() and reader_is_cached(out_dir, source_hash, recipe, exclude_sha)
+    if cached and not force:
         log.info("reader backbone %s already trained from %s with this recipe; skipping", out_dir, source_hash)
         return out_dir
+    claim_output(out_dir, BACKBONE, overwrite=overwrite or cached)  # its own build may be redone
+    hidden_default = not work_dir
     work_dir = Path(work_dir) if work_dir else out_dir.parent / f".{out_dir.name}.train"
     identity = _RunIdentity(recipe, source_hash, exclude_sha, recipe.train_config())
-    _prepare_work_dir(work_dir, config_hash(identity))
+    _prepare_work_dir(work_dir, config_hash(identity), hidden_default)
 
     model, tok = load_backbone(backbone)
     n_samples = recipe.steps * recipe.batch_size  # every step sees new documents

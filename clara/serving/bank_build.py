@@ -30,8 +30,10 @@ from clara.config import Scoring
 from clara.data.records import Document
 from clara.errors import CheckpointError, DataError
 from clara.fileio import (
+    BANK_WORK,
     atomic_dir,
     atomic_write_json,
+    claim_output,
     sha256_file,
     write_manifest,
     writer_lock,
@@ -74,7 +76,9 @@ def compress_to_shards(
     docs: Sequence[Document], model, work: Path, job: dict, *, batch_size: int, dtype: MemDtype,
     shard_docs: int = DEFAULT_SHARD_DOCS, progress: bool = True,
 ) -> list[Path]:
-    """Compress ``docs`` into uint16 shards under ``work``; shards already there are kept."""
+    """Compress ``docs`` into uint16 shards under ``work``; shards already there are kept. A directory at ``work``
+    that is no bank's work directory is refused, never cleared."""
+    claim_output(work, BANK_WORK)
     job_file = work / "job.json"
     if job_file.is_file():
         try:

@@ -120,6 +120,7 @@ def test_flashrag_records_take_candidates_from_a_separate_file(tmp_path, capsys)
     assert [d["id"] for d in rows[1]["docs"]] == ["3", "2"] and rows[1]["pos_index"] == [1]
     # without candidates a joint question is an error naming the question's line
     capsys.readouterr()
+    args.append("--overwrite")  # OUT exists now
     assert clara_main(args) == 1
     assert capsys.readouterr().err.startswith(f"error: {src}:1: docs: missing")
     # a bad candidate entry names both the question line and the candidates line
