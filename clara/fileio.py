@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -49,6 +50,40 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+_OS_ERROR_IN_TEXT = re.compile(r"\(os error (\d+)\)")  # how Rust (safetensors) reports an errno
+
+
+def _nearly_full(path: Path, least: int = 1 << 20) -> bool:
+    """True when the file system holding ``path`` has less than ``least`` bytes left for this user."""
+    for p in (path, *path.parents):
+        with contextlib.suppress(OSError):
+            st = os.statvfs(p)
+            return st.f_bavail * st.f_frsize < least
+    return False
+
+
+def _named_write_error(e: BaseException, path: str | os.PathLike) -> OSError | None:
+    """A failed write as an ``OSError`` naming ``path`` and its cause, where the error named neither; else None.
+
+    Writers report a full disk in several ways: a file object's ``write`` raises an errno with no file name;
+    numpy's ``tofile`` says 'N requested and M written' with no errno; ``torch.save`` raises ``RuntimeError:
+    [enforce fail at inline_container.cc:...]``; safetensors says '(os error 28)'. The last gives the errno;
+    the two without one are a full disk where the file system is (nearly) full, an I/O error otherwise."""
+    path = Path(path)
+    if isinstance(e, OSError) and e.errno is not None:
+        return None if e.filename is not None else OSError(e.errno, os.strerror(e.errno), str(path))
+    if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+        return None
+    if (found := _OS_ERROR_IN_TEXT.search(str(e))) is not None:
+        code = int(found.group(1))
+    elif isinstance(e, OSError) or (isinstance(e, RuntimeError) and "inline_container" in str(e)):
+        code = errno.ENOSPC if _nearly_full(path) else errno.EIO
+    else:
+        return None
+    said = str(e).splitlines()[0][:200] if str(e) else ""
+    return OSError(code, f"{os.strerror(code)} ({said})" if said else os.strerror(code), str(path))
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -70,9 +105,12 @@ def atomic_file(path: str | os.PathLike, mode: str = "w", encoding: str | None =
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
+        named = _named_write_error(e, path)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if named is not None:
+            raise named from e
         raise
 
 
@@ -141,8 +179,11 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp, path)
             shutil.rmtree(trash, ignore_errors=True)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
+        named = _named_write_error(e, path)  # before the cleanup frees the space a full disk is judged by
         shutil.rmtree(tmp, ignore_errors=True)
+        if named is not None:
+            raise named from e
         raise
 
 
@@ -153,7 +194,11 @@ def writer_lock(path: str | os.PathLike, what: str = "directory") -> Iterator[No
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = path.parent / f".{path.name}.lock"
-    with open(lock_path, "a+", encoding="utf-8") as f:
+    try:
+        lock_file = open(lock_path, "a+", encoding="utf-8")
+    except OSError as e:  # a read-only file system or directory: say so of the path the user named
+        raise OSError(e.errno, f"{e.strerror} (cannot create its writer's lock {lock_path.name})", str(path)) from e
+    with lock_file as f:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -16,6 +16,7 @@ import importlib.util
 import json
 import logging
 import random
+import struct
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -164,6 +165,31 @@ def default_gguf_path() -> Path:
     return path
 
 
+GGUF_MAGIC = b"GGUF"
+
+
+def _load_gguf(gguf: Path, dtype: Any) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of a GGUF file, or one line naming the file when it is empty, not GGUF or cut short.
+
+    transformers' GGUF reader fails on a bad file with whatever its parsing hits (an mmap of nothing, a struct
+    read past the end, a reshape of too few values); the user needs to know the file is bad, not which."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with open(gguf, "rb") as f:
+        head = f.read(len(GGUF_MAGIC))
+    if head != GGUF_MAGIC:
+        what = "is empty" if not head else f"does not start with the GGUF magic bytes (found {head!r})"
+        raise CheckpointError(f"{gguf}: {what}, so it is not a GGUF model file; pass --gguf PATH to a .gguf file")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except (ValueError, KeyError, IndexError, TypeError, EOFError, struct.error) as e:
+        detail = (str(e).splitlines() or ["no detail"])[0][:200]
+        raise CheckpointError(f"{gguf}: unreadable GGUF file, truncated or corrupt ({type(e).__name__}: {detail}); "
+                              "copy or download it again") from None
+    return model, tok
+
+
 def _read_info(directory: Path) -> dict | None:
     try:
         return json.loads((directory / BACKBONE_INFO).read_text(encoding="utf-8"))
@@ -182,7 +208,7 @@ def convert_gguf_backbone(gguf: str | Path | None = None, *, out_dir: str | Path
     dequantised state dict loaded into it.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     gguf = Path(gguf) if gguf else default_gguf_path()
     if not gguf.is_file():
@@ -197,8 +223,7 @@ def convert_gguf_backbone(gguf: str | Path | None = None, *, out_dir: str | Path
     claim_output(out_dir, BACKBONE, overwrite=overwrite or same)  # this GGUF's own conversion may be redone
 
     log.info("dequantising %s (this takes ~30 s on 2 cores)", gguf)
-    src = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    src, tok = _load_gguf(gguf, torch.float32)
     cfg_dict = src.config.to_dict()
     cfg_dict.pop("quantization_config", None)
     cfg_dict.pop("_name_or_path", None)
@@ -238,8 +263,7 @@ def load_backbone(path: str | Path, kind: BackboneKind | str = BackboneKind.HF, 
     if kind is BackboneKind.GGUF:
         if not path.is_file():
             raise ConfigError(f"{path}: model.kind=gguf needs a .gguf file; fix model.backbone")
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
-        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model, tok = _load_gguf(path, dtype)
     else:
         if not (path / "config.json").is_file():
             hint = "`clara backbone tiny --out DIR`" if kind is BackboneKind.TINY else "`clara backbone convert --out DIR`"

@@ -19,6 +19,7 @@ leaves either the old or the new checkpoint, never half of one.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import random
@@ -30,7 +31,8 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 from clara.errors import CheckpointError
 from clara.fileio import atomic_dir, atomic_write_json, atomic_write_text, verify_manifest, write_manifest
@@ -74,6 +76,19 @@ def restore_rng(state: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- saving
 
 
+def _write_bytes(path: Path, data: bytes | memoryview) -> None:
+    # Serialised in memory and written here, so a full disk is an OSError with its errno (torch.save writing to
+    # a file reports one as 'RuntimeError: [enforce fail at inline_container.cc...]', safetensors as its own error).
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _save_torch(obj: Any, path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    _write_bytes(path, buffer.getbuffer())
+
+
 @dataclass
 class CheckpointData:
     """Everything one checkpoint holds (rank 0 gathers it before saving)."""
@@ -95,12 +110,12 @@ def save_checkpoint(
     final = root / step_dir_name(data.step)
     with atomic_dir(final) as tmp:
         tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in data.trainable.items()}
-        save_file(tensors, str(tmp / "trainable.safetensors"))
-        torch.save(data.optimizer, tmp / "optimizer.pt")
+        _write_bytes(tmp / "trainable.safetensors", safetensors_bytes(tensors))
+        _save_torch(data.optimizer, tmp / "optimizer.pt")
         (tmp / "scheduler.json").write_text(json.dumps(data.scheduler, indent=1), encoding="utf-8")
-        torch.save(data.rng, tmp / "rng.pt")
+        _save_torch(data.rng, tmp / "rng.pt")
         if data.extra:
-            torch.save(data.extra, tmp / "extra.pt")
+            _save_torch(data.extra, tmp / "extra.pt")
         atomic_write_json(tmp / "trainer_state.json", data.trainer_state)
         if on_save is not None:
             on_save(data.step, tmp)  # e.g. PEFT adapter directories; covered by the manifest
