@@ -62,7 +62,7 @@ def _nearly_full(path: Path, least: int = 1 << 20) -> bool:
     return False
 
 
-def _named_write_error(e: BaseException, path: str | os.PathLike) -> OSError | None:
+def named_write_error(e: BaseException, path: str | os.PathLike) -> OSError | None:
     """A failed write as an ``OSError`` naming ``path`` and its cause, where the error named neither; else None.
 
     Writers report a full disk in several ways: a file object's ``write`` raises an errno with no file name;
@@ -106,7 +106,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException as e:
-        named = _named_write_error(e, path)
+        named = named_write_error(e, path)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if named is not None:
@@ -180,7 +180,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(trash, ignore_errors=True)
         _fsync_dir(path.parent)
     except BaseException as e:
-        named = _named_write_error(e, path)  # before the cleanup frees the space a full disk is judged by
+        named = named_write_error(e, path)  # before the cleanup frees the space a full disk is judged by
         shutil.rmtree(tmp, ignore_errors=True)
         if named is not None:
             raise named from e
@@ -300,6 +300,10 @@ APPENDED_FILE = OutputKind("file", file=True, reusable=True)  # appended to, and
 KINDS = (CHECKPOINT, RELEASE, ADAPTERS, BANK, WORLD, BACKBONE, BANK_WORK, SWEEP, TRAINING_RUN, DEMO)  # most specific first
 
 
+def _a(name: str) -> str:
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
 def recognise_output(path: str | os.PathLike) -> OutputKind | None:
     """The kind of output the directory ``path`` holds, or None (missing, a file, empty or unrecognised)."""
     path = Path(path)
@@ -320,7 +324,7 @@ def describe_path(path: str | os.PathLike) -> str:
     if not path.is_dir():
         return "a special file"
     if (kind := recognise_output(path)) is not None:
-        return f"a {kind.name}"
+        return _a(kind.name)
     entries = sorted(p.name for p in path.iterdir())
     if not entries:
         return "an empty directory"
@@ -347,9 +351,9 @@ def claim_output(path: str | os.PathLike, kind: OutputKind, *, overwrite: bool =
     if own:
         if kind.reusable or overwrite:
             return path
-        what = "already exists" if kind.file else f"already holds a {kind.name}"
+        what = "already exists" if kind.file else f"already holds {_a(kind.name)}"
         raise OutputError(f"{path}: {what}; pass --overwrite to replace it")
     what = describe_path(path)
     if kind.file and recognise_output(path) is not None:
         what = f"a directory ({what})"  # 'is a directory (a world corpus), not a file'
-    raise OutputError(f"{path}: is {what}, not a {kind.name}; refusing to replace it: choose another path")
+    raise OutputError(f"{path}: is {what}, not {_a(kind.name)}; refusing to replace it: choose another path")

@@ -12,6 +12,7 @@ the file when it does not fit.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from clara.errors import CheckpointError
+from clara.fileio import named_write_error
 
 
 def compress_batches(model, texts: Sequence[str], batch_size: int) -> Iterator[tuple[int, object]]:
@@ -50,13 +52,36 @@ def _fsync_replace(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
+def _new_memmap(tmp: Path, final: Path, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A new ``.npy`` array mapped from ``tmp``, its blocks allocated now: on a full disk a write through the map
+    kills the process with SIGBUS, where this raises ENOSPC naming the shard ``final``."""
+    try:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+        if hasattr(os, "posix_fallocate"):  # not on macOS, where the map is written as before
+            fd = os.open(tmp, os.O_RDWR)
+            try:
+                os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):  # a file system that cannot
+                    raise
+            finally:
+                os.close(fd)
+        return array
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        named = named_write_error(e, final)
+        if named is None:
+            raise
+        raise named from e
+
+
 @contextlib.contextmanager
 def new_shard(path: Path, shape: tuple[int, ...], dtype, keys: Sequence[str] | None = None) -> Iterator[np.ndarray]:
     """A writable memory-mapped array for the shard at ``path``; on a clean exit it is flushed, fsynced
     and renamed into place, then ``keys`` (if given) as ``path`` with ``.json``. On an error nothing appears."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+    array = _new_memmap(tmp, path, shape, dtype)
     try:
         yield array
         array.flush()

@@ -107,6 +107,24 @@ def test_a_short_write_while_building_a_bank_is_one_line(tmp_path, monkeypatch, 
     assert (bank / "memory.bin").read_bytes() == before  # the old bank stays
 
 
+def test_a_full_disk_under_a_memory_mapped_shard_is_one_line(tmp_path, monkeypatch, capsys):
+    # a write through a memory map of a sparse file on a full disk is SIGBUS, the process gone without a word;
+    # the shard's blocks are allocated first, so a full disk is ENOSPC naming the shard
+    if not hasattr(os, "posix_fallocate"):
+        pytest.skip("no posix_fallocate on this OS")
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    bank = tmp_path / "bank"
+    assert main(["index", "build", "--model", HASHING, "--out", str(bank), "--no-progress", "--corpus",
+                 str(corpus(tmp_path / "a.jsonl", "ab"))]) == 1  # fmt: skip
+    shard = tmp_path / "bank.work" / "shard-000000.npy"
+    assert one_error_line(capsys) == f"error: {shard}: no space left on device (errno {errno.ENOSPC})"
+    assert sorted(p.name for p in shard.parent.iterdir()) == ["job.json"]  # no half shard to resume from
+
+
 def test_a_read_only_bank_is_one_line_naming_the_bank(tmp_path, monkeypatch, capsys):
     bank = tmp_path / "bank"
     assert main(["index", "build", "--model", HASHING, "--out", str(bank), "--no-progress", "--corpus",
