@@ -102,12 +102,15 @@ def register(subparsers) -> None:
     mixp.add_argument("parts", nargs="+", metavar="FILE:KIND:N[:SOURCE]", help="e.g. cloze.jsonl:qa:all:wiki")
     mixp.add_argument("--out", required=True, type=Path, help="mixture JSONL to write")
     mixp.add_argument("--seed", type=int, default=0, help="seed of the draws and the shuffle")
+    add_overwrite_argument(mixp, "a file")
     mixp.set_defaults(func=run_mix)
 
 
 def run_mix(args: argparse.Namespace) -> int:
     from clara.data.mix import mix
+    from clara.fileio import FILE, claim_output
 
+    claim_output(args.out, FILE, overwrite=args.overwrite)
     counts = mix(args.parts, args.out, seed=args.seed)
     print(f"{args.out}: {sum(counts.values())} records (" + ", ".join(f"{p} {n}" for p, n in counts.items()) + ")")
     return 0

@@ -213,6 +213,10 @@ def test_file_outputs_refuse_directories_and_replace_files_only_with_overwrite(t
     assert out.read_text() == "precious\n"
     assert main(convert[:3] + [str(out)] + convert[3:] + ["--overwrite"]) == 0
     assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == ["a", "b"]
+    converted = out.read_text()
+    assert main(["data", "mix", f"{docs}:qa:1", "--out", str(out)]) == 1  # refused before the parts are read
+    assert one_error_line(capsys) == f"error: {out}: already exists; pass --overwrite to replace it"
+    assert out.read_text() == converted
     # an evaluation's --out is claimed before the (missing) model is touched
     assert main(["eval", "reading", "--backbone", str(tmp_path / "none"), "--world", str(tmp_path / "none"),
                  "--out", str(folder)]) == 1  # fmt: skip
