@@ -17,9 +17,10 @@ embedding matrix ever receives a gradient.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -157,6 +158,13 @@ class ClaraModel(AdapterStorage, nn.Module):
         """Token ids of user text (documents, questions, answers): a reserved token's string in it (a
         memory slot, a chat-template marker) is read as plain text, never as that token."""
         return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    def token_counter(self) -> Callable[[str], int]:
+        """Counts user text's tokens as :meth:`_ids` does, with its own copy of the tokenizer, so it is safe
+        in a thread other than the model's: a fast tokenizer switches its special-token splitting per call,
+        and a call in another thread could switch it under the model's own tokenizing."""
+        tokenizer = copy.deepcopy(self.tokenizer)
+        return lambda text: len(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
     def _template_ids(self, text: str) -> list[int]:
         """Token ids of prompt text that holds our own markup (slot placeholders, chat-template tokens)

@@ -4,13 +4,18 @@
 memory) is run once through the model, filling a ``DynamicCache``; each later step feeds only the new token. Batches are left-padded; position ids follow the
 attention mask so a padded row decodes exactly as it would alone. Rows stop at an
 end-of-sequence token, at a stop string, or at ``max_new_tokens``.
+
+Inside :func:`yield_points` (the server's model thread, DESIGN §9) the loop calls back after every
+forward and runs a long prompt in chunks, so short work can run between them in the same thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import threading
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -46,6 +51,29 @@ def new_kv_cache(lm) -> tuple[str, object]:
     return kw, cache
 
 
+_yield_hook = threading.local()
+
+
+@contextlib.contextmanager
+def yield_points(callback: Callable[[], None], prefill_tokens: int = 2048) -> Iterator[None]:
+    """In this thread, within the context, :func:`decode` calls ``callback()`` after each forward and runs
+    the prompt in chunks of about ``prefill_tokens`` tokens over the whole batch, so no forward is long.
+
+    The server's model thread runs answers this way: retrieval waits for one chunk or one decoding step,
+    not a whole answer batch, and a callback that raises stops the batch (a drain deadline). A chunked
+    prompt fills the same cache as one forward does (equal up to float rounding); outside this context
+    the prompt runs in one forward, as always.
+    """
+    if prefill_tokens < 1:
+        raise ValueError(f"prefill_tokens must be >= 1, got {prefill_tokens}")
+    previous = getattr(_yield_hook, "current", None)
+    _yield_hook.current = (callback, prefill_tokens)
+    try:
+        yield
+    finally:
+        _yield_hook.current = previous
+
+
 @torch.no_grad()
 def decode(lm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
            step: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]) -> None:
@@ -56,11 +84,19 @@ def decode(lm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_ne
     picks every row's next token and says which rows have finished; the loop ends when all have, or
     after ``max_new_tokens`` steps. Position ids follow the mask, so a padded row decodes as it would alone.
     """
+    hook = getattr(_yield_hook, "current", None)  # (callback, prefill tokens per chunk) or None
     kw, cache = new_kv_cache(lm)
     mask = attention_mask.to(inputs_embeds.device)  # (B, T)
     positions = position_ids_for(mask)  # (B, T)
-    logits = lm(inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=positions,
-                use_cache=True, logits_to_keep=1, **{kw: cache}).logits[:, -1]  # (B, V)
+    batch, length = mask.shape
+    chunk = length if hook is None else max(1, hook[1] // batch)
+    for start in range(0, length, chunk):  # one forward unless yield points are on
+        end = min(length, start + chunk)
+        logits = lm(inputs_embeds=inputs_embeds[:, start:end], attention_mask=mask[:, :end],
+                    position_ids=positions[:, start:end], use_cache=True, logits_to_keep=1,
+                    **{kw: cache}).logits[:, -1]  # (B, V)
+        if hook is not None:
+            hook[0]()
     next_pos = positions[:, -1:] + 1  # (B, 1)
     for i in range(max_new_tokens):
         token, done = step(logits, i)  # (B,), (B,)
@@ -70,6 +106,8 @@ def decode(lm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_ne
         logits = lm(input_ids=token[:, None].to(mask.device), attention_mask=mask, position_ids=next_pos,
                     use_cache=True, **{kw: cache}).logits[:, -1]  # (B, V)
         next_pos = next_pos + 1
+        if hook is not None:
+            hook[0]()
 
 
 def pick_next_token(logits: torch.Tensor, params: SamplingParams, rng: torch.Generator | None) -> torch.Tensor:

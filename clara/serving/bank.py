@@ -240,6 +240,16 @@ def read_manifest(directory: Path, verify: str = "sha256") -> tuple[dict, BankIn
     return manifest, info
 
 
+def manifest_stamp(directory: Path) -> tuple | None:
+    """Which manifest file is at ``directory`` now (device, inode, size, mtime), None if none: every bank
+    swapped into place brings a new manifest file, so a changed stamp is a changed bank."""
+    try:
+        st = (Path(directory) / MANIFEST).stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def read_meta(path: Path, count: int) -> tuple[list[str], list[str], list[str]]:
     ids, titles, texts = [], [], []
     with open(path, encoding="utf-8") as f:
@@ -267,11 +277,13 @@ class MemoryBank:
         self.ids, self.titles, self.texts = ids, titles, texts
         self._memory = np.memmap(directory / MEMORY_FILE, dtype=np.uint16, mode="r",
                                  shape=(info.count, info.num_mem, info.hidden_size))
+        self.stamp: tuple | None = None  # manifest_stamp() of the manifest this bank was opened from
 
     @classmethod
     def open(cls, directory: str | Path, *, verify: str = "sha256", use_gpu: bool | None = None,
              nprobe: int | None = None) -> "MemoryBank":
         directory = Path(directory)
+        stamp = manifest_stamp(directory)  # before reading: a bank swapped in meanwhile shows as a change later
         _, info = read_manifest(directory, verify)
         ids, titles, texts = read_meta(directory / META_FILE, info.count)
         index = vectors = None
@@ -289,7 +301,9 @@ class MemoryBank:
             index = _to_gpu(index, use_gpu)
         log.info("bank %s: %d documents, m=%d, H=%d, %s, %s retrieval, %s index", directory, info.count,
                  info.num_mem, info.hidden_size, info.dtype.value, info.retrieval.value, info.index.kind.value)
-        return cls(directory, info, index, vectors, ids, titles, texts)
+        bank = cls(directory, info, index, vectors, ids, titles, texts)
+        bank.stamp = stamp
+        return bank
 
     def __len__(self) -> int:
         return self.info.count

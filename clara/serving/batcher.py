@@ -1,9 +1,10 @@
 """Micro-batching for the server: concurrent requests share one model call.
 
 Requests wait in a bounded asyncio queue; one worker takes the first, gathers more for up to
-``max_wait_ms`` or until ``max_batch``, and runs the batch function in an executor thread so
-the event loop keeps accepting requests. Every batcher of a server shares one single-thread
-executor: the model switches adapters by mutating itself, so its calls must not overlap.
+``max_wait_ms`` or until ``max_batch``, and runs the batch function in an executor so the event
+loop keeps accepting requests. A server's batchers have separate queues and workers, and their
+executors are lanes of one model thread (:mod:`clara.serving.model_thread`): the model switches
+adapters by mutating itself, so its calls must not overlap, and retrieval's lane goes first.
 A full queue is refused at once (:class:`QueueFull`, HTTP 429) rather than growing latency.
 """
 
@@ -14,6 +15,8 @@ import logging
 import time
 from concurrent.futures import Executor
 from typing import Any, Callable, Sequence
+
+from clara.serving.model_thread import Draining
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +88,9 @@ class MicroBatcher:
             try:
                 results = await self._run(loop, [item for item, _ in live])
             except Exception as e:  # noqa: BLE001 - one request may have broken the batch: find it
-                if len(live) == 1:
+                if isinstance(e, Draining):  # the server's drain time is over: no request is to blame
+                    results = [e] * len(live)
+                elif len(live) == 1:
                     log.exception("%s request failed", self.name)
                     results = [e]
                 else:

@@ -46,7 +46,8 @@ class QueryEncoder(Protocol):
 
 @runtime_checkable
 class Generator(Protocol):
-    """The server also passes ``reply_prefixes`` and ``stop`` (see ``clara.pretrain.scp.generate_asked``)."""
+    """The server also passes ``reply_prefixes`` and ``stop`` (see ``clara.model.prompts.generate_asked``), and
+    sizes a request with ``token_counter()`` where a model has one (its question's UTF-8 bytes otherwise)."""
 
     def generate(self, questions: Sequence[str], mem_blocks=None, *, max_new_tokens: int = 64, **kw) -> list[str]: ...
 
@@ -97,6 +98,10 @@ class HashingModel:
     def encode_query(self, questions: Sequence[str]):
         self._wait("encode_query")
         return self._encode(questions)
+
+    def token_counter(self):
+        """A question's tokens for the server's work budget: its words, as ``_encode`` reads them."""
+        return lambda text: len(_WORD.findall(text))
 
     def generate(self, questions: Sequence[str], mem_blocks=None, *, max_new_tokens: int = 64, **_) -> list[str]:
         self._wait("generate")

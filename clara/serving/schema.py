@@ -15,6 +15,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_WAIT_MS = 1000.0  # a batch never holds a request longer than this for company
 
+# every setting's range: a flag outside it is refused at start-up (NaN too), so no value can make the server
+# wait forever, refuse everything, or promise more memory than a machine has
+BOUNDS = {
+    "k_max": (1, 1024, ""), "default_k": (1, 1024, ""), "default_topk": (1, 1024, ""),
+    "max_queries": (1, 4096, ""), "max_query_chars": (1, 1 << 20, ""), "max_new_tokens": (1, 8192, ""),
+    "default_new_tokens": (1, 8192, ""), "max_batch": (1, 1024, ""), "max_wait_ms": (0.0, MAX_WAIT_MS, " ms"),
+    "queue_size": (1, 1 << 16, ""), "max_body_bytes": (1, 1 << 30, " bytes"), "work_budget": (1, 1 << 20, ""),
+    "body_timeout_s": (0.01, 3600.0, " s"), "drain_s": (0.0, 3600.0, " s"), "reload_s": (0.0, 86400.0, " s"),
+}
+
 
 @dataclass(frozen=True)
 class ServerSettings:
@@ -29,18 +39,27 @@ class ServerSettings:
     max_wait_ms: float = 5.0
     queue_size: int = 256
     max_body_bytes: int = 1 << 20
+    # the most work one /v1/answer may ask for, in token positions of the generator's sequence: question
+    # tokens + k × m memory slots + max_new_tokens (its prompt's cost grows with the square of it)
+    work_budget: int = 4096
+    body_timeout_s: float = 30.0  # a request body must arrive whole within this, else 408
+    drain_s: float = 10.0  # after SIGTERM, in-flight requests get this long to finish, then 503 and exit
+    reload_s: float = 5.0  # how often BANK/manifest.json is checked for a bank that changed; 0 = never
 
     def __post_init__(self):
         from clara.errors import ConfigError
 
-        for name in ("k_max", "default_k", "default_topk", "max_queries", "max_query_chars", "max_new_tokens",
-                     "max_batch", "queue_size", "max_body_bytes"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"server setting {name}={getattr(self, name)} must be at least 1")
-        if not 0.0 <= self.max_wait_ms <= MAX_WAIT_MS:  # NaN fails too; inf would never answer a lone request
-            raise ConfigError(f"server setting max_wait_ms={self.max_wait_ms} must be between 0 and {MAX_WAIT_MS:g} ms")
+        for name, (least, most, unit) in BOUNDS.items():
+            value = getattr(self, name)
+            if not least <= value <= most:  # NaN fails too; inf max_wait_ms would never answer a lone request
+                shown = [f"{b:g}" if isinstance(b, float) else str(b) for b in (least, most)]
+                raise ConfigError(f"server setting {name}={value} must be between {shown[0]} and {shown[1]}{unit}")
         if not (self.default_k <= self.k_max and self.default_topk <= self.k_max):
             raise ConfigError(f"default k ({self.default_k}, topk {self.default_topk}) must be <= k_max={self.k_max}")
+        if 0 < self.reload_s < 0.1:
+            raise ConfigError(f"server setting reload_s={self.reload_s} must be 0 (never) or at least 0.1 s")
+        if self.default_new_tokens > self.max_new_tokens:
+            raise ConfigError(f"default_new_tokens={self.default_new_tokens} must be <= max_new_tokens={self.max_new_tokens}")
 
 
 class ErrorBody(BaseModel):
@@ -94,6 +113,8 @@ class HealthResponse(BaseModel):
     bank: Optional[dict] = None
     model: Optional[dict] = None
     queues: Optional[dict] = None
+    work_budget: Optional[int] = None
+    retrievals_between_answer_steps: Optional[int] = None
 
 
 FLOAT32_MAX = 3.4028234663852886e38

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from clara.model.generation import SamplingParams, generate_from_embeds, pick_next_token
+from clara.model.generation import SamplingParams, generate_from_embeds, pick_next_token, yield_points
 from clara.model.memory import left_pad
 
 PROMPTS = ["Where was Kalo born?", "The museum of Mira is 300 years old, said Selad. Who said it?", "Age?"]
@@ -25,6 +25,22 @@ def test_greedy_from_embeds_equals_generate_from_ids(model, batch):
         theirs = hf_greedy(model, ids, mask, 12)
     assert ours == theirs
     assert all(len(r) == 12 for r in ours)
+
+
+def test_yield_points_chunk_the_prompt_and_call_back_after_every_forward(model):
+    rows = [model.prompt_ids(p, 0) for p in PROMPTS]  # mixed lengths: the short rows' first chunks are all padding
+    ids, mask = left_pad(rows, model.pad_id)
+    params = SamplingParams(max_new_tokens=6)
+    calls = []
+    with model.using("generator"), torch.no_grad():
+        embeds = model.lm.get_input_embeddings()(ids)
+        whole = generate_from_embeds(model.lm, embeds, mask, params)
+        with yield_points(lambda: calls.append(1), prefill_tokens=len(rows) * 4):  # 4 positions a row per chunk
+            chunked = generate_from_embeds(model.lm, embeds, mask, params)
+        assert generate_from_embeds(model.lm, embeds, mask, params) == whole  # no calls: the context is over
+    assert chunked == whole
+    chunks = -(-ids.shape[1] // 4)
+    assert len(calls) == chunks + 5  # after every prompt chunk and each of the 5 later forwards
 
 
 def test_batched_generate_equals_one_at_a_time(model):
