@@ -214,6 +214,9 @@ def register_release(sub) -> None:
     s.add_argument("--notes", default=None, help="a markdown file appended to the README (e.g. measured quality)")
     s.add_argument("--train-config", default=None,
                    help="the run's config.yaml (default: the one beside the adapters, if any)")
+    s.add_argument("--backbone-path", default=None,
+                   help="the backbone directory the release names (default: the run's), e.g. out/backbones/smollm2 "
+                   "where `clara backbone convert --out` puts it; loading still checks the backbone's hash")
     s.set_defaults(func=run_release)
 
 
@@ -226,7 +229,8 @@ def run_release(args) -> int:
     claim_output(args.out, RELEASE, overwrite=args.overwrite)
     notes = Path(args.notes).read_text(encoding="utf-8") if args.notes else ""
     out = write_release(args.source, args.out, keep=[k for k in args.keep.split(",") if k], dtype=args.dtype,
-                        command=args.command, notes=notes, train_config=args.train_config)
+                        command=args.command, notes=notes, train_config=args.train_config,
+                        backbone_path=args.backbone_path)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"release written to {out} ({size / 2**20:.1f} MiB)")
     return 0

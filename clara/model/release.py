@@ -46,10 +46,14 @@ def write_release(
     command: str = "",
     notes: str = "",
     train_config: str | Path | None = None,
+    backbone_path: str | None = None,
 ) -> Path:
     """Copy the ``keep`` adapters of ``source`` (a run dir or adapter dir) to ``out`` as a release.
 
-    ``train_config``: the run's resolved config (default: ``config.yaml`` beside the adapters)."""
+    ``train_config``: the run's resolved config (default: ``config.yaml`` beside the adapters).
+    ``backbone_path``: the backbone directory the release names (default: the run's), e.g. where the
+    README's ``clara backbone convert --out DIR`` puts it, so loaders find it with no ``--backbone``;
+    the backbone hash, which loading checks, is the run's either way."""
     from clara.model.loading import resolve_adapters_dir
     from clara.fileio import atomic_dir, atomic_write_json, atomic_write_text, verify_manifest, write_manifest
     from clara.model.storage import MEM_EMBED_FILE, MODEL_INFO
@@ -75,6 +79,8 @@ def write_release(
             shutil.copyfile(run_config, tmp / "train_config.yaml")
         release = {"source": str(adapters), "dtype": dtype, "command": command,
                    "train_config": "train_config.yaml" if run_config.is_file() else None}
+        if backbone_path:
+            info = {**info, "backbone": backbone_path}
         atomic_write_json(tmp / MODEL_INFO, {**info, "adapters": list(keep), "release": release})
         atomic_write_text(tmp / "README.md", _readme(info, keep, dtype, command, notes))
         write_manifest(tmp, {"kind": "clara_adapters", "release": True})

@@ -61,3 +61,19 @@ def test_release_takes_the_run_config_from_elsewhere(model, tmp_path):
     assert oct((out / "generator" / "adapter_model.safetensors").stat().st_mode & 0o777) == "0o644"
     with pytest.raises(CheckpointError, match="no such file"):
         write_release(tmp_path / "exported", tmp_path / "rel2", train_config=tmp_path / "missing.yaml")
+
+
+def test_release_names_the_backbone_where_users_convert_it(model, tmp_path, monkeypatch):
+    """--backbone-path: loaders find the backbone at the README's place with no --backbone; the hash still rules."""
+    import shutil
+
+    from clara.model.loading import load_trained_model
+
+    model.save_adapters(tmp_path / "run" / "adapters")
+    out = write_release(tmp_path / "run", tmp_path / "rel", backbone_path="bb/converted")
+    assert json.loads((out / "clara_model.json").read_text())["backbone"] == "bb/converted"
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match="backbone 'bb/converted' does not exist here"):
+        load_trained_model(out)
+    shutil.copytree(model.backbone_path, tmp_path / "bb" / "converted")
+    assert load_trained_model(out).backbone_hash == model.backbone_hash
