@@ -19,8 +19,9 @@ log = logging.getLogger(__name__)
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 DEFAULT_EPS = 1e-8
-# The packed (score, index) keys of the Triton top-k keep the index in 31 bits.
+# The packed (score, index) keys of the top-k searches keep the index in 31 bits.
 MAX_BANK_ROWS = 2**31 - 2
+ROW_BITS_MAX = 2**31 - 1
 
 
 class KernelInputError(ClaraError, ValueError):
@@ -34,6 +35,7 @@ class Backend(str, enum.Enum):
     TRITON = "triton"
     TORCH = "torch"
     FAISS = "faiss"
+    CPU = "cpu"  # the streaming exact bank search on CPU (cosine_topk only)
 
 
 def parse_backend(backend: Backend | str) -> Backend:
@@ -114,3 +116,22 @@ def next_power_of_2(n: int) -> int:
 
 def cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def pack_keys(scores: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """float32 scores and their rows (broadcastable) -> int64 keys ordered by (score, -row).
+
+    The high 32 bits map the float's bits to an order-preserving int32, the low 31 hold
+    2^31 - 1 - row: the largest key is the best score, ties going to the smaller row. The
+    Triton top-k builds the same keys in its kernel.
+    """
+    bits = (scores.float() + 0.0).contiguous().view(torch.int32)  # + 0.0: -0.0 ties with 0.0
+    key = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+    return (key.to(torch.int64) << 32) | (ROW_BITS_MAX - rows)
+
+
+def unpack_keys(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int64 keys -> (float32 scores, int64 rows)."""
+    key = (packed >> 32).to(torch.int32)
+    bits = torch.where(key >= 0, key, key ^ 0x7FFFFFFF)
+    return bits.view(torch.float32), ROW_BITS_MAX - (packed & 0xFFFFFFFF)

@@ -3,16 +3,18 @@
 The kernels (``clara.kernels``; Triton with plain-torch references):
     dispatch.cosine_scores(q [B, D], docs [B, N, D]) -> s [B, N]               (training, with backward)
     dispatch.cosine_topk(q [B, D], bank [N, D], k) -> (values [B, k], indices [B, k])   (serving)
+    dispatch.inverse_norms(bank [N, D]) -> [N]: computed once per bank, saves a pass per search
     straight_through.straight_through_topk(scores [B, N], k, temperature) -> (Z [B, k, N], indices [B, k])
     straight_through.select_topk(q, docs, k, temperature) -> (Z, indices, scores); StraightThroughTopK
     reference: the plain-torch definitions the kernels are tested against.
     common: the Backend enum, KernelInputError, input checks and launch helpers they all share.
-Every entry point takes ``backend=`` ("auto" | "triton" | "torch" | "faiss", see Backend).
+Every entry point takes ``backend=`` ("auto" | "triton" | "torch" | "faiss" | "cpu", see Backend).
 Triton modules are imported, and kernels decorated, only when a Triton backend runs.
 
 Triton runs on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` (tests).
-``backend="auto"`` picks Triton on CUDA and the plain-torch reference on CPU; an explicit
-``backend=`` ("triton", "torch", or "faiss" for the bank search) overrides the choice.
+``backend="auto"`` picks Triton on CUDA; on CPU, the streaming search of ``cpu_topk`` for the
+bank search and the plain-torch reference for the training scores. An explicit ``backend=``
+("triton", "torch", or "faiss" and "cpu" for the bank search) overrides the choice.
 """
 
 from __future__ import annotations
@@ -57,23 +59,26 @@ def faiss_available() -> bool:
     return True
 
 
-def resolve_backend(backend: Backend | str, device: torch.device, *, allow_faiss: bool) -> Backend:
-    """Turn ``auto`` into a concrete backend and check an explicit one can run on ``device``."""
+def resolve_backend(backend: Backend | str, device: torch.device, *, topk: bool) -> Backend:
+    """Turn ``auto`` into a concrete backend and check an explicit one can run on ``device``;
+    ``topk``: for the bank search (cosine_topk), where faiss and cpu are choices too."""
     choice = parse_backend(backend)
     if choice is Backend.AUTO:
         if device.type == "cuda":
             return Backend.TRITON
-        # CPU: the chunked torch reference. faiss needs a normalised float32 copy of the bank
-        # per call, which measured 3x slower at N=10^6, D=576 (kernels/bench.py).
-        return Backend.TORCH
+        # CPU: the streaming search for the bank (python -m clara.kernels.bench --cpu-roofline
+        # measures it against faiss flat and a plain product), the reference for training.
+        return Backend.CPU if topk else Backend.TORCH
     if choice is Backend.TRITON and not triton_usable(device):
         raise KernelInputError(
             f"backend='triton' cannot run on {device}: it needs CUDA tensors (or CPU tensors "
             "with TRITON_INTERPRET=1 set before triton is imported); use backend='auto' or 'torch'"
         )
+    if choice in (Backend.FAISS, Backend.CPU) and not topk:
+        raise KernelInputError(f"backend='{choice.value}' only serves cosine_topk; use 'auto', 'triton' or 'torch'")
+    if choice is Backend.CPU and device.type != "cpu":
+        raise KernelInputError(f"backend='cpu' runs on CPU tensors, got {device}; use 'triton'")
     if choice is Backend.FAISS:
-        if not allow_faiss:
-            raise KernelInputError("backend='faiss' only serves cosine_topk; use 'auto', 'triton' or 'torch'")
         if not faiss_available():
             raise KernelInputError("backend='faiss' needs the faiss package (pip install faiss-cpu)")
         if device.type != "cpu":
@@ -116,7 +121,7 @@ def cosine_scores(
     if q.dtype != docs.dtype:
         raise KernelInputError(f"q is {q.dtype} but docs is {docs.dtype}; cast one to match")
     check_same_device(q=q, docs=docs)
-    choice = resolve_backend(backend, q.device, allow_faiss=False)
+    choice = resolve_backend(backend, q.device, topk=False)
     if choice is Backend.TORCH:
         from clara.kernels.reference import cosine_scores_reference
 
@@ -143,12 +148,13 @@ def cosine_topk(
         k: how many rows to return per query, 1 <= k <= N.
         inv_norms: optional [N] precomputed ``1 / max(|bank[n]|, eps)``; saves the norm pass.
         eps: norm clamp, as in :func:`cosine_scores`.
-        backend: "auto" (Triton on CUDA, the chunked torch reference on CPU), "triton",
-            "torch" or "faiss" (exact inner-product search on a normalised float32 copy).
+        backend: "auto" (Triton on CUDA, the streaming search on CPU), "triton", "cpu",
+            "torch" (the plain reference) or "faiss" (inner-product search on a normalised
+            float32 copy).
 
     Returns:
-        (values [B, k] float32, indices [B, k] int64), best first. Ties may be ordered
-        differently by different backends (the Triton path prefers the smaller row).
+        (values [B, k] float32, indices [B, k] int64), best first. Triton and cpu break ties
+        toward the smaller row; torch and faiss may order tied rows differently.
     """
     if q.dim() != 2 or bank.dim() != 2:
         raise KernelInputError(
@@ -170,7 +176,7 @@ def cosine_topk(
         check_dtype("inv_norms", inv_norms)
         tensors["inv_norms"] = inv_norms
     check_same_device(**tensors)
-    choice = resolve_backend(backend, q.device, allow_faiss=True)
+    choice = resolve_backend(backend, q.device, topk=True)
     with torch.no_grad():
         if choice is Backend.FAISS:
             from clara.kernels.reference import cosine_topk_faiss
@@ -180,6 +186,21 @@ def cosine_topk(
             from clara.kernels.reference import cosine_topk_reference
 
             return cosine_topk_reference(q, bank, k, inv_norms=inv_norms, eps=eps)
+        if choice is Backend.CPU:
+            from clara.kernels.cpu_topk import topk_cpu
+
+            return topk_cpu(q, bank, k, inv_norms=inv_norms, eps=eps)
         from clara.kernels.triton_topk import topk_triton
 
         return topk_triton(contiguous("q", q), contiguous("bank", bank), k, inv_norms=inv_norms, eps=eps)
+
+
+def inverse_norms(bank: torch.Tensor, *, eps: float = DEFAULT_EPS) -> torch.Tensor:
+    """[N] float32 ``1 / max(|bank[n]|, eps)``, chunk by chunk (no float32 copy of the bank):
+    computed once when a bank is loaded, then passed to every :func:`cosine_topk` call."""
+    if bank.dim() != 2 or bank.shape[0] == 0:
+        raise KernelInputError(f"inverse_norms wants a bank [N, D] with N >= 1, got {tuple(bank.shape)}")
+    check_dtype("bank", bank)
+    from clara.kernels.cpu_topk import inverse_norms as chunked_inverse_norms
+
+    return chunked_inverse_norms(bank, eps)

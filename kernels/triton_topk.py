@@ -19,11 +19,17 @@ import logging
 import torch
 import triton.language as tl
 
-from clara.kernels.common import DEFAULT_EPS, cdiv, jit_kernel, next_power_of_2, triton_interpreting
+from clara.kernels.common import (
+    DEFAULT_EPS,
+    cdiv,
+    jit_kernel,
+    next_power_of_2,
+    triton_interpreting,
+    unpack_keys,
+)
 
 log = logging.getLogger(__name__)
 
-ROW_BITS_MAX = 2**31 - 1
 # Largest k the fused kernel keeps per program; larger k uses the chunked reference.
 MAX_FUSED_K = 256
 # The packed key of (score=-inf, row=2^31-1): an empty slot in a running top-k.
@@ -78,13 +84,6 @@ def _topk_kernel(
     rk = tl.arange(0, KP)
     out = out_ptr + (rb[:, None] * NUM_PROGS + pid) * KP + rk[None, :]
     tl.store(out, best, mask=b_mask[:, None])
-
-
-def unpack_keys(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """int64 keys -> (float32 scores, int64 rows)."""
-    key = (packed >> 32).to(torch.int32)
-    bits = torch.where(key >= 0, key, key ^ 0x7FFFFFFF)
-    return bits.view(torch.float32), ROW_BITS_MAX - (packed & 0xFFFFFFFF)
 
 
 def _blocks(k_pad: int, n: int, d: int) -> tuple[int, int, int]:

@@ -27,6 +27,7 @@ def test_errors_are_clara_and_value_errors():
         (lambda: cosine_scores(torch.randn(2, 8), torch.randn(2, 3, 8).half()), r"cast one to match"),
         (lambda: cosine_scores(torch.randint(0, 3, (2, 8)), torch.randn(2, 3, 8)), r"dtype torch.int64"),
         (lambda: cosine_scores(torch.randn(2, 8), torch.randn(2, 3, 8), backend="faiss"), r"only serves cosine_topk"),
+        (lambda: cosine_scores(torch.randn(2, 8), torch.randn(2, 3, 8), backend="cpu"), r"only serves cosine_topk"),
         (lambda: straight_through_topk(torch.randn(2, 4), 5), r"k=5 exceeds"),
         (lambda: straight_through_topk(torch.randn(2, 4), 2, temperature=0.0), r"temperature=0.0 must be > 0"),
     ],
@@ -48,11 +49,13 @@ def test_auto_resolution():
     from clara.kernels.dispatch import resolve_backend
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert resolve_backend("auto", cuda, allow_faiss=True) is Backend.TRITON
-    assert resolve_backend("auto", cpu, allow_faiss=False) is Backend.TORCH
-    assert resolve_backend(Backend.AUTO, cpu, allow_faiss=True) is Backend.TORCH
-    assert resolve_backend("faiss", cpu, allow_faiss=True) is Backend.FAISS
-    assert resolve_backend("torch", cpu, allow_faiss=True) is Backend.TORCH
+    assert resolve_backend("auto", cuda, topk=True) is Backend.TRITON
+    assert resolve_backend("auto", cpu, topk=False) is Backend.TORCH
+    assert resolve_backend(Backend.AUTO, cpu, topk=True) is Backend.CPU
+    assert resolve_backend("faiss", cpu, topk=True) is Backend.FAISS
+    assert resolve_backend("torch", cpu, topk=True) is Backend.TORCH
+    with pytest.raises(KernelInputError, match="backend='cpu' runs on CPU tensors"):
+        resolve_backend("cpu", cuda, topk=True)
 
 
 def test_bench_runs_and_reports(tmp_path, capsys):
