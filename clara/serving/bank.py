@@ -7,7 +7,8 @@ A bank is a directory::
                       uint16 and viewed as the float type in torch). Opened with np.memmap.
     retrieval.faiss   faiss index over the L2-normalised retrieval vectors (inner product =
     | retrieval.npy   cosine): flat (exact), ivf or ivfpq; or, with index kind "kernel", the
-                      float32 vectors themselves, searched by clara.kernels.cosine_topk.
+                      vectors themselves (float32, or fp16 / bf16 as uint16 bit patterns like
+                      memory.bin: index.vectors in the manifest), searched by clara.kernels.
     meta.jsonl        one {"id", "title", "text"} per row, in memory order.
     manifest.json     format, compressor hash, CR, m, H, count, dtype, retrieval mode, index
                       parameters and the sha256 and size of every file.
@@ -17,6 +18,11 @@ Retrieval vectors are computed from the *stored* (rounded) memory: the flattened
 Banks are only ever written whole into a temporary directory and renamed into place
 (:mod:`clara.serving.bank_build`), so a reader sees the old bank or the new one, never a mix.
 Opening a bank checks every file's size always and its sha256 unless ``verify="size"``.
+
+Exact search on CPU (a flat index, or the kernel's vectors) is clara.kernels' streaming
+search over the stored vectors, with their inverse norms computed once when the bank opens;
+the vectors of a flat faiss index are read in place. It measured faster than faiss's own
+flat search at every batch size (``python -m clara.kernels.bench --cpu-roofline``).
 """
 
 from __future__ import annotations
@@ -54,6 +60,18 @@ def retrieval_spelling(scoring: Scoring) -> str:
     return "flat" if scoring is Scoring.FLATTENED else scoring.value
 
 
+class VectorDtype(str, enum.Enum):
+    """Storage type of a kernel index's retrieval vectors (``--vectors``)."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+
+
+# numpy storage of each vector dtype (fp16 and bf16 as uint16 bit patterns, as in memory.bin)
+_VECTOR_NUMPY = {VectorDtype.FP32: np.float32, VectorDtype.FP16: np.uint16, VectorDtype.BF16: np.uint16}
+
+
 class IndexKind(str, enum.Enum):
     FLAT = "flat"  # faiss IndexFlatIP: exact
     IVF = "ivf"  # faiss IndexIVFFlat: inverted lists, approximate, nprobe lists searched
@@ -74,11 +92,21 @@ class IndexParams:
     nlist: int = 0  # ivf lists; 0 = about sqrt(count)
     nprobe: int = 8  # lists visited per query (ivf, ivfpq)
     pq_m: int = 0  # ivfpq sub-quantisers; 0 = the largest of 64, 32, 16, 8, 4, 2, 1 dividing the dim
+    vectors: VectorDtype = VectorDtype.FP32  # kernel: storage type of retrieval.npy
 
     def __post_init__(self):
         object.__setattr__(self, "kind", _enum(IndexKind, self.kind, "index kind"))
+        object.__setattr__(self, "vectors", _enum(VectorDtype, self.vectors, "--vectors"))
         if self.nlist < 0 or self.nprobe < 1 or self.pq_m < 0:
             raise ConfigError(f"index: nlist={self.nlist} >= 0, nprobe={self.nprobe} >= 1, pq_m={self.pq_m} >= 0 required")
+        if self.vectors is not VectorDtype.FP32 and self.kind is not IndexKind.KERNEL:
+            raise ConfigError(f"--vectors {self.vectors.value} needs --faiss kernel (faiss indexes hold float32)")
+
+    def to_manifest(self) -> dict:
+        d = {**asdict(self), "kind": self.kind.value, "vectors": self.vectors.value}
+        if self.vectors is VectorDtype.FP32:
+            del d["vectors"]  # as banks before --vectors wrote it: they stay readable by older versions
+        return d
 
 
 @dataclass(frozen=True)
@@ -106,7 +134,7 @@ class BankInfo:
     def to_manifest(self) -> dict:
         d = asdict(self)
         d.update(format=FORMAT, dtype=self.dtype.value, retrieval=retrieval_spelling(self.retrieval),
-                 index={**asdict(self.index), "kind": self.index.kind.value})
+                 index=self.index.to_manifest())
         return d
 
     @classmethod
@@ -272,8 +300,13 @@ class MemoryBank:
     def __init__(self, directory: Path, info: BankInfo, index, vectors, ids, titles, texts):
         self.directory = directory
         self.info = info
-        self._index = index  # faiss index or None
-        self._vectors = vectors  # torch (N, D) for the kernel path, else None
+        self._index = index  # faiss index (approximate, or on a GPU) or None; a flat one owns _vectors
+        self._vectors = vectors  # torch (N, D) searched by clara.kernels, else None
+        self._inv_norms = None  # (N,) float32 1/|row| of _vectors, computed once here
+        if vectors is not None:
+            from clara.kernels.dispatch import inverse_norms
+
+            self._inv_norms = inverse_norms(vectors)
         self.ids, self.titles, self.texts = ids, titles, texts
         self._memory = np.memmap(directory / MEMORY_FILE, dtype=np.uint16, mode="r",
                                  shape=(info.count, info.num_mem, info.hidden_size))
@@ -299,6 +332,7 @@ class MemoryBank:
             if info.index.kind is not IndexKind.FLAT:
                 index.nprobe = nprobe or info.index.nprobe
             index = _to_gpu(index, use_gpu)
+            vectors = _flat_vectors(index)
         log.info("bank %s: %d documents, m=%d, H=%d, %s, %s retrieval, %s index", directory, info.count,
                  info.num_mem, info.hidden_size, info.dtype.value, info.retrieval.value, info.index.kind.value)
         bank = cls(directory, info, index, vectors, ids, titles, texts)
@@ -312,6 +346,7 @@ class MemoryBank:
         """Normalised query vectors (B, D) -> (scores (B, k') float32, indices (B, k') int64), k' = min(k, count).
 
         An approximate index may find fewer than k' documents for a row; missing ones are -1.
+        Exact search ranks tied documents by row.
         """
         k = min(int(k), self.info.count)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)  # (B, D)
@@ -321,7 +356,7 @@ class MemoryBank:
             from clara.kernels.dispatch import cosine_topk
 
             q = torch.from_numpy(vectors).to(self._vectors.device)
-            values, indices = cosine_topk(q, self._vectors, k)  # (B, k), (B, k)
+            values, indices = cosine_topk(q, self._vectors, k, inv_norms=self._inv_norms)  # (B, k), (B, k)
             return values.float().cpu().numpy(), indices.cpu().numpy().astype(np.int64)
         scores, indices = self._index.search(vectors, k)  # (B, k), (B, k)
         return scores, indices
@@ -353,10 +388,40 @@ def _load_vectors(path: Path, info: BankInfo):
         arr = np.load(path)
     except (ValueError, OSError, EOFError) as e:
         raise CheckpointError(f"{path}: unreadable vectors ({e}); rebuild the bank") from None
-    if arr.shape != (info.count, info.dim) or arr.dtype != np.float32:
-        raise CheckpointError(f"{path}: shape {arr.shape} {arr.dtype}, manifest says ({info.count}, {info.dim}) float32")
+    want = np.dtype(_VECTOR_NUMPY[info.index.vectors])
+    if arr.shape != (info.count, info.dim) or arr.dtype != want:
+        raise CheckpointError(f"{path}: shape {arr.shape} {arr.dtype}, manifest says ({info.count}, {info.dim}) "
+                              f"{want} (vectors {info.index.vectors.value}); rebuild the bank")
     t = torch.from_numpy(arr)
+    if info.index.vectors is not VectorDtype.FP32:  # bit patterns, as memory.bin stores them
+        t = t.view(torch.int16).view(torch.float16 if info.index.vectors is VectorDtype.FP16 else torch.bfloat16)
     return t.cuda() if torch.cuda.is_available() else t
+
+
+def _flat_vectors(index):
+    """The float32 rows of a flat faiss index on the CPU, in place (no copy), as a torch view;
+    None for any other index. The index owns the memory and must outlive the view."""
+    import faiss
+    import torch
+
+    if not isinstance(index, faiss.IndexFlat):
+        return None
+    rows = faiss.rev_swig_ptr(index.get_xb(), index.ntotal * index.d)  # numpy view of the index's storage
+    return torch.from_numpy(rows.reshape(index.ntotal, index.d))
+
+
+def vectors_to_numpy(vectors: np.ndarray, dtype: VectorDtype) -> np.ndarray:
+    """float32 retrieval vectors (N, D) -> their storage in retrieval.npy."""
+    if dtype is VectorDtype.FP32:
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+    import torch
+
+    return to_bits(torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)), MemDtype(dtype.value))
+
+
+def vectors_from_numpy(arr: np.ndarray, dtype: VectorDtype) -> np.ndarray:
+    """retrieval.npy contents -> float32 (N, D), exactly (every stored value is a float32)."""
+    return arr if dtype is VectorDtype.FP32 else from_bits(arr, MemDtype(dtype.value)).numpy()
 
 
 def verify_bank(directory: str | Path) -> BankInfo:

@@ -55,6 +55,8 @@ from clara.serving.bank import (
     from_bits,
     new_faiss_index,
     to_bits,
+    vectors_from_numpy,
+    vectors_to_numpy,
 )
 from clara.serving.protocols import compressor_hash
 
@@ -150,10 +152,10 @@ def _shard_vectors(shards: list[Path], model, dtype: MemDtype, scoring: Scoring)
 def _write_index(tmp: Path, base: MemoryBank | None, shards, model, info: BankInfo) -> IndexParams:
     params = info.index
     if params.kind is IndexKind.KERNEL:
-        parts = [np.load(base.directory / VECTORS_FILE)] if base is not None else []
+        parts = [vectors_from_numpy(np.load(base.directory / VECTORS_FILE), params.vectors)] if base is not None else []
         parts += list(_shard_vectors(shards, model, info.dtype, info.retrieval))
         with _synced(tmp / VECTORS_FILE, "wb") as f:
-            np.save(f, np.concatenate(parts).astype(np.float32))
+            np.save(f, vectors_to_numpy(np.concatenate(parts), params.vectors))
         return params
     import faiss
 
