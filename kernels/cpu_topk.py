@@ -39,6 +39,8 @@ KEEP_EXTRA = 64
 GROUP = 16
 # Rows pass 2 rescores per product.
 RESCORE_ROWS = 8192
+# A bank this small is scored exactly in one product, without pass 1.
+SMALL_BANK_ROWS = 8192
 # Half-precision passes only when every row norm is in [1 / NORM_RANGE, NORM_RANGE] (known
 # from inv_norms), so that the product neither overflows nor loses a score to subnormals.
 NORM_RANGE = 2.0**6
@@ -287,6 +289,8 @@ def topk_cpu(
     qf = q.float()
     qn = qf / qf.norm(dim=1, keepdim=True).clamp_min(eps)  # (B, D)
     inv_norms = None if inv_norms is None else inv_norms.float()
+    if bank.shape[0] <= SMALL_BANK_ROWS:  # one exact product: a candidate pass would cost more than it saves
+        return _scan_exact(qn, bank, inv_norms, eps, k)
     plan = plan_search(bank, q.shape[0], inv_norms, chunk_rows)
     scorer = _ChunkScorer(qn, bank, inv_norms, eps, plan)
     candidates = _pass_one(scorer, bank.shape[0], k)

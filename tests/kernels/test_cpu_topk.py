@@ -12,6 +12,13 @@ from clara.kernels.reference import cosine_topk_reference
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
+@pytest.fixture(params=["streaming", "small bank"])
+def path(request, monkeypatch):
+    """Run a test through the candidate passes (any bank) and the one-product path of small banks."""
+    monkeypatch.setattr(cpu_topk, "SMALL_BANK_ROWS", 0 if request.param == "streaming" else 10**9)
+    return request.param
+
+
 def _brute_force(q, bank, k):
     """Rows ordered by (float64 cosine desc, row asc): the definition the search must meet."""
     qd, bd = q.double(), bank.double()
@@ -38,7 +45,7 @@ def _data(b, n, d, dtype, seed, unit=False):
 @pytest.mark.parametrize("unit", [False, True])
 @pytest.mark.parametrize("b,n,d,k,chunk", [(3, 1001, 50, 5, 160), (17, 4099, 70, 1, 512), (2, 300, 8, 300, None),
                                            (9, 2500, 33, 12, 1024)])
-def test_matches_reference_on_irregular_shapes(kc, dtype, unit, b, n, d, k, chunk):
+def test_matches_reference_on_irregular_shapes(kc, path, dtype, unit, b, n, d, k, chunk):
     q, bank = _data(b, n, d, dtype, seed=n + k, unit=unit)
     inv = inverse_norms(bank)
     for given in (inv, None):
@@ -49,7 +56,7 @@ def test_matches_reference_on_irregular_shapes(kc, dtype, unit, b, n, d, k, chun
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_exact_ties_go_to_the_smaller_row(dtype):
+def test_exact_ties_go_to_the_smaller_row(path, dtype):
     # Small integers: every product and norm is exact, so repeated rows tie exactly and the
     # brute-force order (cosine desc, row asc) is unambiguous.
     g = torch.Generator().manual_seed(7)
@@ -91,6 +98,7 @@ def test_half_precision_products_stay_within_the_error_model(dtype):
 
 
 def test_crowded_scores_take_the_rescan_and_full_scan_paths(kc, monkeypatch):
+    monkeypatch.setattr(cpu_topk, "SMALL_BANK_ROWS", 0)
     # 3000 rows within 0.01 of each other: more candidates than a chunk keeps (rescans), and
     # with a low cap, more than pass 2 takes (the whole bank is rescored).
     g = torch.Generator().manual_seed(5)
@@ -118,7 +126,7 @@ def test_crowded_scores_take_the_rescan_and_full_scan_paths(kc, monkeypatch):
     assert calls["scan"] == 1
 
 
-def test_zero_query_and_out_of_range_norms():
+def test_zero_query_and_out_of_range_norms(path):
     bank = torch.randn(500, 16).half()
     bank[3] *= 1000.0  # a norm far outside the half-precision range: float32 products instead
     inv = inverse_norms(bank)
