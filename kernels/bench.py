@@ -2,6 +2,7 @@
 
     python -m clara.kernels.bench                      # CPU: torch reference vs faiss (Triton on CUDA)
     python -m clara.kernels.bench --n 1000000 --d 576 --json out.json
+    python -m clara.kernels.bench --cpu-roofline       # the bank search against faiss, torch and the copy floor
 
 Times are quantiles (median, p20, p80) of repeated calls, as in the Triton tutorials.
 GB/s counts the bytes a kernel must read (bank or docs, once) and write.
@@ -67,7 +68,7 @@ def bench_topk(device, b, n, d, k, dtype, reps) -> list[dict]:
     bank = torch.randn(n, d, device=device, dtype=dtype)
     nbytes = bank.numel() * bank.element_size() + q.numel() * q.element_size()
     peak = device_peak_gbps(device)
-    backends = ["torch"] + (["triton"] if device.type == "cuda" else []) + (
+    backends = ["torch"] + (["triton"] if device.type == "cuda" else ["cpu"]) + (
         ["faiss"] if faiss_available() and device.type == "cpu" else [])
     rows = []
     for backend in backends:
@@ -109,9 +110,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=10, help="top-k (default 10)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="bank dtype")
     p.add_argument("--scores-shape", default="8,20,16384", help="B,N,D for cosine_scores (default 8,20,16384)")
-    p.add_argument("--reps", type=int, default=10, help="timed repetitions per measurement (default 10)")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions per measurement (default 10; 3 rounds for --cpu-roofline)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    r = p.add_argument_group("--cpu-roofline: the bank search (kernels/roofline.py) instead of the rows above")
+    r.add_argument("--cpu-roofline", action="store_true",
+                   help="ours, faiss IndexFlatIP, plain torch and the copy floor, in one interleaved run")
+    r.add_argument("--shapes", default="200000x1024,1000000x576", help="banks NxD, comma-separated (default %(default)s)")
+    r.add_argument("--batches", default="1,8,64", help="query batch sizes (default %(default)s)")
+    r.add_argument("--stored", default="fp16", choices=["fp32", "fp16", "bf16"],
+                   help="the bank's stored dtype, timed beside fp32 (default %(default)s, as index build --dtype)")
+    r.add_argument("--threads", type=int, default=0, help="torch and faiss threads (default: torch's)")
     args = p.parse_args(argv)
+    if args.cpu_roofline:
+        from clara.kernels import roofline
+
+        args.reps = args.reps or 3
+        return roofline.run(args)
+    args.reps = args.reps or 10
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
     n = args.n or (10**7 if device.type == "cuda" else 10**6)
