@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="ours, faiss IndexFlatIP, plain torch and the copy floor, in one interleaved run")
     r.add_argument("--shapes", default="200000x1024,1000000x576", help="banks NxD, comma-separated (default %(default)s)")
     r.add_argument("--batches", default="1,8,64", help="query batch sizes (default %(default)s)")
-    r.add_argument("--stored", default="fp16", choices=["fp32", "fp16", "bf16"],
-                   help="the bank's stored dtype, timed beside fp32 (default %(default)s, as index build --dtype)")
+    r.add_argument("--stored", default="bf16", choices=["fp32", "fp16", "bf16"],
+                   help="the bank's stored dtype (index build --vectors), timed beside fp32 (default %(default)s)")
     r.add_argument("--threads", type=int, default=0, help="torch and faiss threads (default: torch's)")
     args = p.parse_args(argv)
     if args.cpu_roofline:

@@ -3,8 +3,8 @@
 q [B, D] against a bank [N, D] -> the k best cosine scores and their rows, ties broken toward
 the smaller row (as the Triton kernel does).
 
-Pass 1 streams the bank in chunks whose [B, C] score block stays in cache. Each chunk is
-scored by one matrix product: in the bank's own bf16/fp16 where the CPU multiplies it
+Pass 1 streams the bank in chunks whose [B, C] score block stays in the last-level cache. Each
+chunk is scored by one matrix product: in the bank's own bf16/fp16 where the CPU multiplies it
 natively, else in float32 (a half-precision chunk is copied to float32, never the whole
 bank); rows of unit norm (a bank stored normalised) are not rescaled. ``Plan.error_model``
 bounds how far a pass-1 score can be from the exact cosine, so ``Plan.bar`` turns the k-th
@@ -24,8 +24,11 @@ import torch
 
 from clara.kernels.common import DEFAULT_EPS, pack_keys, unpack_keys
 
-# A chunk's scores [B, C] in float32 take about this much: they stay in cache for the top-k.
-SCORE_BYTES = 16 << 20
+# A chunk's scores [B, C] in float32 take at most this much (the search's working memory). They
+# stay in the last-level cache of a server CPU; smaller chunks, in L2, measured slower: score
+# traffic is only B/D of the bank's, and every chunk pays the calls and thread barriers of a
+# product and a top-k (10-20 ms each on the loaded 2-core machine of docs/RESULTS.md).
+SCORE_BYTES = 64 << 20
 # A half-precision chunk copied to float32 (no native product) takes at most this much.
 CAST_BYTES = 16 << 20
 # Fewer rows than this per chunk and the per-call overhead of the products dominates.
@@ -175,20 +178,20 @@ def _round_down(bar: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _chunk_top(scores: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The m best (values, columns) per row of scores (B, r), best first.
 
-    Columns fall into GROUP strided groups' worth of slices; the m best columns lie in the m
-    slices with the best maxima (any other slice's maximum is beaten by m slices' maxima),
-    so one elementwise max over GROUP slices and a top-k over r / GROUP maxima replace a
-    top-k over all r columns (half the time of ``scores.topk(m)``).
+    The columns fall into r / GROUP strided slices (column j, j + r / GROUP, ...). The m best
+    columns lie in the m slices with the best maxima (any other slice's maximum is beaten by m
+    slices' maxima), so an elementwise max over GROUP rows of slices, a top-k over their maxima
+    and one over the m chosen slices replace a top-k over all r columns (about half the time).
     """
     b, r = scores.shape
     width = r // GROUP
     if r % GROUP or width < m:
         return scores.topk(m, dim=1)
-    best = scores.view(b, GROUP, width).amax(dim=1)  # (B, width): max over each column's slice
-    slices = best.topk(m, dim=1).indices  # (B, m)
-    columns = (slices[:, :, None] + torch.arange(GROUP) * width).view(b, -1)  # (B, m * GROUP)
-    values, pos = scores.gather(1, columns).topk(m, dim=1)  # (B, m)
-    return values, columns.gather(1, pos)
+    grid = scores.view(b, GROUP, width)  # column t * width + j at [:, t, j]
+    slices = grid.amax(dim=1).topk(m, dim=1).indices  # (B, m) the slices j with the best maxima
+    members = grid.gather(2, slices[:, None, :].expand(b, GROUP, m)).view(b, GROUP * m)  # (B, GROUP * m)
+    values, pos = members.topk(m, dim=1)  # (B, m); pos = t * m + slice position
+    return values, (pos // m) * width + slices.gather(1, pos % m)
 
 
 def _pass_one(scorer: _ChunkScorer, n: int, k: int):
