@@ -7,7 +7,7 @@ import ipaddress
 import logging
 from pathlib import Path
 
-from clara.cli.args import positive_int
+from clara.cli.args import add_precision_argument, add_threads_argument, positive_int, set_threads
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,8 @@ def register(subparsers) -> None:
     p.add_argument("--verify", choices=["sha256", "size"], default="sha256",
                    help="bank check at start-up: every sha256 (default) or file sizes only (fast, large banks)")
     p.add_argument("--nprobe", type=positive_int, default=None, help="ivf lists searched per query (default: the bank's)")
+    add_threads_argument(p)
+    add_precision_argument(p, "the query encoder's and generator's forwards")
     p.set_defaults(func=run)
 
 
@@ -57,7 +59,9 @@ def run(args) -> int:
                               max_body_bytes=args.max_body_bytes, max_queries=args.max_queries)
     if not 0 <= args.port < 65536:
         raise ConfigError(f"--port {args.port} is not a TCP port")
-    model, bank = load_for_serving(args.bank, args.model, backbone=args.backbone, verify=args.verify, nprobe=args.nprobe)
+    set_threads(args.threads)
+    model, bank = load_for_serving(args.bank, args.model, backbone=args.backbone, verify=args.verify, nprobe=args.nprobe,
+                                   precision=args.precision)
     app = create_app(settings, model=model, bank=bank)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
