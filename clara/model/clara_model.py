@@ -161,6 +161,11 @@ class ClaraModel(AdapterStorage, nn.Module):
         """States out of a forward, in the weights' dtype when our own bf16 autocast made them bf16."""
         return states.to(self.mem_embed.dtype) if self.inference_precision is Precision.BF16 else states
 
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text as :meth:`encode` reads it, before the cut at ``chunk_len``."""
+        ids = self.tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        return [len(row) for row in ids]
+
     def set_trainable(self, adapters: Iterable[str], mem_embed: bool = True) -> None:
         """Train exactly these adapters (and the memory-token embeddings unless mem_embed=False)."""
         self.adapters.set_trainable(adapters)
