@@ -121,3 +121,29 @@ def test_a_corpus_cut_for_another_chunk_len_is_warned_about_once(tmp_path, tiny_
     with caplog.at_level(logging.WARNING, logger="clara.serving.bank_build"):
         build_bank(corpus, tiny_model, tmp_path / "bank2", progress=False)
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_cli_takes_threads_and_precision_and_counts_split_documents(tmp_path, tiny_model, capsys, monkeypatch):
+    import argparse
+
+    from clara.cli import index as index_cli
+
+    adapters = tiny_model.save_adapters(tmp_path / "adapters")
+    corpus = write_docs(tmp_path / "docs.jsonl", [{"id": "bells", "title": "Velmar Works", "text": " ".join(SENTENCES)},
+                                                  {"id": "short", "title": "Ostrand", "text": "Ostrand is a town."}])
+    threads = []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    banks = {}
+    for precision in ("fp32", "bf16"):
+        parser = argparse.ArgumentParser()
+        index_cli.register(parser.add_subparsers())
+        args = parser.parse_args(["index", "build", "--corpus", str(corpus), "--out", str(tmp_path / precision),
+                                  "--model", str(adapters), "--no-progress", "--threads", "3", "--precision", precision])
+        assert args.func(args) == 0
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert summary["documents"] == 2 and summary["split_documents"] == 1 and summary["rows"] == summary["count"] > 2
+        bank = MemoryBank.open(tmp_path / precision)
+        banks[precision] = bank.memory(np.arange(len(bank))[:, None])[:, 0].float()  # (rows, m, H)
+    assert threads == [3, 3]
+    assert not torch.equal(banks["fp32"], banks["bf16"])  # --precision reached the compressor's forwards
+    assert torch.allclose(banks["fp32"], banks["bf16"], rtol=0.05, atol=0.05 * banks["fp32"].abs().max().item())
