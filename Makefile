@@ -74,6 +74,7 @@ bench: $(STAMP)
 	$(BIN)/python -m clara.eval.bench_scp --backbone $(SMOL) --kind hf --cr 16
 	$(BIN)/python -m clara.eval.bench_joint --config configs/smollm2.yaml joint.world=out/world-0 --steps 3 --out out/bench/joint.json
 	$(BIN)/python -m clara.eval.bench_serving --backbone smollm2 --smollm2-dir $(SMOL) --parts prefill,concurrency,build --out out/bench/serving.json
+	$(BIN)/python -m clara.eval.bench_index --backbone $(SMOL) --corpus out/world-0/documents.jsonl --docs 64 --out out/bench/index.json
 
 clean:
 	rm -rf $(VENV) $(LATEST) out build *.egg-info
