@@ -7,8 +7,8 @@ repetitions so all see the same machine load; medians and their ratios come from
   shortest-first batches, shards, metadata, faiss index), its forwards in the resolved ``--precision``;
 - ``bare``: ``model.compress`` alone over exactly the batches ``build`` compresses, in the same
   precision: what index build could reach (``ratio_build_over_bare``, target at least 0.8);
-- ``old``: the path before batching by length and bf16: fp32, batches in corpus order
-  (``speedup_build_over_old``);
+- ``old``: the path before this change: fp32, batches in corpus order, at torch's default thread count
+  (it had no ``--threads``; ``main`` passes the count from before ``--threads`` applies): ``speedup_build_over_old``;
 - ``build_fp32``: ``build`` in fp32, run only where the resolved precision is bf16 (``ratio_bf16_over_fp32``).
 
 The bank of ``build`` is checked against the bare forward's memory (``max_rel_diff``), so the two
@@ -57,7 +57,8 @@ def _build_batches(rows, shard_docs: int, batch_size: int) -> list[np.ndarray]:
     return batches
 
 
-def bench(model, corpus: str | Path, *, docs: int, batch_size: int, reps: int, precision: str = "auto") -> dict:
+def bench(model, corpus: str | Path, *, docs: int, batch_size: int, reps: int, precision: str = "auto",
+          old_threads: int | None = None) -> dict:
     from clara.devices import native_bf16, resolve_precision
     from clara.serving.bank import MemoryBank
     from clara.serving.bank_build import DEFAULT_SHARD_DOCS, bank_rows, build_bank, load_documents
@@ -75,6 +76,14 @@ def bench(model, corpus: str | Path, *, docs: int, batch_size: int, reps: int, p
             model.set_inference_precision(p)
             build_bank(subset, model, work / name, batch_size=batch_size, progress=False, sort_by_length=sort)
 
+        def old():
+            threads = torch.get_num_threads()
+            torch.set_num_threads(old_threads or threads)
+            try:
+                build(Precision.FP32, False, "old")
+            finally:
+                torch.set_num_threads(threads)
+
         def bare(p: Precision):
             model.set_inference_precision(p)
             with torch.no_grad():
@@ -82,7 +91,7 @@ def bench(model, corpus: str | Path, *, docs: int, batch_size: int, reps: int, p
                     bare_memory.update(zip(b.tolist(), model.compress([texts[i] for i in b])))  # each (m, H)
 
         variants = {"build": lambda: build(chosen, True, "build"), "bare": lambda: bare(chosen),
-                    "old": lambda: build(Precision.FP32, False, "old")}
+                    "old": old}
         if chosen is Precision.BF16:
             variants["build_fp32"] = lambda: build(Precision.FP32, True, "build_fp32")
         for p in {chosen, Precision.FP32}:  # warm-up: one batch in each precision
@@ -105,7 +114,7 @@ def bench(model, corpus: str | Path, *, docs: int, batch_size: int, reps: int, p
     per_s = {k: n / v for k, v in med.items()}
     return {
         "documents": n, "rows": len(texts), "batch_size": batch_size, "batches": len(batches), "reps": reps,
-        "threads": torch.get_num_threads(), "precision": chosen.value, "native_bf16": native_bf16(model.device),
+        "threads": torch.get_num_threads(), "old_threads": old_threads or torch.get_num_threads(), "precision": chosen.value, "native_bf16": native_bf16(model.device),
         "docs_per_s": {k: round(v, 3) for k, v in per_s.items()},
         "ratio_build_over_bare": per_s["build"] / per_s["bare"],
         "speedup_build_over_old": per_s["build"] / per_s["old"],
@@ -147,10 +156,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not args.model and not args.backbone:
         p.error("give --model, or --backbone for a fresh compressor")
+    default_threads = torch.get_num_threads()  # what the old path, without --threads, ran with
     set_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     r = bench(_model(args), args.corpus, docs=args.docs, batch_size=args.batch_size, reps=args.reps,
-              precision=args.precision)
+              precision=args.precision, old_threads=default_threads)
     print(json.dumps({k: v for k, v in r.items() if k != "times"}, indent=1))
     if args.out:
         from clara.fileio import atomic_write_json

@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from clara.config import LoraConfig, ModelConfig
 from clara.eval.bench_index import bench, main
@@ -35,10 +36,15 @@ def test_bench_times_every_variant_over_the_same_rows(tiny_backbone, corpus):
 
 
 def test_main_prints_the_figures_without_bf16_where_fp32_is_asked(tiny_backbone, corpus, capsys, tmp_path):
-    out = tmp_path / "bench.json"
-    assert main(["--corpus", str(corpus), "--backbone", str(tiny_backbone), "--chunk-len", "32", "--cr", "8",
-                 "--docs", "4", "--batch-size", "2", "--reps", "1", "--precision", "fp32", "--out", str(out)]) == 0
+    out, threads = tmp_path / "bench.json", torch.get_num_threads()
+    try:
+        assert main(["--corpus", str(corpus), "--backbone", str(tiny_backbone), "--chunk-len", "32", "--cr", "8",
+                     "--docs", "4", "--batch-size", "2", "--reps", "1", "--precision", "fp32", "--out", str(out),
+                     "--threads", str(threads + 1)]) == 0
+    finally:
+        torch.set_num_threads(threads)
     printed = json.loads(capsys.readouterr().out)
+    assert printed["threads"] == threads + 1 and printed["old_threads"] == threads  # the old path had no --threads
     assert printed["documents"] == 4 and printed["precision"] == "fp32" and printed["ratio_bf16_over_fp32"] is None
     assert set(printed["docs_per_s"]) == {"build", "bare", "old"} and printed["max_rel_diff"] < 1e-2
     assert json.loads(out.read_text())["times"]["build"][0] > 0
