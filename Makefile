@@ -75,6 +75,7 @@ bench: $(STAMP)
 	$(BIN)/python -m clara.eval.bench_scp --backbone $(SMOL) --kind hf --cr 16
 	$(BIN)/python -m clara.eval.bench_joint --config configs/smollm2.yaml joint.world=out/world-0 --steps 3 --out out/bench/joint.json
 	$(BIN)/python -m clara.eval.bench_serving --backbone smollm2 --smollm2-dir $(SMOL) --parts prefill,concurrency,build --out out/bench/serving.json
+	$(BIN)/python -m clara.eval.bench_index --backbone $(SMOL) --corpus out/world-0/documents.jsonl --docs 64 --out out/bench/index.json
 
 # One short GPU run (about a minute on an H100 once compiled, well under 5): the Triton top-k and
 # scores beside torch and faiss-gpu, GB/s against the device's peak, out/bench/bench_gpu.{json,png}.

@@ -26,6 +26,9 @@ from clara.yaml_safe import load_yaml, yaml_text
 
 
 class Precision(str, enum.Enum):
+    """auto: bf16 where the device runs it natively, else fp32 (:func:`clara.devices.resolve_precision`)."""
+
+    AUTO = "auto"
     FP32 = "fp32"
     BF16 = "bf16"
 
@@ -103,7 +106,7 @@ class TrainConfig:
     batch_size: int = 8
     grad_accum: int = 1
     max_grad_norm: float = 1.0  # 0 disables clipping
-    precision: Precision = Precision.FP32
+    precision: Precision = Precision.AUTO  # bf16 autocast only where native (clara.devices)
     seed: int = 0
     log_every: int = 10
     save_every: int = 50  # steps between checkpoints; 0 = only at the end

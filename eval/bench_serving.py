@@ -98,7 +98,8 @@ def _corpus(model, work: Path, n: int, tokens: int, name: str) -> Path:
     path = work / f"{name}.jsonl"
     with open(path, "w", encoding="utf-8") as f:
         for i, text in enumerate(passages(model, n, tokens)):
-            f.write(json.dumps({"id": f"{name}{i}", "title": f"Doc {i}", "text": text}) + "\n")
+            # no title: the passage alone fills chunk_len, one bank row per document (a title would split it)
+            f.write(json.dumps({"id": f"{name}{i}", "title": "", "text": text}) + "\n")
     return path
 
 

@@ -79,7 +79,7 @@ def bench_topk(device, n: int, dims, batches, k: int, reps: int, peak) -> list[d
                 runs["faiss-gpu"] = lambda: faiss_search(qf)
             for backend, fn in runs.items():
                 rows.append(_row("cosine_topk", backend, quantiles(fn, reps, device), nbytes, peak, **shape))
-        del bank, inv, faiss_search
+        bank = inv = faiss_search = None  # free the device memory before the next width
     return rows
 
 

@@ -180,7 +180,6 @@ def register_instruct(sub) -> None:
 
 def run_instruct(args) -> int:
     import time
-    from pathlib import Path
 
     from clara.fileio import TRAINING_RUN, claim_output
     from clara.pretrain.instruct import train_instruct

@@ -8,6 +8,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # training runs draw OUT/curves.png at each checkpoint, about 1 s a figure: 90 s over the suite's ~100
 # checkpoints; tests/training/test_loop.py turns it back on where the figure is what it tests
 os.environ.setdefault("CLARA_PLOTS", "0")
+# precision auto is bf16 on a CPU with avx512_bf16 or AMX and fp32 elsewhere: the suite runs fp32 on every
+# machine, so that its figures do not depend on the CPU; tests of auto and bf16 set them explicitly
+os.environ.setdefault("CLARA_PRECISION", "fp32")
 
 
 def _set_triton_interpreter_without_cuda() -> None:

@@ -71,6 +71,26 @@ def claim_out_file(args: argparse.Namespace) -> None:
         claim_output(args.out, FILE, overwrite=args.overwrite)
 
 
+def add_threads_argument(p: argparse.ArgumentParser) -> None:
+    """``--threads N``: torch CPU threads (0 = torch default); applied by :func:`set_threads`."""
+    p.add_argument("--threads", type=non_negative_int, default=0, help="torch CPU threads (0 = torch default)")
+
+
+def set_threads(threads: int) -> None:
+    """Apply ``--threads`` (0 leaves torch's default)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def add_precision_argument(p: argparse.ArgumentParser, what: str) -> None:
+    """``--precision auto|fp32|bf16`` of an inference command (clara.devices.resolve_precision)."""
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help=f"precision of {what}: bf16 autocast or fp32 (default auto: bf16 only where the CPU runs "
+                   "it natively, avx512_bf16 or AMX, or the GPU supports it; CLARA_PRECISION replaces auto)")
+
+
 def add_run_arguments(p: argparse.ArgumentParser, example: str) -> None:
     p.add_argument("config_and_overrides", nargs="*", metavar="[CONFIG.yaml] KEY=VALUE",
                    help=f"an optional YAML preset (configs/*.yaml), then dotted overrides, e.g. {example}")
@@ -81,7 +101,7 @@ def add_run_arguments(p: argparse.ArgumentParser, example: str) -> None:
     p.add_argument("--allow-config-change", action="store_true",
                    help="with --resume: continue although the config differs from the checkpoint's, e.g. a larger "
                    "train.max_steps to extend a finished run (the change is logged; exactness is then yours)")
-    p.add_argument("--threads", type=non_negative_int, default=0, help="torch CPU threads (0 = torch default)")
+    add_threads_argument(p)
 
 
 OVERRIDES_DEST = "config_and_overrides"
@@ -148,8 +168,5 @@ def load_run_config(args: argparse.Namespace):
     from clara.config import load_config
 
     config, overrides = split_config_args(args)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     return load_config(config, overrides)

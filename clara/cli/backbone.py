@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from clara.cli.args import add_overwrite_argument, non_negative_int, positive_int
+from clara.cli.args import add_overwrite_argument, add_threads_argument, positive_int, set_threads
 
 
 def register(subparsers) -> None:
@@ -46,7 +46,7 @@ def register(subparsers) -> None:
                     help="world directory whose entity names never appear in training (repeatable); "
                     "pass every world you will evaluate on")
     rd.add_argument("--work-dir", default=None, help="checkpoint directory for resuming (default: hidden sibling of --out)")
-    rd.add_argument("--threads", type=non_negative_int, default=0, help="torch CPU threads (0 = torch default)")
+    add_threads_argument(rd)
     rd.add_argument("--force", action="store_true", help="train again even if --out matches")
     add_overwrite_argument(rd, "another backbone (not this source and recipe)")
     rd.set_defaults(func=run_reader)
@@ -88,10 +88,7 @@ def run_reader(args: argparse.Namespace) -> int:
         world_entity_names,
     )
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     recipe = ReaderConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, r=args.r, alpha=2 * args.r,
                           seed=args.seed, style=args.style)
     exclude: set[str] = set()

@@ -1,4 +1,9 @@
-"""``clara index build|add|verify``: compress a corpus into a memory bank (DESIGN §9)."""
+"""``clara index build|add|verify``: compress a corpus into a memory bank (DESIGN §9).
+
+build and add print one JSON line: the bank's figures, then ``documents`` (of the corpus), ``rows`` (added
+to the bank) and ``split_documents`` (documents longer than the model's chunk_len, each stored as rows
+``{id}#0``, ``{id}#1``, ... whose ``meta.jsonl`` lines name it as ``source``).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,9 @@ import argparse
 import json
 from pathlib import Path
 
-from clara.cli.args import add_overwrite_argument, non_negative_int, positive_int
+from clara.cli.args import (
+    add_overwrite_argument, add_precision_argument, add_threads_argument, non_negative_int, positive_int, set_threads,
+)
 
 MODEL_HELP = (
     "model: an adapters directory saved by a training stage (ClaraModel.save_adapters), or "
@@ -21,6 +28,8 @@ def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-docs", type=positive_int, default=1024,
                    help="documents per resumable shard in the work directory (default %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_threads_argument(p)
+    add_precision_argument(p, "the compressor's forwards")
 
 
 def register(subparsers) -> None:
@@ -64,13 +73,13 @@ def register(subparsers) -> None:
     v.set_defaults(func=run_verify)
 
 
-def _summary(bank: Path, info) -> str:
+def _summary(bank: Path, info, counts: dict | None = None) -> str:
     from clara.serving.bank import retrieval_spelling
 
     return json.dumps({"bank": str(bank), "count": info.count, "num_mem": info.num_mem, "hidden_size": info.hidden_size,
                        "dtype": info.dtype.value, "retrieval": retrieval_spelling(info.retrieval), "index": info.index.kind.value,
                        "vectors": info.index.vectors.value, "compressor_hash": info.compressor_hash,
-                       "bytes_per_doc": info.num_mem * info.hidden_size * 2})
+                       "bytes_per_doc": info.num_mem * info.hidden_size * 2, **(counts or {})})
 
 
 def run_build(args) -> int:
@@ -80,11 +89,13 @@ def run_build(args) -> int:
     from clara.serving.protocols import load_model
 
     claim_output(args.out, BANK, overwrite=args.overwrite)
+    set_threads(args.threads)
     index = IndexParams(args.faiss, nlist=args.nlist, nprobe=args.nprobe, pq_m=args.pq_m, vectors=args.vectors)
-    model = load_model(args.model, args.backbone)
-    info = build_bank(args.corpus, model, args.out, batch_size=args.batch_size, dtype=args.dtype,
-                      retrieval=args.retrieval, index=index, shard_docs=args.shard_docs, progress=not args.no_progress)
-    print(_summary(args.out, info))
+    model = load_model(args.model, args.backbone, args.precision)
+    counts: dict = {}
+    info = build_bank(args.corpus, model, args.out, batch_size=args.batch_size, dtype=args.dtype, retrieval=args.retrieval,
+                      index=index, shard_docs=args.shard_docs, progress=not args.no_progress, counts=counts)
+    print(_summary(args.out, info, counts))
     return 0
 
 
@@ -92,10 +103,12 @@ def run_add(args) -> int:
     from clara.serving.bank_build import add_to_bank
     from clara.serving.protocols import load_model
 
-    model = load_model(args.model, args.backbone)
+    set_threads(args.threads)
+    model = load_model(args.model, args.backbone, args.precision)
+    counts: dict = {}
     info = add_to_bank(args.bank, args.corpus, model, batch_size=args.batch_size, shard_docs=args.shard_docs,
-                       progress=not args.no_progress)
-    print(_summary(args.bank, info))
+                       progress=not args.no_progress, counts=counts)
+    print(_summary(args.bank, info, counts))
     return 0
 
 

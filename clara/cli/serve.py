@@ -7,7 +7,7 @@ import ipaddress
 import logging
 from pathlib import Path
 
-from clara.cli.args import positive_int
+from clara.cli.args import add_precision_argument, add_threads_argument, positive_int, set_threads
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,8 @@ def register(subparsers) -> None:
                    help="bank check at start-up and at each reload: every sha256 (default) or file sizes only "
                    "(fast, large banks)")
     p.add_argument("--nprobe", type=positive_int, default=None, help="ivf lists searched per query (default: the bank's)")
+    add_threads_argument(p)
+    add_precision_argument(p, "the query encoder's and generator's forwards")
     p.set_defaults(func=run)
 
 
@@ -84,7 +86,9 @@ def run(args) -> int:
         loopback = args.host == "localhost"
     if not loopback and api_key is None:
         log.warning("binding %s without --api-key-file: anyone who can reach it can query it", args.host)
-    model, bank = load_for_serving(args.bank, args.model, backbone=args.backbone, verify=args.verify, nprobe=args.nprobe)
+    set_threads(args.threads)
+    model, bank = load_for_serving(args.bank, args.model, backbone=args.backbone, verify=args.verify, nprobe=args.nprobe,
+                                   precision=args.precision)
 
     def reopen(directory):
         return MemoryBank.open(directory, verify=args.verify, nprobe=args.nprobe)

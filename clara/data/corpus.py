@@ -165,8 +165,9 @@ def _spans(n: int, budget: int, cuts: set[int], word_starts: list[bool]) -> Iter
         a = b
 
 
-def chunk_document(doc: Document, tokenizer: Any, chunk_len: int) -> list[Document]:
-    """Passages of ``doc``, each with ``len(tokens(title + "\\n" + text)) <= chunk_len``."""
+def chunk_document(doc: Document, tokenizer: Any, chunk_len: int, min_tokens: int = MIN_CHUNK_TOKENS) -> list[Document]:
+    """Passages of ``doc``, each with ``len(tokens(title + "\\n" + text)) <= chunk_len``; a last piece of
+    fewer than ``min_tokens`` tokens is dropped (ingest: a stray heading), where ``min_tokens=1`` keeps all."""
     text = doc.text.strip()
     title_tokens = count_tokens(tokenizer, doc.title + "\n") if doc.title else 0
     budget = chunk_len - title_tokens
@@ -181,7 +182,7 @@ def chunk_document(doc: Document, tokenizer: Any, chunk_len: int) -> list[Docume
     cuts, words = _cut_points(text, starts), _word_starts(text, starts)
     out = []
     for a, b in _spans(len(starts), budget, cuts, words):
-        if b - a < MIN_CHUNK_TOKENS and out:
+        if b - a < min_tokens and out:
             continue
         piece = text[starts[a]: ends[b - 1]].strip()
         # Re-tokenising a slice can merge differently at its edges; shrink until it fits.

@@ -20,13 +20,14 @@ import contextlib
 import copy
 import logging
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from clara.model.adapters import AdapterSet
-from clara.config import BackboneKind, LoraConfig, ModelConfig
+from clara.config import BackboneKind, LoraConfig, ModelConfig, Precision
+from clara.devices import precision_autocast
 from clara.model.generation import SamplingParams, finish_text, generate_from_embeds
 from clara.model.memory import (
     MEMORY_NORMS,
@@ -76,6 +77,9 @@ class ClaraModel(AdapterStorage, nn.Module):
         # the form the generator was trained to be asked in (clara.config.GeneratorPrompt), recorded with saved
         # adapters so evaluations ask it the same way; None = not known (bare backbone, older adapters)
         self.generator_prompt: str | None = None
+        # fp32: forwards run as the caller's context says (the Trainer's autocast); bf16: every forward runs
+        # under bf16 autocast (inference where the CPU has it: set_inference_precision, load_trained_model)
+        self.inference_precision = Precision.FP32
         base_rows = lm.get_input_embeddings().weight.shape[0]
         self.tokens = add_memory_tokens(tokenizer, num_mem)
         # the fixed scale spliced memory is set to: mean RMS of the backbone's own token rows
@@ -139,9 +143,29 @@ class ClaraModel(AdapterStorage, nn.Module):
     def device(self) -> torch.device:
         return self.mem_embed.device
 
-    def using(self, adapter: str | None) -> contextlib.AbstractContextManager:
-        """Context in which forwards run under ``adapter`` (None: the bare backbone)."""
-        return self.adapters.using(adapter)
+    @contextlib.contextmanager
+    def using(self, adapter: str | None) -> Iterator[None]:
+        """Context in which forwards run under ``adapter`` (None: the bare backbone), in the model's
+        inference precision."""
+        with self.adapters.using(adapter), precision_autocast(self.inference_precision, self.device):
+            yield
+
+    def set_inference_precision(self, precision: Precision | str) -> None:
+        """Run every forward in ``precision``, already resolved (:func:`clara.devices.resolve_precision`):
+        bf16 autocast, or fp32 as the weights are. Returned states stay in the weights' dtype either way."""
+        precision = Precision(getattr(precision, "value", precision))
+        if precision is Precision.AUTO:
+            raise ValueError("resolve precision auto first (clara.devices.resolve_precision)")
+        self.inference_precision = precision
+
+    def _own_dtype(self, states: torch.Tensor) -> torch.Tensor:
+        """States out of a forward, in the weights' dtype when our own bf16 autocast made them bf16."""
+        return states.to(self.mem_embed.dtype) if self.inference_precision is Precision.BF16 else states
+
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text as :meth:`encode` reads it, before the cut at ``chunk_len``."""
+        ids = self.tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        return [len(row) for row in ids]
 
     def set_trainable(self, adapters: Iterable[str], mem_embed: bool = True) -> None:
         """Train exactly these adapters (and the memory-token embeddings unless mem_embed=False)."""
@@ -200,6 +224,7 @@ class ClaraModel(AdapterStorage, nn.Module):
             hidden = self.lm.get_decoder()(
                 inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids_for(mask)
             ).last_hidden_state  # (B, T, H)
+        hidden = self._own_dtype(hidden)
         mem = hidden[:, -m:]  # (B, m, H)
         if not return_text_mean:
             return mem
@@ -395,7 +420,7 @@ class ClaraModel(AdapterStorage, nn.Module):
             keep = target != -100
             logits = self.lm.get_output_embeddings()(out.last_hidden_state[:, :-1][keep])  # (N, V)
         token_loss = nn.functional.cross_entropy(logits.float(), target[keep], reduction="none")  # (N,)
-        states = [out.hidden_states[i][:, :-1][keep] for i in states_at]  # each (N, H)
+        states = [self._own_dtype(out.hidden_states[i][:, :-1][keep]) for i in states_at]  # each (N, H)
         return token_loss, keep.nonzero(as_tuple=True)[0], states
 
     @torch.no_grad()

@@ -13,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from clara.config import BackboneKind, ClaraConfig, LoraConfig, ModelConfig, from_dict
+from clara.config import BackboneKind, ClaraConfig, LoraConfig, ModelConfig, Precision, from_dict
 from clara.errors import CheckpointError, ConfigError
 from clara.model.storage import MODEL_INFO
 
@@ -81,16 +81,20 @@ def model_config_from_adapters(path: str | Path, backbone: str | Path | None = N
     return directory, cfg
 
 
-def load_trained_model(path: str | Path, backbone: str | Path | None = None, key: str = "--model"):
-    """A ClaraModel rebuilt from an adapters directory's own record, its adapters loaded, in eval mode.
+def load_trained_model(path: str | Path, backbone: str | Path | None = None, key: str = "--model",
+                       precision: Precision | str = Precision.AUTO):
+    """A ClaraModel rebuilt from an adapters directory's own record, its adapters loaded, in eval mode,
+    its forwards in ``precision`` (auto: bf16 where the device runs it natively, :mod:`clara.devices`).
 
     ``load_adapters`` refuses a backbone whose hash differs from the recorded one."""
+    from clara.devices import resolve_precision
     from clara.model.clara_model import ClaraModel
 
     directory, cfg = model_config_from_adapters(path, backbone, key)
     model = ClaraModel.from_config(cfg)
     model.load_adapters(directory, backbone_key="--backbone DIR")
     model.eval()
+    model.set_inference_precision(resolve_precision(precision, model.device))
     log.info("model loaded from %s (backbone %s, m=%d, H=%d)", directory, cfg.backbone, model.num_mem,
              model.hidden_size)
     return model

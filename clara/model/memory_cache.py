@@ -99,9 +99,9 @@ class MemoryCache:
         texts = [d.as_text() for d in todo]
         bar = tqdm(total=-(-len(texts) // batch_size), desc="compressing candidates", unit="batch")
         with new_shard(path, (len(todo), *self.shape), np.float32, keys=[document_key(d) for d in todo]) as array:
-            for start, mem in compress_batches(model, texts, batch_size):  # (b, m, H)
+            for rows, mem in compress_batches(model, texts, batch_size):  # (b, m, H)
                 self.compress_calls += 1
-                array[start : start + len(mem)] = mem.float().cpu().numpy()
+                array[rows] = mem.float().cpu().numpy()
                 bar.update(1)
         bar.close()
         self._load()

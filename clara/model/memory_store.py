@@ -24,23 +24,38 @@ from clara.errors import CheckpointError
 from clara.fileio import named_write_error
 
 
-def compress_batches(model, texts: Sequence[str], batch_size: int) -> Iterator[tuple[int, object]]:
-    """(start row, memory (b, m, H)) for each batch of ``texts``: no gradient, dropout off (the memory
-    must not depend on when it was computed); the model's training mode is restored afterwards."""
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Row indices of each batch when rows are taken shortest first (stable: equal lengths keep their
+    order), so that a batch pads to nearly its own length instead of the longest row near it."""
+    order = np.argsort(np.asarray(lengths, dtype=np.int64), kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def compress_batches(model, texts: Sequence[str], batch_size: int,
+                     lengths: Sequence[int] | None = None) -> Iterator[tuple[np.ndarray, object]]:
+    """(row indices, memory (b, m, H)) for each batch of ``texts``: no gradient, dropout off (the memory
+    must not depend on when it was computed); the model's training mode is restored afterwards.
+
+    Rows are batched in order, or shortest first when ``lengths`` (one per text, e.g. tokens) is given:
+    less padding, the same memory up to float rounding. Either way each row's memory is yielded with its index.
+    """
     import torch
 
+    if lengths is None:
+        batches = [np.arange(i, min(i + batch_size, len(texts))) for i in range(0, len(texts), batch_size)]
+    else:
+        batches = length_sorted_batches(lengths, batch_size)
     was_training = getattr(model, "training", False)  # stand-ins (hashing) are no torch modules
     if was_training:
         model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, len(texts), batch_size):
-                batch = list(texts[start : start + batch_size])
-                mem = model.compress(batch)  # (b, m, H)
-                if tuple(mem.shape) != (len(batch), model.num_mem, model.hidden_size):
+            for rows in batches:
+                mem = model.compress([texts[i] for i in rows])  # (b, m, H)
+                if tuple(mem.shape) != (len(rows), model.num_mem, model.hidden_size):
                     raise CheckpointError(f"compressor returned {tuple(mem.shape)}, expected "
-                                          f"({len(batch)}, {model.num_mem}, {model.hidden_size})")
-                yield start, mem
+                                          f"({len(rows)}, {model.num_mem}, {model.hidden_size})")
+                yield rows, mem
     finally:
         if was_training:
             model.train(True)

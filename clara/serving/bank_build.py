@@ -11,6 +11,12 @@ The bank itself is then assembled in a temporary directory and renamed into plac
 point leaves either the previous bank or the new one, each agreeing with its manifest.
 ``add`` copies the existing files into the new directory and appends: nothing already in
 the bank is recompressed, and an ivf/ivfpq index keeps its trained quantiser.
+
+A document longer than the model's ``chunk_len`` becomes several rows (:func:`bank_rows`), cut as
+``clara corpus ingest`` cuts passages (at sentence ends, each row with the document's title), with
+ids ``{id}#0``, ``{id}#1``, ... and ``"source": id`` in their ``meta.jsonl`` line; a document that fits
+keeps its id and its line has no ``source``. Rows are compressed shortest first within each shard, so
+batches pad little, and written back in corpus order.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import logging
 import math
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -65,6 +72,80 @@ log = logging.getLogger(__name__)
 DEFAULT_SHARD_DOCS = 1024
 
 
+@dataclass
+class BankRows:
+    """What a corpus becomes in a bank: one row per document, several for one longer than ``chunk_len``."""
+
+    docs: list[Document]  # one per row, in bank order
+    sources: list[str | None]  # the corpus document a split row came from; None for a whole document
+    lengths: list[int]  # tokens of each row's text (characters, for a model without a tokenizer)
+    split_documents: int = 0
+
+    def counts(self) -> dict:
+        whole = sum(s is None for s in self.sources)
+        return {"documents": whole + self.split_documents, "rows": len(self.docs), "split_documents": self.split_documents}
+
+
+def _split(doc: Document, tokens: int, model) -> list[Document]:
+    from clara.data.corpus import chunk_document
+
+    try:
+        return chunk_document(doc, model.tokenizer, model.chunk_len, min_tokens=1)  # no tail is dropped
+    except DataError:
+        raise DataError(f"document {doc.id!r}: {tokens} tokens, more than the model's chunk_len={model.chunk_len}, "
+                        "and its title leaves too little room to split it into rows; shorten the title") from None
+
+
+def bank_rows(docs: Sequence[Document], model, where: str | Path) -> BankRows:
+    """The bank rows of ``docs`` for ``model``; ``where`` names the corpus in errors. A model without
+    ``chunk_len`` and ``token_counts`` (the hashing stand-in) reads any length: one row per document."""
+    texts = [d.as_text() for d in docs]
+    chunk_len, count = getattr(model, "chunk_len", None), getattr(model, "token_counts", None)
+    if not chunk_len or count is None:
+        return BankRows(list(docs), [None] * len(docs), [len(t) for t in texts])
+    lengths = count(texts)
+    rows, sources, split = [], [], 0
+    for doc, tokens in zip(docs, lengths):
+        parts = _split(doc, tokens, model) if tokens > chunk_len else []
+        if len(parts) < 2:  # fits (or re-tokenised, nearly): the whole document, as it always was
+            rows.append(doc)
+            sources.append(None)
+            continue
+        split += 1
+        rows += parts
+        sources += [doc.id] * len(parts)
+    if not split:
+        return BankRows(rows, sources, lengths)
+    seen: set[str] = set()
+    for row, source in zip(rows, sources):
+        if row.id in seen:
+            raise DataError(f"{where}: document {source or row.id!r} is split into rows named {{id}}#N, and row id "
+                            f"{row.id!r} is taken by another document; rename one of them")
+        seen.add(row.id)
+    log.info("%s: %d documents longer than chunk_len=%d tokens become %d rows", where, split, chunk_len,
+             sum(s is not None for s in sources))
+    return BankRows(rows, sources, count([r.as_text() for r in rows]), split)
+
+
+def warn_if_chunked_for_another_length(corpus: str | Path, model) -> None:
+    """One warning when ``clara corpus ingest`` cut ``corpus`` for another chunk_len than the model's."""
+    from clara.data.corpus import summary_path
+
+    chunk_len, path = getattr(model, "chunk_len", None), summary_path(Path(corpus))
+    if not chunk_len or not path.is_file():
+        return
+    try:
+        ingested = int(json.loads(path.read_text(encoding="utf-8"))["chunk_len"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if ingested != chunk_len:
+        effect = ("passages longer than the model reads become several rows" if ingested > chunk_len
+                  else "each row holds less text than the model reads")
+        log.warning("%s was ingested with chunk_len=%d but the model compresses chunk_len=%d tokens: %s; "
+                    "ingest again with `clara corpus ingest ... --chunk-len %d` for passages cut to fit",
+                    corpus, ingested, chunk_len, effect, chunk_len)
+
+
 def load_documents(corpus: str | Path) -> list[Document]:
     from clara.data.jsonl import load_corpus
 
@@ -76,10 +157,11 @@ def load_documents(corpus: str | Path) -> list[Document]:
 
 def compress_to_shards(
     docs: Sequence[Document], model, work: Path, job: dict, *, batch_size: int, dtype: MemDtype,
-    shard_docs: int = DEFAULT_SHARD_DOCS, progress: bool = True,
+    shard_docs: int = DEFAULT_SHARD_DOCS, progress: bool = True, lengths: Sequence[int] | None = None,
 ) -> list[Path]:
     """Compress ``docs`` into uint16 shards under ``work``; shards already there are kept. A directory at ``work``
-    that is no bank's work directory is refused, never cleared."""
+    that is no bank's work directory is refused, never cleared. With ``lengths`` (one per document) each shard's
+    rows are batched shortest first, then stored in order."""
     claim_output(work, BANK_WORK)
     job_file = work / "job.json"
     if job_file.is_file():
@@ -101,9 +183,10 @@ def compress_to_shards(
         if path.is_file():
             continue
         chunk = [d.as_text() for d in docs[i * shard_docs:(i + 1) * shard_docs]]
+        chunk_lengths = None if lengths is None else lengths[i * shard_docs:(i + 1) * shard_docs]
         with new_shard(path, (len(chunk), model.num_mem, model.hidden_size), np.uint16) as array:
-            for start, mem in compress_batches(model, chunk, batch_size):  # (b, m, H)
-                array[start : start + len(mem)] = to_bits(mem, dtype)  # uint16 bit patterns
+            for rows, mem in compress_batches(model, chunk, batch_size, chunk_lengths):  # (b, m, H)
+                array[rows] = to_bits(mem, dtype)  # uint16 bit patterns
                 bar.update(len(mem))
     bar.close()
     return shards
@@ -129,7 +212,7 @@ def _synced(path: Path, mode: str):
     return _F()
 
 
-def _write_memory_and_meta(tmp: Path, base: MemoryBank | None, shards: list[Path], docs, model) -> None:
+def _write_memory_and_meta(tmp: Path, base: MemoryBank | None, shards: list[Path], rows: BankRows, model) -> None:
     with _synced(tmp / MEMORY_FILE, "wb") as out:
         if base is not None:
             with open(base.directory / MEMORY_FILE, "rb") as src:
@@ -139,8 +222,9 @@ def _write_memory_and_meta(tmp: Path, base: MemoryBank | None, shards: list[Path
     with _synced(tmp / META_FILE, "w") as out:
         if base is not None:
             out.write((base.directory / META_FILE).read_text(encoding="utf-8"))
-        for d in docs:
-            out.write(json.dumps({"id": d.id, "title": d.title, "text": d.text}, ensure_ascii=False) + "\n")
+        for d, source in zip(rows.docs, rows.sources):
+            line = {"id": d.id, "title": d.title, "text": d.text, **({"source": source} if source is not None else {})}
+            out.write(json.dumps(line, ensure_ascii=False) + "\n")
 
 
 def _shard_vectors(shards: list[Path], model, dtype: MemDtype, scoring: Scoring):
@@ -180,9 +264,9 @@ def _write_index(tmp: Path, base: MemoryBank | None, shards, model, info: BankIn
     return params
 
 
-def _assemble(out: Path, base: MemoryBank | None, shards, docs, model, info: BankInfo) -> BankInfo:
+def _assemble(out: Path, base: MemoryBank | None, shards, rows: BankRows, model, info: BankInfo) -> BankInfo:
     with atomic_dir(out) as tmp:
-        _write_memory_and_meta(tmp, base, shards, docs, model)
+        _write_memory_and_meta(tmp, base, shards, rows, model)
         params = _write_index(tmp, base, shards, model, info)
         info = BankInfo(**{**info.__dict__, "index": params})
         write_manifest(tmp, info.to_manifest())  # last: the manifest vouches for finished files
@@ -195,9 +279,18 @@ def _model_fields(model) -> dict:
             "chunk_len": chunk, "compression_rate": chunk // model.num_mem if chunk else None}
 
 
+def _work_fields(rows: BankRows, model) -> dict:
+    """What else a shard's contents depend on: the rows, and the precision of the forwards."""
+    precision = getattr(model, "inference_precision", None)  # the hashing stand-in has none
+    return {"rows": len(rows.docs), "split_documents": rows.split_documents,
+            "precision": getattr(precision, "value", precision)}
+
+
 def build_bank(corpus: str | Path, model, out: str | Path, **kw) -> BankInfo:
     """Compress every document of ``corpus`` into a new bank at ``out`` (replacing one there); keyword
-    arguments as :func:`_build_bank`. One writer per bank: a second build or add of it is refused."""
+    arguments as :func:`_build_bank` (``counts``: a dict to fill with documents, rows and split documents;
+    ``sort_by_length=False`` batches rows in corpus order). One writer per bank: a second build or add of it
+    is refused."""
     with writer_lock(out, "bank"):
         return _build_bank(corpus, model, out, **kw)
 
@@ -212,23 +305,27 @@ def add_to_bank(bank_dir: str | Path, corpus: str | Path, model, **kw) -> BankIn
 def _build_bank(
     corpus: str | Path, model, out: str | Path, *, batch_size: int = 16, dtype: MemDtype | str = MemDtype.FP16,
     retrieval: Scoring | str = Scoring.FLATTENED, index: IndexParams = IndexParams(),
-    shard_docs: int = DEFAULT_SHARD_DOCS, progress: bool = True,
+    shard_docs: int = DEFAULT_SHARD_DOCS, progress: bool = True, counts: dict | None = None,
+    sort_by_length: bool = True,
 ) -> BankInfo:
     dtype = _enum(MemDtype, dtype, "--dtype")
     retrieval = _enum(Scoring, retrieval, "--retrieval")
     out = Path(out)
-    docs = load_documents(corpus)
+    warn_if_chunked_for_another_length(corpus, model)
+    rows = bank_rows(load_documents(corpus), model, corpus)
     fields = _model_fields(model)
-    info = BankInfo(count=len(docs), dtype=dtype, retrieval=retrieval, index=index,
+    info = BankInfo(count=len(rows.docs), dtype=dtype, retrieval=retrieval, index=index,
                     extra={"corpus": [str(corpus)]}, **fields)
     if info.index.kind is not IndexKind.KERNEL:
         new_faiss_index(info.index, info.dim, info.count)  # fail on bad ivf settings before compressing
     work = out.parent / f"{out.name}.work"
     job = {"op": "build", "corpus_sha256": sha256_file(corpus), "dtype": dtype.value,
-           "shard_docs": shard_docs, **fields}
-    shards = compress_to_shards(docs, model, work, job, batch_size=batch_size, dtype=dtype,
-                                shard_docs=shard_docs, progress=progress)
-    info = _assemble(out, None, shards, docs, model, info)
+           "shard_docs": shard_docs, **fields, **_work_fields(rows, model)}
+    shards = compress_to_shards(rows.docs, model, work, job, batch_size=batch_size, dtype=dtype, shard_docs=shard_docs,
+                                progress=progress, lengths=rows.lengths if sort_by_length else None)
+    info = _assemble(out, None, shards, rows, model, info)
+    if counts is not None:
+        counts.update(rows.counts())
     shutil.rmtree(work, ignore_errors=True)
     log.info("bank written to %s: %d documents, %.1f KiB memory per document", out, info.count,
              info.num_mem * info.hidden_size * 2 / 1024)
@@ -237,7 +334,7 @@ def _build_bank(
 
 def _add_to_bank(
     bank_dir: str | Path, corpus: str | Path, model, *, batch_size: int = 16,
-    shard_docs: int = DEFAULT_SHARD_DOCS, progress: bool = True,
+    shard_docs: int = DEFAULT_SHARD_DOCS, progress: bool = True, counts: dict | None = None,
 ) -> BankInfo:
     bank_dir = Path(bank_dir)
     base = MemoryBank.open(bank_dir, verify="sha256", use_gpu=False)
@@ -247,20 +344,23 @@ def _add_to_bank(
             f"{bank_dir}: bank was built by compressor {base.info.compressor_hash}, this model's is "
             f"{fields['compressor_hash']}; add with the same --model or build a new bank"
         )
-    docs = load_documents(corpus)
+    warn_if_chunked_for_another_length(corpus, model)
+    rows = bank_rows(load_documents(corpus), model, corpus)
     known = set(base.ids)
-    clash = [d.id for d in docs if d.id in known]
+    clash = [d.id for d in rows.docs if d.id in known]
     if clash:
         raise DataError(f"{corpus}: id {clash[0]!r} is already in bank {bank_dir} ({len(clash)} clashing ids)")
     work = bank_dir.parent / f"{bank_dir.name}.add-work"
     job = {"op": "add", "corpus_sha256": sha256_file(corpus), "bank_manifest_sha256": sha256_file(bank_dir / "manifest.json"),
-           "dtype": base.info.dtype.value, "shard_docs": shard_docs, **fields}
-    shards = compress_to_shards(docs, model, work, job, batch_size=batch_size, dtype=base.info.dtype,
-                                shard_docs=shard_docs, progress=progress)
+           "dtype": base.info.dtype.value, "shard_docs": shard_docs, **fields, **_work_fields(rows, model)}
+    shards = compress_to_shards(rows.docs, model, work, job, batch_size=batch_size, dtype=base.info.dtype,
+                                shard_docs=shard_docs, progress=progress, lengths=rows.lengths)
     extra = {**base.info.extra, "corpus": [*base.info.extra.get("corpus", []), str(corpus)]}
-    info = BankInfo(**{**base.info.__dict__, "count": base.info.count + len(docs), "extra": extra})
-    info = _assemble(bank_dir, base, shards, docs, model, info)
+    info = BankInfo(**{**base.info.__dict__, "count": base.info.count + len(rows.docs), "extra": extra})
+    info = _assemble(bank_dir, base, shards, rows, model, info)
+    if counts is not None:
+        counts.update(rows.counts())
     del base  # drop the memmap of the replaced files
     shutil.rmtree(work, ignore_errors=True)
-    log.info("added %d documents to %s (now %d)", len(docs), bank_dir, info.count)
+    log.info("added %d rows to %s (now %d)", len(rows.docs), bank_dir, info.count)
     return info

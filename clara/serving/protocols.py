@@ -135,15 +135,16 @@ def compressor_hash(model) -> str:
     return model.compressor_hash()
 
 
-def load_model(spec: str | Path, backbone: str | Path | None = None):
+def load_model(spec: str | Path, backbone: str | Path | None = None, precision: str = "auto"):
     """Load ``--model``: ``hashing:...`` or an adapters directory (``ClaraModel.save_adapters``), whose
-    recorded backbone is used unless ``backbone`` is given (:func:`clara.model.loading.load_trained_model`)."""
+    recorded backbone is used unless ``backbone`` is given, its forwards in ``precision``
+    (:func:`clara.model.loading.load_trained_model`; the hashing stand-in has no precision)."""
     spec = str(spec)
     if spec.startswith(HASHING_PREFIX):
         return parse_hashing_spec(spec)
     from clara.model.loading import MissingAdaptersError, load_trained_model
 
     try:
-        return load_trained_model(spec, backbone)
+        return load_trained_model(spec, backbone, precision=precision)
     except MissingAdaptersError as e:
         raise MissingAdaptersError(f"{e}, or hashing:m=4,h=64 for the lexical stand-in") from None

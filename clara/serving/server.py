@@ -348,12 +348,14 @@ def create_app(
     return app
 
 
-def load_for_serving(bank_dir, model_spec, *, backbone=None, verify: str = "sha256", use_gpu=None, nprobe=None):
-    """Load model and bank and check they belong together (raises CheckpointError if not)."""
+def load_for_serving(bank_dir, model_spec, *, backbone=None, verify: str = "sha256", use_gpu=None, nprobe=None,
+                     precision: str = "auto"):
+    """Load model and bank and check they belong together (raises CheckpointError if not); the model's
+    forwards run in ``precision`` (clara.devices.resolve_precision)."""
     from clara.serving.protocols import load_model
 
     bank = MemoryBank.open(bank_dir, verify=verify, use_gpu=use_gpu, nprobe=nprobe)
-    model = load_model(model_spec, backbone)
+    model = load_model(model_spec, backbone, precision)
     check_compatible(model, bank)
     return model, bank
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from clara.config import TrainConfig
+from clara.config import Precision, TrainConfig
 from clara.fileio import atomic_write_json, atomic_write_text, write_manifest
 from clara.training.checkpoint import LATEST, prune_checkpoints, step_dir_name
 from clara.training.distributed import DistContext, deepspeed_config
@@ -39,10 +39,10 @@ log = logging.getLogger(__name__)
 ENGINE_TAG = "engine"
 
 
-def wrap_deepspeed(module, optimizer, scheduler, cfg: TrainConfig, ctx: DistContext):
+def wrap_deepspeed(module, optimizer, scheduler, cfg: TrainConfig, ctx: DistContext, precision: Precision | None = None):
     import deepspeed
 
-    ds_cfg = deepspeed_config(cfg, ctx.world_size)
+    ds_cfg = deepspeed_config(cfg, ctx.world_size, precision)
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
     log.info("DeepSpeed ZeRO stage %s, micro-batch %d x accumulation %d x %d ranks",
              ds_cfg.get("zero_optimization", {}).get("stage", 0), cfg.batch_size, cfg.grad_accum, ctx.world_size)

@@ -114,8 +114,13 @@ def _prepare_deepspeed_env(rank: int, world_size: int, local_rank: int) -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # must be set before deepspeed is imported
 
 
-def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
-    """Read ``cfg.deepspeed_config`` and fill its "auto" fields from the train config."""
+def deepspeed_config(cfg: TrainConfig, world_size: int, precision: Precision | None = None) -> dict[str, Any]:
+    """Read ``cfg.deepspeed_config`` and fill its "auto" fields from the train config; bf16 follows
+    ``precision`` (the Trainer's, already resolved), else ``cfg.precision`` resolved here."""
+    if precision is None:
+        from clara.devices import default_device, resolve_precision
+
+        precision = resolve_precision(cfg.precision, default_device(), "training")
     path = Path(cfg.deepspeed_config)
     if not path.is_file():
         raise ConfigError(f"config key 'train.deepspeed_config': {path} not found")
@@ -134,7 +139,7 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
             ds[key] = value
     for section in ("bf16", "fp16"):
         if isinstance(ds.get(section), dict) and ds[section].get("enabled") == "auto":
-            ds[section]["enabled"] = section == "bf16" and cfg.precision == Precision.BF16
+            ds[section]["enabled"] = section == "bf16" and precision is Precision.BF16
     leftover = [k for k, v in ds.items() if v == "auto"]
     if leftover:
         raise ConfigError(f"{path}: cannot fill 'auto' for {leftover}; give explicit values")

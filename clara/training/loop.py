@@ -42,7 +42,7 @@ from clara.training.checkpoint import (
     CheckpointData, capture_rng, find_resumable, list_checkpoints, load_checkpoint, load_trainable,
     restore_rng, save_checkpoint,
 )
-from clara.devices import default_device
+from clara.devices import default_device, resolve_precision
 from clara.training.data_state import ResumableBatches
 from clara.training.distributed import DistContext, init_distributed
 from clara.training.metrics import MetricsLogger
@@ -137,8 +137,10 @@ class Trainer:
         cfg = self.cfg
         self.ctx = init_distributed(cfg.backend)
         self.batches.set_shard(self.ctx.rank, self.ctx.world_size)
+        device = default_device(self.ctx.local_rank if self.ctx.world_size > 1 else None)
+        self.precision = resolve_precision(cfg.precision, device, "training")  # auto: bf16 only where native
         if cfg.backend != Backend.DEEPSPEED:  # the DeepSpeed engine places the module itself
-            self.module.to(default_device(self.ctx.local_rank if self.ctx.world_size > 1 else None))
+            self.module.to(device)
             self.params = [p for p in self.module.parameters() if p.requires_grad]  # a move may replace them
         self.module.train()
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -146,7 +148,7 @@ class Trainer:
         if cfg.backend == Backend.DEEPSPEED:
             from clara.training.deepspeed_engine import wrap_deepspeed
 
-            self.engine = wrap_deepspeed(self.module, self.optimizer, self.scheduler, cfg, self.ctx)
+            self.engine = wrap_deepspeed(self.module, self.optimizer, self.scheduler, cfg, self.ctx, self.precision)
             self.model = self.engine
         elif self.ctx.world_size > 1:
             device_ids = [self.ctx.local_rank] if self.params[0].is_cuda else None
@@ -332,7 +334,7 @@ class Trainer:
 
     def _autocast(self):
         device = self.params[0].device.type
-        return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=self.cfg.precision == Precision.BF16)
+        return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=self.precision is Precision.BF16)
 
     def _evaluate(self, step: int) -> None:
         self.module.eval()

@@ -42,7 +42,7 @@ def test_backbone_world_and_index_build_print_no_warnings(tmp_path, tiny_adapter
     for text in transcript:
         assert not NOISE.search(text), text
     assert "tiny backbone written" in transcript[0]
-    assert '"count": 20' in transcript[2]  # the summary stays
+    assert '"documents": 20' in transcript[2]  # the summary stays (tiny chunk_len 32: world documents are split)
 
 
 def test_verbose_shows_the_library_lines(tmp_path, tiny_adapters):

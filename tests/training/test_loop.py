@@ -54,6 +54,19 @@ def test_bf16_autocast_trains(toy, tmp_path):
     assert all(x is not None and x == x for x in result.losses)
 
 
+def test_precision_defaults_to_auto_and_the_trainer_resolves_it_for_this_cpu(toy, tmp_path, monkeypatch):
+    from clara import devices
+    from clara.config import Precision
+
+    assert TrainConfig().precision is Precision.AUTO
+    monkeypatch.delenv(devices.PRECISION_ENV, raising=False)
+    for native, expected in ((False, Precision.FP32), (True, Precision.BF16)):
+        monkeypatch.setattr(devices, "native_bf16", lambda device, native=native: "amx" if native else None)
+        trainer = toy.make_trainer(tmp_path / expected.value, {"max_steps": 1, "save_every": 0})
+        trainer.train()
+        assert trainer.precision is expected
+
+
 def test_nan_step_is_skipped_and_parameters_unchanged(toy, tmp_path, one_thread):
     snapshots = {}
     trainer = toy.make_trainer(tmp_path, {"max_steps": 5}, nan_steps=[3],

@@ -1,0 +1,97 @@
+"""Precision that fits the machine (issue 30 item 4): auto is bf16 only where the CPU runs it natively,
+an emulated bf16 is warned about, and the choice reaches training and inference."""
+
+import logging
+
+import pytest
+import torch
+
+from clara import devices
+from clara.config import LoraConfig, ModelConfig, Precision
+from clara.devices import PRECISION_ENV, native_bf16, resolve_precision
+from clara.errors import ConfigError
+
+
+@pytest.fixture
+def cpu(monkeypatch):
+    """Set what torch's probes report: ``cpu(avx512_bf16=..., amx=...)``; every choice is announced anew."""
+    monkeypatch.delenv(PRECISION_ENV, raising=False)
+    monkeypatch.setattr(devices, "_announced", set())
+
+    def set_flags(avx512_bf16: bool = False, amx: bool = False):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+
+    return set_flags
+
+
+def test_auto_picks_bf16_only_with_native_support_and_logs_it_once(cpu, caplog):
+    caplog.set_level(logging.INFO, logger="clara.devices")
+    cpu(avx512_bf16=True)
+    assert resolve_precision("auto", "cpu") is Precision.BF16
+    assert resolve_precision(Precision.AUTO, "cpu") is Precision.BF16
+    chosen = [r.getMessage() for r in caplog.records if "precision auto" in r.getMessage()]
+    assert chosen == ["precision auto: bf16 for inference on cpu, native bf16 (avx512_bf16)"]
+    cpu(amx=True)
+    assert native_bf16("cpu") == "amx" and resolve_precision("auto", "cpu", "training") is Precision.BF16
+    cpu()  # an AMD EPYC without AVX-512, say
+    assert native_bf16("cpu") is None
+    assert resolve_precision("auto", "cpu", "evaluation") is Precision.FP32
+    assert "fp32 for evaluation on cpu, no native bf16" in caplog.text
+
+
+def test_explicit_bf16_without_native_support_is_kept_with_a_warning(cpu, caplog):
+    cpu()
+    assert resolve_precision("bf16", "cpu", "training") is Precision.BF16
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "emulated" in warnings[0].getMessage() and "27x slower" in warnings[0].getMessage()
+    resolve_precision("bf16", "cpu", "training")
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1  # once per process
+    caplog.clear()
+    cpu(avx512_bf16=True)
+    devices._announced.clear()
+    assert resolve_precision("bf16", "cpu") is Precision.BF16 and not caplog.records
+    assert resolve_precision("fp32", "cpu") is Precision.FP32
+
+
+def test_without_torch_probes_the_cpuinfo_flags_decide(cpu, monkeypatch):
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.delattr(torch.cpu, probe, raising=False)
+    monkeypatch.setattr(devices, "_cpuinfo_flags", lambda: {"avx2", "avx512f", "amx_bf16", "amx_tile"})
+    assert native_bf16("cpu") == "amx"
+    monkeypatch.setattr(devices, "_cpuinfo_flags", lambda: {"avx2", "fma"})
+    assert native_bf16("cpu") is None and resolve_precision("auto") is Precision.FP32
+
+
+def test_environment_replaces_auto_only(cpu, monkeypatch):
+    cpu(avx512_bf16=True)
+    monkeypatch.setenv(PRECISION_ENV, "fp32")
+    assert resolve_precision("auto") is Precision.FP32
+    assert resolve_precision("bf16") is Precision.BF16
+    monkeypatch.setenv(PRECISION_ENV, "fp8")
+    with pytest.raises(ConfigError, match="CLARA_PRECISION='fp8'"):
+        resolve_precision("auto")
+    with pytest.raises(ConfigError, match="use auto, fp32 or bf16"):
+        resolve_precision("fp16")
+
+
+def test_a_loaded_model_runs_its_forwards_in_the_resolved_precision(cpu, tiny_backbone, tmp_path):
+    from clara.model.clara_model import ClaraModel
+    from clara.model.loading import load_trained_model
+
+    cfg = ModelConfig(backbone=str(tiny_backbone), kind="tiny", chunk_len=32, compression_rate=8, lora=LoraConfig(r=4, alpha=8))
+    adapters = ClaraModel.from_config(cfg).save_adapters(tmp_path / "adapters")
+    docs = ["Briven founded the museum in 1820.", "Velmar Works makes bells."]
+    cpu()
+    fp32 = load_trained_model(adapters)
+    assert fp32.inference_precision is Precision.FP32
+    cpu(avx512_bf16=True)
+    bf16 = load_trained_model(adapters)
+    assert bf16.inference_precision is Precision.BF16
+    with torch.no_grad():
+        a, b = fp32.compress(docs), bf16.compress(docs)  # (B, m, H)
+    assert a.dtype == b.dtype == torch.float32  # callers get the weights' dtype either way
+    assert not torch.equal(a, b)  # bf16 really ran
+    assert torch.allclose(a, b, rtol=0.05, atol=0.05 * a.abs().max().item())
+    with pytest.raises(ValueError, match="resolve precision auto first"):
+        bf16.set_inference_precision("auto")
