@@ -57,10 +57,16 @@ def served_answers(model, bank, questions: Sequence[str], k: int, max_new_tokens
     return out
 
 
-def source_of(passage_id: str) -> str:
-    from clara.data.corpus import source_id
+def article_of(row_id: str) -> str:
+    """The source article of a bank row: ``SRC`` of ``SRC#n`` (or of ``SRC#n#m``, a row of a passage
+    longer than the model's chunk_len, which index build splits)."""
+    return row_id.split("#", 1)[0]
 
-    return source_id(passage_id)
+
+def is_row_of(row_id: str, passage_id: str) -> bool:
+    """Whether a bank row holds the passage: its own id, or one of its split rows ``ID#m``."""
+    rest = row_id[len(passage_id) + 1:]
+    return row_id == passage_id or (row_id.startswith(passage_id + "#") and rest.isdigit())
 
 
 def evaluate_bank_answers(model, bank, pairs: Sequence[dict], *, k: int = 3, max_new_tokens: int = 16,
@@ -91,8 +97,8 @@ def evaluate_bank_answers(model, bank, pairs: Sequence[dict], *, k: int = 3, max
     n = len(pairs)
     return {
         "n": n, "k": k, "bank_size": len(bank.ids),
-        "gold_passage_hit": sum(r["gold"] in r["sources"] for r in records) / n,
-        "gold_article_hit": sum(source_of(r["gold"]) in {source_of(i) for i in r["sources"]} for r in records) / n,
+        "gold_passage_hit": sum(any(is_row_of(s, r["gold"]) for s in r["sources"]) for r in records) / n,
+        "gold_article_hit": sum(article_of(r["gold"]) in {article_of(s) for s in r["sources"]} for r in records) / n,
         "served": answer_scores(preds, golds),
         "raw_text_rag": rag["settings"]["open_book"],
         "records": records,

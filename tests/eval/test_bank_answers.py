@@ -57,6 +57,14 @@ def test_served_and_raw_rag_read_the_same_passages(tmp_path, tiny_model, monkeyp
     assert "raw-text RAG" in bank_answers.format_table(res)
 
 
+def test_split_rows_count_as_their_passage():
+    from clara.eval.bank_answers import article_of, is_row_of
+
+    assert is_row_of("309#0", "309#0") and is_row_of("309#0#2", "309#0")
+    assert not is_row_of("309#1", "309#0") and not is_row_of("309#0x", "309#0") and not is_row_of("309#01", "309#0")
+    assert article_of("309#0#2") == article_of("309#4") == "309"
+
+
 def test_records_need_the_gold_passage_id(tmp_path):
     from clara.eval.bank_answers import load_pairs
 
