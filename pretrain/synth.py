@@ -28,6 +28,7 @@ from tqdm import tqdm
 from clara.errors import ClaraError, ConfigError, DataError
 from clara.fileio import atomic_write_json
 from clara.pretrain.teachers import Fact, SynthDoc, Teacher
+from clara.data.jsonl import iter_json_lines
 from clara.data.records import DataType, Document, PretrainRecord, QAPair
 
 log = logging.getLogger(__name__)
@@ -211,20 +212,12 @@ def read_documents(path: str | Path) -> Iterator[SynthDoc]:
     if not path.is_file():
         raise ConfigError(f"{path}: no such documents file; give a JSONL of {{id, title, text}}")
     prev: SynthDoc | None = None
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except ValueError as e:
-                raise DataError(f"{where}: record: invalid JSON ({e})") from None
-            d = Document.from_json(obj, where)
-            doc = SynthDoc(d.id, d.title, d.text, obj.get("entity_type", ""), tuple(obj.get("facts") or ()))
-            if prev is not None:
-                yield replace(prev, next_text=doc.text) if follows(prev.id, doc.id) else prev
-            prev = doc
+    for where, obj in iter_json_lines(path):
+        d = Document.from_json(obj, where)
+        doc = SynthDoc(d.id, d.title, d.text, obj.get("entity_type", ""), tuple(obj.get("facts") or ()))
+        if prev is not None:
+            yield replace(prev, next_text=doc.text) if follows(prev.id, doc.id) else prev
+        prev = doc
     if prev is not None:
         yield prev
 

@@ -329,6 +329,20 @@ def read_records(
     )
 
 
+def iter_json_lines(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
+    """(``file:line``, parsed value) of each non-blank line, for readers that keep the raw objects
+    (synthesis inputs, mixtures); a line that is no JSON is one ``file:line: record: ...`` error."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                yield where, json.loads(line)
+            except ValueError as e:
+                raise DataError(f"{where}: record: invalid JSON ({e})") from None
+
+
 def write_jsonl(path: str | os.PathLike, records: Iterable[Record | dict]) -> int:
     """Write records (or plain dicts) one per line, atomically; returns the count.
 

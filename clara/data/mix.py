@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from clara.data.jsonl import iter_json_lines
 from clara.data.records import PretrainRecord
-from clara.errors import ConfigError, DataError
+from clara.errors import ConfigError
 
 KINDS = ("qa", "paraphrase", "continuation", "all")
 
@@ -57,19 +58,11 @@ def read_part(part: Part) -> list[dict]:
     if not part.path.is_file():
         raise ConfigError(f"{part.path}: no such pretraining records file")
     out = []
-    with open(part.path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{part.path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except ValueError as e:
-                raise DataError(f"{where}: record: invalid JSON ({e})") from None
-            PretrainRecord.from_json(obj, where)
-            if part.kind in ("all", kind_of(obj)):
-                obj["source"] = obj.get("source") or part.source
-                out.append(obj)
+    for where, obj in iter_json_lines(part.path):
+        PretrainRecord.from_json(obj, where)
+        if part.kind in ("all", kind_of(obj)):
+            obj["source"] = obj.get("source") or part.source
+            out.append(obj)
     return out
 
 
