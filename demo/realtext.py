@@ -10,7 +10,6 @@ memory and closed book (``clara eval compression --data``), and through a real s
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -33,15 +32,14 @@ def add_arguments(p) -> None:
 
 def passages_file(questions: Path, out: Path) -> Path:
     """The gold passages of the question file as a corpus JSONL ({id, title, text}), for a bank."""
+    from clara.data.jsonl import iter_json_lines, write_jsonl
+
     rows = {}
-    for line in questions.read_text(encoding="utf-8").splitlines():
-        rec = json.loads(line)
+    for _, rec in iter_json_lines(questions):
         title, _, text = rec["doc"].partition("\n")
         rows[rec["doc_id"]] = {"id": rec["doc_id"], "title": title, "text": text}
-    from clara.fileio import atomic_write_text
-
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows.values()))
+    write_jsonl(out, rows.values())
     return out
 
 

@@ -14,13 +14,12 @@ is one ``file:line: field: problem``), and the output is written atomically.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from clara.data.jsonl import iter_json_lines
+from clara.data.jsonl import iter_json_lines, write_jsonl
 from clara.data.records import PretrainRecord
 from clara.errors import ConfigError
 
@@ -68,8 +67,6 @@ def read_part(part: Part) -> list[dict]:
 
 def mix(parts: Sequence[str], out: str | Path, *, seed: int = 0) -> dict[str, int]:
     """Write the mixture to ``out``; returns the records taken per part."""
-    from clara.fileio import atomic_write_text
-
     if not parts:
         raise ConfigError("no mixture parts; give FILE:KIND:N[:SOURCE] at least once")
     rng = random.Random(seed)
@@ -83,5 +80,5 @@ def mix(parts: Sequence[str], out: str | Path, *, seed: int = 0) -> dict[str, in
         counts[text] = len(taken)
         records += taken
     rng.shuffle(records)
-    atomic_write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_jsonl(out, records)
     return counts
