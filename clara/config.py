@@ -230,9 +230,10 @@ class ScpConfig:
     # of the document, each in the form `clara eval compression` asks; every fact trains, none is cut.
     # Measurements of each: docs/RESULTS.md §2.
     qa_layout: QaLayout = QaLayout.LINES
-    # layout "rows": how many of a document's pairs train (a stable draw per record); 0 = all. Each row repeats
-    # the prompt (~55 tokens on SmolLM2), so all pairs cost ~4x a lines step; fresh documents are read once,
-    # so a few rows per document still train every kind of fact across documents
+    # layout "rows": how many of a document's pairs one compression trains; 0 = all. Each row repeats the
+    # prompt (~55 tokens on SmolLM2), so all pairs cost ~4x a lines step. A file's record of P pairs becomes
+    # ceil(P / n) examples, so every pair trains once an epoch; fresh documents are read once and train one
+    # stable draw of n (so a few rows per document still train every kind of fact across documents)
     rows_per_document: int = 0
     # beyond the reference: self-distillation from the open-book view. Each generator row is also run (no
     # gradient) with its document as text where the memory goes (distill_teacher: the "generator" adapter or

@@ -31,10 +31,12 @@ class FactRow:
     question: str
     answer: str
     prefix: str  # the gold pairs before it, as the training target lists them
+    trained: bool | None = None  # whether an SCP run trained this pair as a target row (None: not asked)
 
 
-def fact_rows(docs: Sequence, teacher) -> list[FactRow]:
-    """One row per simple QA pair of each document, in the teacher's order."""
+def fact_rows(docs: Sequence, teacher, trained: set[str] | None = None) -> list[FactRow]:
+    """One row per simple QA pair of each document, in the teacher's order; ``trained``: the target rows
+    an SCP run trained on (:func:`trained_rows`), to mark each pair as trained or not."""
     from clara.pretrain.scp import qa_target
 
     rows = []
@@ -42,8 +44,21 @@ def fact_rows(docs: Sequence, teacher) -> list[FactRow]:
         pairs = teacher.simple_qa(doc, teacher.facts(doc))
         for j, p in enumerate(pairs):
             prefix = qa_target(pairs[:j]) + "\n" if j else ""
-            rows.append(FactRow(i, j, p.question, p.answer, prefix))
+            seen = None if trained is None else qa_target([p]) in trained
+            rows.append(FactRow(i, j, p.question, p.answer, prefix, seen))
     return rows
+
+
+def trained_rows(path: str, scp) -> set[str]:
+    """Every ``Question: q\nAnswer: a`` target an SCP run on the pretrain file ``path`` trains, as
+    ``scp`` (its ScpConfig) lays the QA records out: with ``rows_per_document`` n, only n pairs a record."""
+    from clara.pretrain.scp import load_examples
+
+    out: set[str] = set()
+    for e in load_examples(path, ("qa",), scp=scp):
+        lines = e.target.split("\n")  # lines / shuffled layouts: every pair of the target, two lines each
+        out.update(e.rows or ("\n".join(lines[i : i + 2]) for i in range(0, len(lines) - 1, 2)))
+    return out
 
 
 @torch.no_grad()
@@ -64,6 +79,12 @@ def position_em(model, mem: torch.Tensor, rows: Sequence[FactRow], batch_size: i
             by_pos.setdefault(r.position, []).append(h)
         out[way] = {"em": sum(hits) / len(hits),
                     "by_position": {p: {"n": len(v), "em": sum(v) / len(v)} for p, v in sorted(by_pos.items())}}  # fmt: skip
+        if rows and rows[0].trained is not None:
+            out[way]["by_trained"] = {}
+            for flag in (True, False):
+                v = [h for r, h in zip(rows, hits) if r.trained is flag]
+                out[way]["by_trained"]["trained" if flag else "untrained"] = {
+                    "n": len(v), "em": sum(v) / len(v) if v else None}
     return out
 
 
@@ -81,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--out", default=None, help="also write the figures to this JSON file")
+    ap.add_argument("--trained-data", default=None,
+                    help="the pretrain file the run trained on: EM is also split by whether each pair was a target")
+    ap.add_argument("--train-config", default=None,
+                    help="the run's config.yaml (its scp.qa_layout and rows_per_document say which pairs trained)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -88,13 +113,21 @@ def main(argv: list[str] | None = None) -> int:
     docs = list(fresh_world_documents(args.docs, args.seed))
     teacher = WorldTeacher()
     mem = compress_all(model, [d.as_text() for d in docs], args.batch_size)
+    trained = None
+    if args.trained_data:
+        from clara.config import load_config
+
+        scp = load_config(args.train_config).scp if args.train_config else None
+        trained = trained_rows(args.trained_data, scp)
     stats = {"model": args.model, "docs": len(docs), "seed": args.seed,
-             **position_em(model, mem, fact_rows(docs, teacher), args.batch_size)}  # fmt: skip
+             **position_em(model, mem, fact_rows(docs, teacher, trained), args.batch_size)}  # fmt: skip
     print("| position | n | EM alone | EM in place |\n|---|---|---|---|")
     for p, row in stats["alone"]["by_position"].items():
         print(f"| {p} | {row['n']} | {row['em']:.3f} | {stats['in_place']['by_position'][p]['em']:.3f} |")
     print(f"| all | {sum(r['n'] for r in stats['alone']['by_position'].values())} | {stats['alone']['em']:.3f} | "
           f"{stats['in_place']['em']:.3f} |")  # fmt: skip
+    for k, row in stats["alone"].get("by_trained", {}).items():
+        print(f"| {k} pairs | {row['n']} | {row['em'] or 0:.3f} | {stats['in_place']['by_trained'][k]['em'] or 0:.3f} |")
     if args.out:
         from clara.fileio import atomic_write_json
 

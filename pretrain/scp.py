@@ -91,29 +91,42 @@ def shuffled_pairs(pairs: Sequence, key: str) -> list:
     return out
 
 
-def example_from_record(rec: PretrainRecord, scp: ScpConfig | None = None) -> ScpExample:
-    """QA targets as ``scp.qa_layout`` says; with ``rows``, ``scp.rows_per_document`` of the pairs (drawn by
-    a stable shuffle per record; 0 = every pair) train, and ``target`` still lists them all."""
+def example_from_record(rec: PretrainRecord, scp: ScpConfig | None = None, group: int = 0) -> ScpExample:
+    """QA targets as ``scp.qa_layout`` says; with ``rows``, ``scp.rows_per_document`` n of the pairs train
+    (0 = every pair): group g of a stable shuffle per record, pairs g·n … g·n+n-1. ``target`` lists them all."""
     if rec.data_type is DataType.QA:
         scp, key = scp or ScpConfig(), rec.id or rec.doc
         layout, n = QaLayout(scp.qa_layout), scp.rows_per_document
         pairs = shuffled_pairs(rec.pairs, key) if layout is QaLayout.SHUFFLED else rec.pairs
         rows = ()
         if layout is QaLayout.ROWS:
-            picked = shuffled_pairs(rec.pairs, key)[:n] if n else rec.pairs
+            picked = shuffled_pairs(rec.pairs, key)[group * n : group * n + n] if n else rec.pairs
             rows = tuple(qa_target([p]) for p in picked)
         return ScpExample(rec.doc, QA_INSTRUCTION, qa_target(pairs), rows)
     instruction = rec.instruction or _pick(PARAPHRASE_INSTRUCTIONS, rec.id or rec.doc)
     return ScpExample(rec.doc, instruction, rec.paraphrase or "")
 
 
+def examples_from_record(rec: PretrainRecord, scp: ScpConfig | None = None) -> list[ScpExample]:
+    """Every group of a record's pairs (:func:`example_from_record`), so that an epoch over a file trains
+    every pair once: with ``rows_per_document`` n, a record of P pairs gives ceil(P / n) examples, each one
+    compression of the document read by n rows. (A single draw, as the fresh stream takes, would train the
+    same n pairs in every epoch and never the others: issue 28's capacity test trained 38 of 128 facts.)"""
+    scp = scp or ScpConfig()
+    n = scp.rows_per_document
+    if rec.data_type is not DataType.QA or QaLayout(scp.qa_layout) is not QaLayout.ROWS or not n:
+        return [example_from_record(rec, scp)]
+    return [example_from_record(rec, scp, g) for g in range(max(1, -(-len(rec.pairs) // n)))]
+
+
 def load_examples(path: str | Path, data_types: Sequence[str] = ("qa", "paraphrase"), skip_bad: bool = False,
                   scp: ScpConfig | None = None) -> list[ScpExample]:
-    """SCP examples from a pretrain JSONL (project or reference format); records of other types are left out."""
+    """SCP examples from a pretrain JSONL (project or reference format); records of other types are left out.
+    With ``scp.rows_per_document`` n, a QA record of P pairs gives ceil(P / n) examples (:func:`examples_from_record`)."""
     from clara.data.jsonl import read_records
 
     records = read_records(path, "pretrain", skip_bad=skip_bad)
-    examples = [example_from_record(r, scp) for r in records if r.data_type.value in data_types]
+    examples = [e for r in records if r.data_type.value in data_types for e in examples_from_record(r, scp)]
     examples = [e for e in examples if e.target.strip()]
     if not examples:
         raise DataError(f"{path}: no usable records of data_type {', '.join(data_types)} (empty targets are skipped)")

@@ -52,3 +52,32 @@ def test_exact_answers_score_one(monkeypatch):
     res = position_em(Echo(), torch.zeros(2, 1, 1), rows, batch_size=3)
     assert res["alone"]["em"] == res["in_place"]["em"] == 1.0
     assert set(res["alone"]["by_position"]) == {r.position for r in rows}
+
+
+def test_pairs_are_marked_trained_as_the_run_laid_out_its_file(tmp_path):
+    """Every pair in the file trains (with rows_per_document 1, one group each); a pair not in the file is
+    untrained; EM is split by the mark."""
+    import torch
+
+    from clara.config import ScpConfig
+    from clara.eval.fact_position import trained_rows
+
+    docs = list(fresh_world_documents(2, 5))
+    teacher = WorldTeacher()
+    kept = teacher.simple_qa(docs[0], teacher.facts(docs[0]))[:2]  # the file trains 2 pairs of doc 0 only
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"data_type": "qa", "id": "d0", "docs": [docs[0].as_text()],
+                                "question": [p.question for p in kept], "answers": [p.answer for p in kept]}) + "\n")
+    trained = trained_rows(str(path), ScpConfig(qa_layout="rows", rows_per_document=1))
+    assert trained == {qa_target([p]) for p in kept}
+    assert trained_rows(str(path), None) == trained  # the lines layout trains the same two pairs
+    rows = fact_rows(docs, teacher, trained)
+    assert [r.trained for r in rows if r.doc == 0][:3] == [True, True, False] and not any(r.trained for r in rows if r.doc)
+    answers = {r.question: (r.answer if r.trained else "wrong") for r in rows}
+
+    class Half:
+        def generate(self, instructions, mem, *, reply_prefixes, **kw):
+            return [" " + answers[p.rsplit("Question: ", 1)[1].split("\n")[0]] for p in reply_prefixes]
+
+    res = position_em(Half(), torch.zeros(2, 1, 1), rows, batch_size=3)["alone"]["by_trained"]
+    assert res["trained"] == {"n": 2, "em": 1.0} and res["untrained"] == {"n": len(rows) - 2, "em": 0.0}

@@ -134,6 +134,23 @@ def test_rows_layout_gives_one_row_per_pair_in_the_eval_form():
     assert len({p[0].split("\n")[0].split()[1] for p in picked}) >= 3  # different kinds of fact come first
 
 
+def test_a_file_trains_every_pair_once_an_epoch_in_groups_of_rows_per_document(tmp_path):
+    # 5 pairs, n = 2: three examples (2 + 2 + 1 rows), each pair in exactly one, the document the same in all.
+    # One draw per record would train the same 2 pairs every epoch (issue 28's capacity test: 38 of 128 facts).
+    doc = "Brell was founded by Tarvel Osk in 1901. It has 300 people, a mill, and a river called Osk."
+    pairs = [("Who founded Brell?", "Tarvel Osk"), ("When was Brell founded?", "1901"), ("How many people?", "300"),
+             ("What does Brell have?", "a mill"), ("What is the river called?", "Osk")]
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"data_type": "qa", "id": "brell", "docs": [doc], "question": [q for q, _ in pairs],
+                                "answers": [a for _, a in pairs]}) + "\n")
+    got = load_examples(path, ("qa",), scp=ScpConfig(qa_layout=QaLayout.ROWS, rows_per_document=2))
+    assert [len(e.rows) for e in got] == [2, 2, 1] and {e.doc for e in got} == {doc}
+    rows = [r for e in got for r in e.rows]
+    assert sorted(rows) == sorted(f"Question: {q}\nAnswer: {a}" for q, a in pairs)
+    assert load_examples(path, ("qa",), scp=ScpConfig(qa_layout=QaLayout.ROWS, rows_per_document=2)) == got  # stable
+    assert [len(e.rows) for e in load_examples(path, ("qa",), scp=ScpConfig(qa_layout=QaLayout.ROWS))] == [5]
+
+
 def test_rows_per_document_is_refused_outside_the_rows_layout():
     from clara.errors import ConfigError
 
