@@ -73,7 +73,7 @@ def bench(model, corpus: str | Path, *, docs: int, batch_size: int, reps: int, p
         bare_memory = {}
 
         def build(p: Precision, sort: bool, name: str):
-            model.set_inference_precision(p)
+            model.set_inference_precision(p, keep_fp32=True)
             build_bank(subset, model, work / name, batch_size=batch_size, progress=False, sort_by_length=sort)
 
         def old():
@@ -85,7 +85,7 @@ def bench(model, corpus: str | Path, *, docs: int, batch_size: int, reps: int, p
                 torch.set_num_threads(threads)
 
         def bare(p: Precision):
-            model.set_inference_precision(p)
+            model.set_inference_precision(p, keep_fp32=True)
             with torch.no_grad():
                 for b in batches:
                     bare_memory.update(zip(b.tolist(), model.compress([texts[i] for i in b])))  # each (m, H)
@@ -95,7 +95,7 @@ def bench(model, corpus: str | Path, *, docs: int, batch_size: int, reps: int, p
         if chosen is Precision.BF16:
             variants["build_fp32"] = lambda: build(Precision.FP32, True, "build_fp32")
         for p in {chosen, Precision.FP32}:  # warm-up: one batch in each precision
-            model.set_inference_precision(p)
+            model.set_inference_precision(p, keep_fp32=True)
             with torch.no_grad():
                 model.compress([texts[i] for i in batches[0]])
         times: dict[str, list[float]] = {name: [] for name in variants}

@@ -11,11 +11,19 @@ Parts (``--parts``, comma separated):
   clients vs one client sending the same requests sequentially (target >= 2x).
 - ``build``: bank build throughput (documents/s) and bytes per document at each CR in
   ``--crs`` (memory.bin plus index file).
+- ``weights``: one generator forward of 1, 100 and 500 positions with bf16 autocast over fp32 weights
+  (inference before the one-time cast), with the linear weights cast to bf16 once, and in fp32.
+- ``breakdown``: where time to first token goes, phase by phase (query encoding, bank search, gather,
+  prompt build, generator prefill, and the first decode step), for CLaRa and for raw-text RAG on the same
+  bank and retrieval; with retrieval and without. ``--model RELEASE --bank DIR --questions FILE`` times a
+  trained release on a real bank, as a user serves it.
 
 Adapters are freshly initialised: every figure is a speed or size, never a quality claim.
 
     python -m clara.eval.bench_serving --backbone smollm2 --parts prefill,concurrency,build
     python -m clara.eval.bench_serving --backbone tiny --parts prefill,build --crs 4,8
+    python -m clara.eval.bench_serving --parts breakdown --model assets/scp-smollm2-wiki --bank BANK \\
+        --questions eval/data/wiki_heldout_questions.jsonl --k 5 --reps 3
 """
 
 from __future__ import annotations
@@ -94,6 +102,132 @@ def bench_prefill(model, k: int, passage_tokens: int, new_tokens: int, reps: int
     }
 
 
+PHASES = ("encode", "search", "gather", "build", "prefill", "first_decode")
+RETRIEVAL = ("encode", "search")  # the phases "retrieval excluded" leaves out
+
+
+def answer_phases(model, bank, question: str, k: int, prompt: str, raw: bool) -> tuple[dict[str, float], int]:
+    """Seconds of each phase of one answer's first token, and the prompt's positions:
+
+    query encoding (the query reasoner's forward), bank search, gather (the k memories from the memmap, or
+    for raw-text RAG the k passages' text), build (the prompt's token ids and embeddings), generator
+    prefill (its logits give the first token), and the first decode step (the second token's forward).
+    CLaRa reads with the generator adapter; raw-text RAG with the bare backbone, as a user runs it."""
+    import torch
+
+    from clara.model.generation import decode_step, prefill
+    from clara.model.prompts import ask
+    from clara.model.scoring import in_retrieval_space
+
+    t, clock = {}, time.perf_counter
+    with torch.no_grad():
+        t0 = clock()
+        q = in_retrieval_space(model, model.encode_query([question]))  # (1, m, H)
+        t1 = clock()
+        _, rows = bank.search(q, k)  # (1, k)
+        t2 = clock()
+        rows = rows[:, rows[0] >= 0]
+        if raw:
+            mem, docs = None, ["\n\n".join(bank.document(int(r))["text"] for r in rows[0])]
+        else:
+            mem, docs = bank.memory(rows), None  # (1, k, m, H)
+        t3 = clock()
+        inputs, prefixes = ask([question], prompt)
+        embeds, mask = model.build_generator_inputs(inputs, mem, prefixes, documents=docs)
+        t4 = clock()
+        with model.using(None if raw else "generator"):
+            logits, state = prefill(model.lm, embeds, mask)
+            token = logits.argmax(-1)  # the first token
+            t5 = clock()
+            decode_step(model.lm, token, state)
+            t6 = clock()
+    for name, (a, b) in zip(PHASES, ((t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5), (t5, t6))):
+        t[name] = b - a
+    return t, int(mask.shape[1])
+
+
+def bench_breakdown(model, bank, questions: list[str], k: int, reps: int, prompt: str) -> dict:
+    """Each phase of time to first token for CLaRa (memory) and raw-text RAG (text) on the same bank and
+    retrieval; repetitions alternate the order of the two; medians over every (repetition, question)."""
+    runs = {"clara": [], "raw_text_rag": []}
+    positions = {}
+    answer_phases(model, bank, questions[0], k, prompt, False), answer_phases(model, bank, questions[0], k, prompt, True)
+    for r in range(reps):
+        for i, question in enumerate(questions):
+            order = [("clara", False), ("raw_text_rag", True)][:: 1 if (r + i) % 2 == 0 else -1]
+            for name, raw in order:
+                t, n = answer_phases(model, bank, question, k, prompt, raw)
+                runs[name].append(t)
+                positions.setdefault(name, []).append(n)
+    out: dict = {"k": k, "questions": len(questions), "reps": reps, "num_mem": model.num_mem, "prompt": prompt}
+    for name, trials in runs.items():
+        med = {p: statistics.median(t[p] for t in trials) * 1000 for p in PHASES}
+        ttft = statistics.median(sum(t[p] for p in PHASES if p != "first_decode") for t in trials) * 1000
+        gen = statistics.median(sum(t[p] for p in PHASES if p not in RETRIEVAL + ("first_decode",)) for t in trials) * 1000
+        out[name] = {"median_ms": {p: round(v, 2) for p, v in med.items()}, "ttft_ms": round(ttft, 2),
+                     "ttft_without_retrieval_ms": round(gen, 2),
+                     "prompt_positions": round(statistics.median(positions[name]), 1)}
+    c, w = out["clara"], out["raw_text_rag"]
+    out["ttft_ratio"] = round(w["ttft_ms"] / c["ttft_ms"], 2)
+    out["ttft_ratio_without_retrieval"] = round(w["ttft_without_retrieval_ms"] / c["ttft_without_retrieval_ms"], 2)
+    out["prefill_ratio"] = round(w["median_ms"]["prefill"] / c["median_ms"]["prefill"], 2)
+    out["positions_ratio"] = round(w["prompt_positions"] / c["prompt_positions"], 2)
+    return out
+
+
+def bench_bf16_weights(model, reps: int, positions: tuple[int, ...] = (1, 100, 500)) -> dict:
+    """One generator forward (a prompt of n positions, no cache) in three settings, interleaved: bf16
+    autocast over the fp32 weights (how inference ran before the cast), the linear weights cast to bf16
+    once (``set_inference_precision``), and plain fp32. Medians in ms; ratios against autocast."""
+    import torch
+
+    from clara.config import Precision
+    from clara.model.generation import prefill
+
+    embeds, mask = model.build_generator_inputs(["Who founded the museum of Mira?"], None)
+
+    def autocast():
+        model.set_inference_precision(Precision.FP32)
+        model.inference_precision = Precision.BF16  # autocast only: the weights stay fp32
+
+    def cast():
+        model.inference_precision = Precision.FP32
+        model.set_inference_precision(Precision.BF16, keep_fp32=True)
+
+    settings = {"autocast_fp32_weights": autocast, "bf16_weights": cast,
+                "fp32": lambda: model.set_inference_precision(Precision.FP32)}
+    times: dict[tuple[str, int], list[float]] = {}
+    for r in range(reps + 1):  # the first round warms up
+        names = list(settings)[r % 3:] + list(settings)[:r % 3]
+        for name in names:
+            settings[name]()
+            for n in positions:
+                e, m = embeds[:, :1].repeat(1, n, 1), mask[:, :1].repeat(1, n)
+                with torch.no_grad(), model.using("generator"):
+                    t0 = time.perf_counter()
+                    prefill(model.lm, e, m)
+                    if r:
+                        times.setdefault((name, n), []).append(time.perf_counter() - t0)
+    model.set_inference_precision(Precision.FP32)
+    med = {f"{name}@{n}": round(statistics.median(v) * 1000, 2) for (name, n), v in times.items()}
+    ratio = {f"autocast_over_bf16_weights@{n}": round(med[f"autocast_fp32_weights@{n}"] / med[f"bf16_weights@{n}"], 2)
+             for n in positions}
+    return {"reps": reps, "median_ms": med, **ratio}
+
+
+def format_breakdown(b: dict) -> str:
+    """The breakdown as a markdown table (ms, medians)."""
+    lines = ["| phase | CLaRa (memory) | raw-text RAG | ratio |", "|---|---|---|---|"]
+    for p in PHASES:
+        c, w = b["clara"]["median_ms"][p], b["raw_text_rag"]["median_ms"][p]
+        lines.append(f"| {p} | {c:.2f} | {w:.2f} | {w / c:.2f}× |" if c else f"| {p} | {c:.2f} | {w:.2f} | – |")
+    for key, label in (("ttft_ms", "time to first token"), ("ttft_without_retrieval_ms", "… retrieval excluded"),
+                       ("prompt_positions", "prompt positions")):
+        c, w = b["clara"][key], b["raw_text_rag"][key]
+        lines.append(f"| **{label}** | {c:.2f} | {w:.2f} | {w / c:.2f}× |")
+    return "\n".join(lines)
+
+
 def _corpus(model, work: Path, n: int, tokens: int, name: str) -> Path:
     path = work / f"{name}.jsonl"
     with open(path, "w", encoding="utf-8") as f:
@@ -158,6 +292,30 @@ def bench_concurrency(model, args, work: Path) -> dict:
             "speedup": round(seq / conc, 2)}
 
 
+def run_breakdown(args, work: Path) -> dict:
+    from clara.model.loading import load_trained_model
+    from clara.model.prompts import resolve_prompt
+    from clara.serving.bank import MemoryBank
+    from clara.serving.bank_build import build_bank
+
+    if args.model:
+        model = load_trained_model(args.model)
+    else:
+        model = make_model(args.backbone, args.smollm2_dir, work, args.passage_tokens, args.cr)
+    if args.bank:
+        bank = MemoryBank.open(args.bank)
+    else:
+        corpus = _corpus(model, work, max(args.k, args.build_docs), args.passage_tokens, "breakdown")
+        build_bank(corpus, model, work / "bank-breakdown", batch_size=args.batch_size, progress=False)
+        bank = MemoryBank.open(work / "bank-breakdown")
+    questions = ["Who founded the museum of Mira?"]
+    if args.questions:
+        from clara.eval.bank_answers import load_pairs
+
+        questions = [p["question"] for p in load_pairs(args.questions, args.limit_questions)]
+    return bench_breakdown(model, bank, questions, args.k, args.reps, resolve_prompt(None, model))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", choices=["tiny", "smollm2"], default="smollm2", help="backbone (default %(default)s)")
@@ -173,6 +331,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=32, help="requests per concurrency run (default %(default)s)")
     p.add_argument("--build-docs", type=int, default=32, help="documents per bank build (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, help="compression batch size (default %(default)s)")
+    p.add_argument("--model", default=None, help="breakdown: a trained model (release or adapters directory) "
+                   "instead of fresh adapters on --backbone")
+    p.add_argument("--bank", default=None, help="breakdown: a bank built by `clara index build` with --model "
+                   "(default: a bank of --build-docs filler passages built here)")
+    p.add_argument("--questions", default=None, help="breakdown: QA records (pretraining format with doc_id, "
+                   "as eval/data/wiki_heldout_questions.jsonl; default: one filler question)")
+    p.add_argument("--limit-questions", type=int, default=10, help="breakdown: first N questions (0 = all)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--out", default=None, help="also write the JSON report here")
     args = p.parse_args(argv)
     args.crs = [int(c) for c in args.crs.split(",")]
@@ -182,7 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     import torch
 
-    report = {"backbone": args.backbone, "device": "cuda" if torch.cuda.is_available() else "cpu",
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = {"backbone": args.model or args.backbone, "device": "cuda" if torch.cuda.is_available() else "cpu",
               "torch_threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory(prefix="clara-bench-serving-") as tmp:
         work = Path(tmp)
@@ -196,6 +364,15 @@ def main(argv: list[str] | None = None) -> int:
                 log.info("concurrency: %s", report["concurrency"])
         if "build" in parts:
             report["build"] = bench_build(args, work)
+        if "weights" in parts:
+            from clara.model.loading import load_trained_model
+
+            model = (load_trained_model(args.model, precision="fp32") if args.model else
+                     make_model(args.backbone, args.smollm2_dir, work, args.passage_tokens, args.cr))
+            report["weights"] = bench_bf16_weights(model, args.reps)
+        if "breakdown" in parts:
+            report["breakdown"] = run_breakdown(args, work)
+            print(format_breakdown(report["breakdown"]), file=sys.stderr)
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

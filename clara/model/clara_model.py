@@ -80,6 +80,7 @@ class ClaraModel(AdapterStorage, nn.Module):
         # fp32: forwards run as the caller's context says (the Trainer's autocast); bf16: every forward runs
         # under bf16 autocast (inference where the CPU has it: set_inference_precision, load_trained_model)
         self.inference_precision = Precision.FP32
+        self._fp32_linears: dict | None = None  # bf16 inference: the linear layers' fp32 weights, if kept
         base_rows = lm.get_input_embeddings().weight.shape[0]
         self.tokens = add_memory_tokens(tokenizer, num_mem)
         # the fixed scale spliced memory is set to: mean RMS of the backbone's own token rows
@@ -150,13 +151,38 @@ class ClaraModel(AdapterStorage, nn.Module):
         with self.adapters.using(adapter), precision_autocast(self.inference_precision, self.device):
             yield
 
-    def set_inference_precision(self, precision: Precision | str) -> None:
+    def set_inference_precision(self, precision: Precision | str, keep_fp32: bool = False) -> None:
         """Run every forward in ``precision``, already resolved (:func:`clara.devices.resolve_precision`):
-        bf16 autocast, or fp32 as the weights are. Returned states stay in the weights' dtype either way."""
+        bf16 autocast, or fp32 as the weights are. Returned states stay in the weights' dtype either way.
+
+        bf16 also casts the weight of every linear layer to bf16 once, here: autocast casts a frozen fp32
+        weight again in every forward (its cache keeps only weights that need grad), which cost a decode
+        step more than its matrix products (eval/bench_serving.py's breakdown). The values are the ones
+        autocast would make, so every forward's result is unchanged. A tied output embedding gets its own
+        bf16 copy; the input embedding, norms and ``mem_embed`` stay fp32. For inference only: the model
+        must not train afterwards. ``keep_fp32`` keeps the fp32 weights, so that fp32 can be set again."""
         precision = Precision(getattr(precision, "value", precision))
         if precision is Precision.AUTO:
             raise ValueError("resolve precision auto first (clara.devices.resolve_precision)")
+        if precision is Precision.BF16 and self._fp32_linears is None:
+            self._fp32_linears = self._cast_linears(torch.bfloat16, keep_fp32)
+        elif precision is Precision.FP32 and self._fp32_linears is not None:
+            if not self._fp32_linears:
+                raise ValueError("the linear weights were cast to bf16 without keep_fp32; load the model again for fp32")
+            for module, weight in self._fp32_linears.items():
+                module.weight = weight
+            self._fp32_linears = None
         self.inference_precision = precision
+
+    def _cast_linears(self, dtype: torch.dtype, keep: bool) -> dict:
+        """Give every fp32 ``nn.Linear`` of the LM a ``dtype`` weight -> {module: its fp32 weight} if ``keep``."""
+        kept = {}
+        for module in self.lm.modules():
+            if isinstance(module, nn.Linear) and module.weight.dtype == torch.float32:
+                if keep:
+                    kept[module] = module.weight
+                module.weight = nn.Parameter(module.weight.detach().to(dtype), requires_grad=False)
+        return kept
 
     def _own_dtype(self, states: torch.Tensor) -> torch.Tensor:
         """States out of a forward, in the weights' dtype when our own bf16 autocast made them bf16."""
@@ -333,14 +359,17 @@ class ClaraModel(AdapterStorage, nn.Module):
         return mem_blocks.shape[1]
 
     def build_generator_inputs(
-        self, questions: Sequence[str], mem_blocks: torch.Tensor | None, reply_prefixes: Sequence[str] | None = None
+        self, questions: Sequence[str], mem_blocks: torch.Tensor | None, reply_prefixes: Sequence[str] | None = None,
+        documents: Sequence[str] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts with memory spliced in -> (inputs_embeds (B, T, H), attention_mask (B, T)), left-padded.
 
-        ``reply_prefixes`` forces the start of each reply (e.g. ``"Question: q\nAnswer:"``)."""
+        ``reply_prefixes`` forces the start of each reply (e.g. ``"Question: q\nAnswer:"``). ``documents``
+        (no ``mem_blocks``): each row's text where the memory would go, as raw-text RAG reads it."""
         k = self._check_blocks(questions, mem_blocks)
+        docs = _documents_per_row(questions, k, documents)
         prefixes = reply_prefixes or [""] * len(questions)
-        rows = [self.prompt_ids(q, k) + (self._ids(p) if p else []) for q, p in zip(questions, prefixes)]
+        rows = [self.prompt_ids(q, k, d) + (self._ids(p) if p else []) for q, p, d in zip(questions, prefixes, docs)]
         ids, mask = left_pad(rows, self.pad_id)
         ids, mask = ids.to(self.device), mask.to(self.device)
         return self._splice(ids, mem_blocks), mask
@@ -395,9 +424,7 @@ class ClaraModel(AdapterStorage, nn.Module):
         Two passes over the same answers, whatever their prompts, give states that align row for row.
         """
         k = self._check_blocks(questions, mem_blocks)
-        if documents is not None and (k or len(documents) != len(questions)):
-            raise ValueError("documents need one text per question and no mem_blocks")
-        docs = documents if documents is not None else [None] * len(questions)
+        docs = _documents_per_row(questions, k, documents)
         prompts = [self.prompt_ids(q, k, d) for q, d in zip(questions, docs)]
         if reply_prefixes is None:
             prefixes, targets = [[]] * len(answers), [self._answer_ids(a, max_answer_len) for a in answers]
@@ -455,6 +482,15 @@ class ClaraModel(AdapterStorage, nn.Module):
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _documents_per_row(questions: Sequence[str], k: int, documents: Sequence[str] | None) -> list:
+    """One document text (or None) per prompt row; documents go where memory would, so never with k slots."""
+    if documents is None:
+        return [None] * len(questions)
+    if k or len(documents) != len(questions):
+        raise ValueError("documents need one text per question and no mem_blocks")
+    return list(documents)
 
 
 def _grow_vocab(lm, new_rows: int, base_rows: int) -> None:

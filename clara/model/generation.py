@@ -74,16 +74,21 @@ def yield_points(callback: Callable[[], None], prefill_tokens: int = 2048) -> It
         _yield_hook.current = previous
 
 
-@torch.no_grad()
-def decode(lm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
-           step: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """The one decoding loop (generation, the RL agent's turns): the left-padded prompt runs once,
-    filling a KV cache; then each step feeds only the new tokens.
+@dataclass
+class KvState:
+    """A running decode: the cache argument's name and the cache, the mask so far (B, T+i) and the next
+    position ids (B, 1)."""
 
-    inputs_embeds (B, T, H), attention_mask (B, T). ``step(logits (B, V), i) -> (tokens (B,), done (B,))``
-    picks every row's next token and says which rows have finished; the loop ends when all have, or
-    after ``max_new_tokens`` steps. Position ids follow the mask, so a padded row decodes as it would alone.
-    """
+    kw: str
+    cache: object
+    mask: torch.Tensor
+    next_pos: torch.Tensor
+
+
+@torch.no_grad()
+def prefill(lm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, KvState]:
+    """Run the left-padded prompt once, filling a KV cache -> (the last position's logits (B, V), state).
+    Inside :func:`yield_points` it runs in chunks and calls back after each."""
     hook = getattr(_yield_hook, "current", None)  # (callback, prefill tokens per chunk) or None
     kw, cache = new_kv_cache(lm)
     mask = attention_mask.to(inputs_embeds.device)  # (B, T)
@@ -97,17 +102,38 @@ def decode(lm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_ne
                     **{kw: cache}).logits[:, -1]  # (B, V)
         if hook is not None:
             hook[0]()
-    next_pos = positions[:, -1:] + 1  # (B, 1)
+    return logits, KvState(kw, cache, mask, positions[:, -1:] + 1)
+
+
+@torch.no_grad()
+def decode_step(lm, token: torch.Tensor, state: KvState) -> torch.Tensor:
+    """Feed each row's new token (B,) after the cached sequence -> the next logits (B, V); grows ``state``."""
+    hook = getattr(_yield_hook, "current", None)
+    state.mask = torch.cat([state.mask, state.mask.new_ones(state.mask.shape[0], 1)], dim=1)  # (B, T+i+1)
+    logits = lm(input_ids=token[:, None].to(state.mask.device), attention_mask=state.mask, position_ids=state.next_pos,
+                use_cache=True, **{state.kw: state.cache}).logits[:, -1]  # (B, V)
+    state.next_pos = state.next_pos + 1
+    if hook is not None:
+        hook[0]()
+    return logits
+
+
+@torch.no_grad()
+def decode(lm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+           step: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """The one decoding loop (generation, the RL agent's turns): :func:`prefill` runs the left-padded prompt
+    once, filling a KV cache; then each :func:`decode_step` feeds only the new tokens.
+
+    inputs_embeds (B, T, H), attention_mask (B, T). ``step(logits (B, V), i) -> (tokens (B,), done (B,))``
+    picks every row's next token and says which rows have finished; the loop ends when all have, or
+    after ``max_new_tokens`` steps. Position ids follow the mask, so a padded row decodes as it would alone.
+    """
+    logits, state = prefill(lm, inputs_embeds, attention_mask)
     for i in range(max_new_tokens):
         token, done = step(logits, i)  # (B,), (B,)
         if bool(done.all()) or i == max_new_tokens - 1:
             return
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # (B, T+i+1)
-        logits = lm(input_ids=token[:, None].to(mask.device), attention_mask=mask, position_ids=next_pos,
-                    use_cache=True, **{kw: cache}).logits[:, -1]  # (B, V)
-        next_pos = next_pos + 1
-        if hook is not None:
-            hook[0]()
+        logits = decode_step(lm, token, state)
 
 
 def pick_next_token(logits: torch.Tensor, params: SamplingParams, rng: torch.Generator | None) -> torch.Tensor:

@@ -95,3 +95,32 @@ def test_a_loaded_model_runs_its_forwards_in_the_resolved_precision(cpu, tiny_ba
     assert torch.allclose(a, b, rtol=0.05, atol=0.05 * a.abs().max().item())
     with pytest.raises(ValueError, match="resolve precision auto first"):
         bf16.set_inference_precision("auto")
+
+
+def test_bf16_inference_casts_linear_weights_once_with_the_results_autocast_gives(tiny_backbone):
+    """The bf16 weights are the values autocast would cast to in every forward, so the memory is bit-equal;
+    fp32 comes back exactly with keep_fp32, and is refused without it."""
+    from torch import nn
+
+    from clara.model.clara_model import ClaraModel
+
+    cfg = ModelConfig(backbone=str(tiny_backbone), kind="tiny", chunk_len=32, compression_rate=8, lora=LoraConfig(r=4, alpha=8))
+    model = ClaraModel.from_config(cfg).eval()
+    docs = ["Briven founded the museum in 1820.", "Velmar Works makes bells."]
+    with torch.no_grad():
+        fp32 = model.compress(docs)
+        model.inference_precision = Precision.BF16  # autocast over the fp32 weights, as before the cast
+        autocast = model.compress(docs)
+        model.inference_precision = Precision.FP32
+        model.set_inference_precision("bf16", keep_fp32=True)
+        linears = [m for m in model.lm.modules() if isinstance(m, nn.Linear)]
+        assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
+        assert model.mem_embed.dtype == model.lm.get_input_embeddings().weight.dtype == torch.float32
+        cast = model.compress(docs)
+        assert torch.equal(cast, autocast) and cast.dtype == torch.float32
+        model.set_inference_precision("fp32")
+        assert all(m.weight.dtype == torch.float32 for m in linears)
+        assert torch.equal(model.compress(docs), fp32)
+        model.set_inference_precision("bf16")
+        with pytest.raises(ValueError, match="load the model again for fp32"):
+            model.set_inference_precision("fp32")
