@@ -155,11 +155,13 @@ class ClaraModel(AdapterStorage, nn.Module):
         """Run every forward in ``precision``, already resolved (:func:`clara.devices.resolve_precision`):
         bf16 autocast, or fp32 as the weights are. Returned states stay in the weights' dtype either way.
 
-        bf16 also casts the weight of every linear layer to bf16 once, here: autocast casts a frozen fp32
-        weight again in every forward (its cache keeps only weights that need grad), which cost a decode
-        step more than its matrix products (eval/bench_serving.py's breakdown). The values are the ones
-        autocast would make, so every forward's result is unchanged. A tied output embedding gets its own
-        bf16 copy; the input embedding, norms and ``mem_embed`` stay fp32. For inference only: the model
+        bf16 also casts the weight of every linear layer of the backbone to bf16 once, here: autocast casts
+        a frozen fp32 weight again in every forward (its cache keeps only weights that need grad), which
+        cost a decode step more than its matrix products. The values are the ones autocast would make, so
+        the bare backbone's results are unchanged. The LoRA factors stay fp32 and, for a few rows (a decode
+        step), run outside autocast: a one-row bf16 product through oneDNN costs ~40 µs however small,
+        against ~4 µs in fp32, and a layer has two per adapter (eval/bench_serving.py ``--parts weights``). A tied output embedding gets its
+        own bf16 copy; the input embedding, norms and ``mem_embed`` stay fp32. For inference only: the model
         must not train afterwards. ``keep_fp32`` keeps the fp32 weights, so that fp32 can be set again."""
         precision = Precision(getattr(precision, "value", precision))
         if precision is Precision.AUTO:
@@ -171,17 +173,29 @@ class ClaraModel(AdapterStorage, nn.Module):
                 raise ValueError("the linear weights were cast to bf16 without keep_fp32; load the model again for fp32")
             for module, weight in self._fp32_linears.items():
                 module.weight = weight
+            for module in self._lora_factors():
+                module.__dict__.pop("forward", None)  # the class's forward again
             self._fp32_linears = None
         self.inference_precision = precision
 
+    def _lora_factors(self) -> list[nn.Linear]:
+        """The LoRA A and B linears of every adapter (peft's ``lora_A`` / ``lora_B`` module dicts)."""
+        return [f for m in self.lm.modules() for name in ("lora_A", "lora_B")
+                if isinstance(getattr(m, name, None), nn.ModuleDict) for f in getattr(m, name).values()]
+
     def _cast_linears(self, dtype: torch.dtype, keep: bool) -> dict:
-        """Give every fp32 ``nn.Linear`` of the LM a ``dtype`` weight -> {module: its fp32 weight} if ``keep``."""
+        """Give every fp32 ``nn.Linear`` of the LM but the LoRA factors a ``dtype`` weight, and run the factors
+        in fp32 outside autocast -> {module: its fp32 weight} if ``keep``."""
+        factors = self._lora_factors()
+        skip = {id(f) for f in factors}
         kept = {}
         for module in self.lm.modules():
-            if isinstance(module, nn.Linear) and module.weight.dtype == torch.float32:
+            if isinstance(module, nn.Linear) and id(module) not in skip and module.weight.dtype == torch.float32:
                 if keep:
                     kept[module] = module.weight
                 module.weight = nn.Parameter(module.weight.detach().to(dtype), requires_grad=False)
+        for f in factors:
+            f.forward = _fp32_linear_forward(f)
         return kept
 
     def _own_dtype(self, states: torch.Tensor) -> torch.Tensor:
@@ -482,6 +496,23 @@ class ClaraModel(AdapterStorage, nn.Module):
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+FP32_FACTOR_ROWS = 64  # up to this many rows a LoRA factor runs in fp32 (decode steps); more: bf16 autocast
+
+
+def _fp32_linear_forward(linear: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``linear``'s forward (set on the instance; deleting it restores the class's): in fp32 with autocast
+    off for inputs of at most FP32_FACTOR_ROWS rows, where a bf16 product's fixed cost dominates; as the
+    class runs it (under autocast: bf16) for more, where converting the activations to fp32 costs more."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[:-1].numel() > FP32_FACTOR_ROWS:
+            return type(linear).forward(linear, x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return nn.functional.linear(x.float(), linear.weight, linear.bias)
+
+    return forward
 
 
 def _documents_per_row(questions: Sequence[str], k: int, documents: Sequence[str] | None) -> list:

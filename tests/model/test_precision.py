@@ -98,29 +98,50 @@ def test_a_loaded_model_runs_its_forwards_in_the_resolved_precision(cpu, tiny_ba
 
 
 def test_bf16_inference_casts_linear_weights_once_with_the_results_autocast_gives(tiny_backbone):
-    """The bf16 weights are the values autocast would cast to in every forward, so the memory is bit-equal;
-    fp32 comes back exactly with keep_fp32, and is refused without it."""
+    """The backbone's bf16 weights are the values autocast would cast to in every forward, so its states
+    are bit-equal; the LoRA factors stay fp32 (run outside autocast), so an adapter's states are close, not
+    equal. fp32 comes back exactly with keep_fp32, and is refused without it."""
     from torch import nn
 
     from clara.model.clara_model import ClaraModel
 
     cfg = ModelConfig(backbone=str(tiny_backbone), kind="tiny", chunk_len=32, compression_rate=8, lora=LoraConfig(r=4, alpha=8))
     model = ClaraModel.from_config(cfg).eval()
+    with torch.no_grad():  # adapters that change the states (fresh LoRA B is zero)
+        for f in model._lora_factors():
+            f.weight.normal_(0, 0.2)
     docs = ["Briven founded the museum in 1820.", "Velmar Works makes bells."]
     with torch.no_grad():
-        fp32 = model.compress(docs)
+        fp32, fp32_bare = model.compress(docs), model.encode(docs, None)
         model.inference_precision = Precision.BF16  # autocast over the fp32 weights, as before the cast
-        autocast = model.compress(docs)
+        autocast, autocast_bare = model.compress(docs), model.encode(docs, None)
         model.inference_precision = Precision.FP32
         model.set_inference_precision("bf16", keep_fp32=True)
-        linears = [m for m in model.lm.modules() if isinstance(m, nn.Linear)]
+        factors = model._lora_factors()
+        linears = [m for m in model.lm.modules() if isinstance(m, nn.Linear) and all(m is not f for f in factors)]
         assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
+        assert factors and all(f.weight.dtype == torch.float32 for f in factors)
         assert model.mem_embed.dtype == model.lm.get_input_embeddings().weight.dtype == torch.float32
-        cast = model.compress(docs)
-        assert torch.equal(cast, autocast) and cast.dtype == torch.float32
+        bare, cast = model.encode(docs, None), model.compress(docs)
+        assert torch.equal(bare, autocast_bare) and cast.dtype == torch.float32
+        assert not torch.equal(cast, autocast) and not torch.equal(cast, fp32)  # bf16 ran; the factors in fp32
+        assert torch.allclose(cast, fp32, rtol=0.05, atol=0.05 * fp32.abs().max().item())
         model.set_inference_precision("fp32")
-        assert all(m.weight.dtype == torch.float32 for m in linears)
-        assert torch.equal(model.compress(docs), fp32)
+        assert all(m.weight.dtype == torch.float32 for m in linears) and all("forward" not in vars(f) for f in factors)
+        assert torch.equal(model.compress(docs), fp32) and torch.equal(model.encode(docs, None), fp32_bare)
         model.set_inference_precision("bf16")
         with pytest.raises(ValueError, match="load the model again for fp32"):
             model.set_inference_precision("fp32")
+
+
+def test_a_lora_factor_runs_fp32_for_a_few_rows_and_as_autocast_says_for_many():
+    from torch import nn
+
+    from clara.model.clara_model import FP32_FACTOR_ROWS, _fp32_linear_forward
+
+    f = nn.Linear(8, 4, bias=False)
+    f.forward = _fp32_linear_forward(f)
+    few, many = torch.randn(2, FP32_FACTOR_ROWS // 2, 8), torch.randn(2, FP32_FACTOR_ROWS, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert f(few).dtype == torch.float32 and f(many).dtype == torch.bfloat16
+    assert torch.equal(f(few), nn.functional.linear(few, f.weight))
