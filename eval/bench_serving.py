@@ -176,9 +176,10 @@ def bench_breakdown(model, bank, questions: list[str], k: int, reps: int, prompt
 
 
 def bench_bf16_weights(model, reps: int, positions: tuple[int, ...] = (1, 100, 500)) -> dict:
-    """One generator forward (a prompt of n positions, no cache) in three settings, interleaved: bf16
+    """One generator forward (a prompt of n positions, no cache) in four settings, interleaved: bf16
     autocast over the fp32 weights (how inference ran before the cast), the linear weights cast to bf16
-    once (``set_inference_precision``), and plain fp32. Medians in ms; ratios against autocast."""
+    once with the LoRA factors in fp32 (``set_inference_precision``), the same with the factors under
+    autocast, and plain fp32. Medians in ms; ratios of the others over the cast."""
     import torch
 
     from clara.config import Precision
@@ -194,11 +195,16 @@ def bench_bf16_weights(model, reps: int, positions: tuple[int, ...] = (1, 100, 5
         model.inference_precision = Precision.FP32
         model.set_inference_precision(Precision.BF16, keep_fp32=True)
 
-    settings = {"autocast_fp32_weights": autocast, "bf16_weights": cast,
+    def factors_in_autocast():  # the cast, but the LoRA factors run under autocast (bf16), as before a59d55b
+        cast()
+        for f in model._lora_factors():
+            f.__dict__.pop("forward", None)
+
+    settings = {"autocast_fp32_weights": autocast, "bf16_weights": cast, "bf16_weights_bf16_factors": factors_in_autocast,
                 "fp32": lambda: model.set_inference_precision(Precision.FP32)}
     times: dict[tuple[str, int], list[float]] = {}
     for r in range(reps + 1):  # the first round warms up
-        names = list(settings)[r % 3:] + list(settings)[:r % 3]
+        names = list(settings)[r % len(settings):] + list(settings)[:r % len(settings)]
         for name in names:
             settings[name]()
             for n in positions:
@@ -210,8 +216,8 @@ def bench_bf16_weights(model, reps: int, positions: tuple[int, ...] = (1, 100, 5
                         times.setdefault((name, n), []).append(time.perf_counter() - t0)
     model.set_inference_precision(Precision.FP32)
     med = {f"{name}@{n}": round(statistics.median(v) * 1000, 2) for (name, n), v in times.items()}
-    ratio = {f"autocast_over_bf16_weights@{n}": round(med[f"autocast_fp32_weights@{n}"] / med[f"bf16_weights@{n}"], 2)
-             for n in positions}
+    ratio = {f"{base}_over_bf16_weights@{n}": round(med[f"{base}@{n}"] / med[f"bf16_weights@{n}"], 2)
+             for base in ("autocast_fp32_weights", "bf16_weights_bf16_factors") for n in positions}
     return {"reps": reps, "median_ms": med, **ratio}
 
 

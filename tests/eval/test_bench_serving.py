@@ -61,7 +61,7 @@ def test_weights_part_times_the_three_settings_and_leaves_the_model_fp32(tiny_ba
     model = ClaraModel.from_config(ModelConfig(backbone=str(tiny_backbone), kind=BackboneKind.TINY, chunk_len=32,
                                                compression_rate=8, lora=LoraConfig(r=4, alpha=8))).eval()
     res = bench_bf16_weights(model, reps=1, positions=(1, 7))
-    assert set(res["median_ms"]) == {f"{s}@{n}" for s in ("autocast_fp32_weights", "bf16_weights", "fp32") for n in (1, 7)}
-    assert res["autocast_over_bf16_weights@7"] > 0
+    assert set(res["median_ms"]) == {f"{s}@{n}" for s in ("autocast_fp32_weights", "bf16_weights", "bf16_weights_bf16_factors", "fp32") for n in (1, 7)}
+    assert res["autocast_fp32_weights_over_bf16_weights@7"] > 0 and res["bf16_weights_bf16_factors_over_bf16_weights@1"] > 0
     assert model.inference_precision is Precision.FP32
     assert all(m.weight.dtype == torch.float32 for m in model.lm.modules() if isinstance(m, nn.Linear))
