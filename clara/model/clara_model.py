@@ -159,8 +159,8 @@ class ClaraModel(AdapterStorage, nn.Module):
         a frozen fp32 weight again in every forward (its cache keeps only weights that need grad), which
         cost a decode step more than its matrix products. The values are the ones autocast would make, so
         the bare backbone's results are unchanged. The LoRA factors stay fp32 and, for a few rows (a decode
-        step), run outside autocast: a one-row bf16 product through oneDNN costs ~40 µs however small,
-        against ~4 µs in fp32, and a layer has two per adapter (eval/bench_serving.py ``--parts weights``). A tied output embedding gets its
+        step), run outside autocast: each is a small oneDNN bf16 call otherwise, two per adapted layer, and in fp32 a
+        one-position forward ran 1.14× faster (eval/bench_serving.py ``--parts weights``, docs/RESULTS.md §7). A tied output embedding gets its
         own bf16 copy; the input embedding, norms and ``mem_embed`` stay fp32. For inference only: the model
         must not train afterwards. ``keep_fp32`` keeps the fp32 weights, so that fp32 can be set again."""
         precision = Precision(getattr(precision, "value", precision))
