@@ -12,7 +12,8 @@ Parts (``--parts``, comma separated):
 - ``build``: bank build throughput (documents/s) and bytes per document at each CR in
   ``--crs`` (memory.bin plus index file).
 - ``weights``: one generator forward of 1, 100 and 500 positions with bf16 autocast over fp32 weights
-  (inference before the one-time cast), with the linear weights cast to bf16 once, and in fp32.
+  (inference before the one-time cast), with the linear weights cast to bf16 once (LoRA factors fp32, and
+  again with the factors under autocast), and in fp32.
 - ``breakdown``: where time to first token goes, phase by phase (query encoding, bank search, gather,
   prompt build, generator prefill, and the first decode step), for CLaRa and for raw-text RAG on the same
   bank and retrieval; with retrieval and without. ``--model RELEASE --bank DIR --questions FILE`` times a
@@ -191,8 +192,8 @@ def bench_bf16_weights(model, reps: int, positions: tuple[int, ...] = (1, 100, 5
         model.set_inference_precision(Precision.FP32)
         model.inference_precision = Precision.BF16  # autocast only: the weights stay fp32
 
-    def cast():
-        model.inference_precision = Precision.FP32
+    def cast():  # from the fp32 weights each time, so that the factors' fp32 forwards are set again
+        model.set_inference_precision(Precision.FP32)
         model.set_inference_precision(Precision.BF16, keep_fp32=True)
 
     def factors_in_autocast():  # the cast, but the LoRA factors run under autocast (bf16), as before a59d55b

@@ -51,7 +51,8 @@ def fact_rows(docs: Sequence, teacher, trained: set[str] | None = None) -> list[
 
 def trained_rows(path: str, scp) -> set[str]:
     """Every ``Question: q\nAnswer: a`` target an SCP run on the pretrain file ``path`` trains, as
-    ``scp`` (its ScpConfig) lays the QA records out: with ``rows_per_document`` n, only n pairs a record."""
+    ``scp`` (its ScpConfig) and today's code lay the QA records out: every pair of a file, in groups, in the
+    rows layout; in the lines layout, pairs that ``max_target_tokens`` cuts off still count as trained."""
     from clara.pretrain.scp import load_examples
 
     out: set[str] = set()
