@@ -185,6 +185,7 @@ def bench_bf16_weights(model, reps: int, positions: tuple[int, ...] = (1, 100, 5
 
     from clara.config import Precision
     from clara.model.generation import prefill
+    from clara.model.inference_weights import lora_factors
 
     embeds, mask = model.build_generator_inputs(["Who founded the museum of Mira?"], None)
 
@@ -198,7 +199,7 @@ def bench_bf16_weights(model, reps: int, positions: tuple[int, ...] = (1, 100, 5
 
     def factors_in_autocast():  # the cast, but the LoRA factors run under autocast (bf16), as before a59d55b
         cast()
-        for f in model._lora_factors():
+        for f in lora_factors(model.lm):
             f.__dict__.pop("forward", None)
 
     settings = {"autocast_fp32_weights": autocast, "bf16_weights": cast, "bf16_weights_bf16_factors": factors_in_autocast,
@@ -324,6 +325,8 @@ def run_breakdown(args, work: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from clara.cli.args import add_threads_argument, set_threads
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", choices=["tiny", "smollm2"], default="smollm2", help="backbone (default %(default)s)")
     p.add_argument("--smollm2-dir", default="out/backbones/smollm2-135m-instruct", help="converted SmolLM2 directory (made if missing)")
@@ -345,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--questions", default=None, help="breakdown: QA records (pretraining format with doc_id, "
                    "as eval/data/wiki_heldout_questions.jsonl; default: one filler question)")
     p.add_argument("--limit-questions", type=int, default=10, help="breakdown: first N questions (0 = all)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    add_threads_argument(p)
     p.add_argument("--out", default=None, help="also write the JSON report here")
     args = p.parse_args(argv)
     args.crs = [int(c) for c in args.crs.split(",")]
@@ -355,8 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     report = {"backbone": args.model or args.backbone, "device": "cuda" if torch.cuda.is_available() else "cpu",
               "torch_threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory(prefix="clara-bench-serving-") as tmp:

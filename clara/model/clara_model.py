@@ -28,6 +28,7 @@ from torch import nn
 from clara.model.adapters import AdapterSet
 from clara.config import BackboneKind, LoraConfig, ModelConfig, Precision
 from clara.devices import precision_autocast
+from clara.model.inference_weights import cast_linears, restore_linears
 from clara.model.generation import SamplingParams, finish_text, generate_from_embeds
 from clara.model.memory import (
     MEMORY_NORMS,
@@ -155,48 +156,20 @@ class ClaraModel(AdapterStorage, nn.Module):
         """Run every forward in ``precision``, already resolved (:func:`clara.devices.resolve_precision`):
         bf16 autocast, or fp32 as the weights are. Returned states stay in the weights' dtype either way.
 
-        bf16 also casts the weight of every linear layer of the backbone to bf16 once, here: autocast casts
-        a frozen fp32 weight again in every forward (its cache keeps only weights that need grad), which
-        cost a decode step more than its matrix products. The values are the ones autocast would make, so
-        the bare backbone's results are unchanged. The LoRA factors stay fp32 and, for a few rows (a decode
-        step), run outside autocast: each is a small oneDNN bf16 call otherwise, two per adapted layer, and in fp32 a
-        one-position forward ran 1.14× faster (eval/bench_serving.py ``--parts weights``, docs/RESULTS.md §7). A tied output embedding gets its
-        own bf16 copy; the input embedding, norms and ``mem_embed`` stay fp32. For inference only: the model
-        must not train afterwards. ``keep_fp32`` keeps the fp32 weights, so that fp32 can be set again."""
+        bf16 also casts the backbone's linear weights to bf16 once and keeps the LoRA factors fp32
+        (:mod:`clara.model.inference_weights`). For inference only: the model must not train afterwards.
+        ``keep_fp32`` keeps the fp32 weights, so that fp32 can be set again."""
         precision = Precision(getattr(precision, "value", precision))
         if precision is Precision.AUTO:
             raise ValueError("resolve precision auto first (clara.devices.resolve_precision)")
         if precision is Precision.BF16 and self._fp32_linears is None:
-            self._fp32_linears = self._cast_linears(torch.bfloat16, keep_fp32)
+            self._fp32_linears = cast_linears(self.lm, torch.bfloat16, keep_fp32)
         elif precision is Precision.FP32 and self._fp32_linears is not None:
             if not self._fp32_linears:
                 raise ValueError("the linear weights were cast to bf16 without keep_fp32; load the model again for fp32")
-            for module, weight in self._fp32_linears.items():
-                module.weight = weight
-            for module in self._lora_factors():
-                module.__dict__.pop("forward", None)  # the class's forward again
+            restore_linears(self.lm, self._fp32_linears)
             self._fp32_linears = None
         self.inference_precision = precision
-
-    def _lora_factors(self) -> list[nn.Linear]:
-        """The LoRA A and B linears of every adapter (peft's ``lora_A`` / ``lora_B`` module dicts)."""
-        return [f for m in self.lm.modules() for name in ("lora_A", "lora_B")
-                if isinstance(getattr(m, name, None), nn.ModuleDict) for f in getattr(m, name).values()]
-
-    def _cast_linears(self, dtype: torch.dtype, keep: bool) -> dict:
-        """Give every fp32 ``nn.Linear`` of the LM but the LoRA factors a ``dtype`` weight, and run the factors
-        in fp32 outside autocast -> {module: its fp32 weight} if ``keep``."""
-        factors = self._lora_factors()
-        skip = {id(f) for f in factors}
-        kept = {}
-        for module in self.lm.modules():
-            if isinstance(module, nn.Linear) and id(module) not in skip and module.weight.dtype == torch.float32:
-                if keep:
-                    kept[module] = module.weight
-                module.weight = nn.Parameter(module.weight.detach().to(dtype), requires_grad=False)
-        for f in factors:
-            f.forward = _fp32_linear_forward(f)
-        return kept
 
     def _own_dtype(self, states: torch.Tensor) -> torch.Tensor:
         """States out of a forward, in the weights' dtype when our own bf16 autocast made them bf16."""
@@ -496,23 +469,6 @@ class ClaraModel(AdapterStorage, nn.Module):
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-
-FP32_FACTOR_ROWS = 64  # up to this many rows a LoRA factor runs in fp32 (decode steps); more: bf16 autocast
-
-
-def _fp32_linear_forward(linear: nn.Linear) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``linear``'s forward (set on the instance; deleting it restores the class's): in fp32 with autocast
-    off for inputs of at most FP32_FACTOR_ROWS rows, where a bf16 product's fixed cost dominates; as the
-    class runs it (under autocast: bf16) for more, where converting the activations to fp32 costs more."""
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        if x.shape[:-1].numel() > FP32_FACTOR_ROWS:
-            return type(linear).forward(linear, x)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return nn.functional.linear(x.float(), linear.weight, linear.bias)
-
-    return forward
 
 
 def _documents_per_row(questions: Sequence[str], k: int, documents: Sequence[str] | None) -> list:

@@ -104,11 +104,12 @@ def test_bf16_inference_casts_linear_weights_once_with_the_results_autocast_give
     from torch import nn
 
     from clara.model.clara_model import ClaraModel
+    from clara.model.inference_weights import lora_factors
 
     cfg = ModelConfig(backbone=str(tiny_backbone), kind="tiny", chunk_len=32, compression_rate=8, lora=LoraConfig(r=4, alpha=8))
     model = ClaraModel.from_config(cfg).eval()
     with torch.no_grad():  # adapters that change the states (fresh LoRA B is zero)
-        for f in model._lora_factors():
+        for f in lora_factors(model.lm):
             f.weight.normal_(0, 0.2)
     docs = ["Briven founded the museum in 1820.", "Velmar Works makes bells."]
     with torch.no_grad():
@@ -117,7 +118,7 @@ def test_bf16_inference_casts_linear_weights_once_with_the_results_autocast_give
         autocast, autocast_bare = model.compress(docs), model.encode(docs, None)
         model.inference_precision = Precision.FP32
         model.set_inference_precision("bf16", keep_fp32=True)
-        factors = model._lora_factors()
+        factors = lora_factors(model.lm)
         linears = [m for m in model.lm.modules() if isinstance(m, nn.Linear) and all(m is not f for f in factors)]
         assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
         assert factors and all(f.weight.dtype == torch.float32 for f in factors)
@@ -137,10 +138,10 @@ def test_bf16_inference_casts_linear_weights_once_with_the_results_autocast_give
 def test_a_lora_factor_runs_fp32_for_a_few_rows_and_as_autocast_says_for_many():
     from torch import nn
 
-    from clara.model.clara_model import FP32_FACTOR_ROWS, _fp32_linear_forward
+    from clara.model.inference_weights import FP32_FACTOR_ROWS, fp32_linear_forward
 
     f = nn.Linear(8, 4, bias=False)
-    f.forward = _fp32_linear_forward(f)
+    f.forward = fp32_linear_forward(f)
     few, many = torch.randn(2, FP32_FACTOR_ROWS // 2, 8), torch.randn(2, FP32_FACTOR_ROWS, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert f(few).dtype == torch.float32 and f(many).dtype == torch.bfloat16
