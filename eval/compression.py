@@ -94,23 +94,27 @@ def _between_over_total(mem: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def answer_from_memory(model, questions: Sequence[str], mem: torch.Tensor, *, prompt: str = "scp",
+def answer_from_memory(model, questions: Sequence[str], mem: torch.Tensor | None, *, prompt: str = "scp",
                        batch_size: int = 8, max_new_tokens: int = 16, desc: str = "memory",
-                       before: Sequence[str] | None = None) -> list[str]:  # fmt: skip
+                       before: Sequence[str] | None = None, documents: Sequence[str] | None = None) -> list[str]:  # fmt: skip
     """Greedy answers, one per question from its memory mem (N, m, H). ``prompt="scp"``: the SCP QA
     instruction with the reply forced to start ``Question: q\nAnswer:``, after ``before[i]`` when given
-    (e.g. the QA lines that precede the question in a training target)."""
+    (e.g. the QA lines that precede the question in a training target). ``documents`` (scp prompt, mem
+    None): each question's document as text where its memory would go (``scp.read_text``'s view)."""
     from clara.model.prompts import QA_INSTRUCTION
 
     replies = []
     for i in tqdm(range(0, len(questions), batch_size), desc=desc, unit="batch"):
-        qs, m = list(questions[i : i + batch_size]), mem[i : i + batch_size]
+        qs = list(questions[i : i + batch_size])
+        m = None if mem is None else mem[i : i + batch_size, None]
         if prompt == "scp":
             pre = before[i : i + batch_size] if before is not None else [""] * len(qs)
-            replies += model.generate([QA_INSTRUCTION] * len(qs), m[:, None], max_new_tokens=max_new_tokens,
-                                      stop=("\n",), reply_prefixes=[f"{b}Question: {q}\nAnswer:" for b, q in zip(pre, qs)])
+            docs = None if documents is None else list(documents[i : i + batch_size])
+            replies += model.generate([QA_INSTRUCTION] * len(qs), m, max_new_tokens=max_new_tokens, stop=("\n",),
+                                      reply_prefixes=[f"{b}Question: {q}\nAnswer:" for b, q in zip(pre, qs)],
+                                      documents=docs)
         else:
-            replies += model.generate(qs, m[:, None], max_new_tokens=max_new_tokens, stop=("\n",))
+            replies += model.generate(qs, m, max_new_tokens=max_new_tokens, stop=("\n",))
     return replies
 
 

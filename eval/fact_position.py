@@ -7,7 +7,10 @@ SCP's QA target lists a document's pairs in the world teacher's fixed fact order
 (never trained on), each fact's simple question is answered from the document's memory two ways:
 
 - **alone**: the reply starts ``Question: q\\nAnswer:``, as in ``clara eval compression``;
-- **in place**: after the gold pairs that precede it in the teacher's order, as in training.
+- **in place**: after the gold pairs that precede it in the teacher's order, as in training;
+- **wrong**: alone, but from the next document's memory (its own when there is one document). A fact
+  answered this way is held in the LoRA weights, not read from memory: after many epochs on a small set
+  (issue 28's capacity test) the generator can learn the set's answers by heart.
 
 EM per position, for each way. A generator that answers position 3 with EM 0 both ways never learned
 that slot; a large gap between the ways means the answer depends on where the question sits.
@@ -22,6 +25,7 @@ from typing import Any, Sequence
 import torch
 
 FRESH_SEED = 777  # not 1, 2 or 3 (the streams SCP runs train on)
+WAYS = ("alone", "in_place", "wrong")
 
 
 @dataclass(frozen=True)
@@ -63,16 +67,23 @@ def trained_rows(path: str, scp) -> set[str]:
 
 
 @torch.no_grad()
-def position_em(model, mem: torch.Tensor, rows: Sequence[FactRow], batch_size: int = 8) -> dict[str, Any]:
-    """EM overall and per position, answering alone and in place; mem (D, m, H) per document."""
+def position_em(model, mem: torch.Tensor | None, rows: Sequence[FactRow], batch_size: int = 8,
+                texts: Sequence[str] | None = None) -> dict[str, Any]:
+    """EM overall and per position, answering alone, in place and from a wrong document's memory (the next
+    document's); mem (D, m, H) per document, or ``texts`` (mem None): each document as text where its memory
+    would go (a ``scp.read_text`` run)."""
     from clara.eval.compression import answer_from_memory
     from clara.answers import exact_match
     from clara.model.prompts import extract_answer
 
     out: dict[str, Any] = {}
-    row_mem = mem[[r.doc for r in rows]]  # (R, m, H)
-    for way in ("alone", "in_place"):
+    own = [r.doc for r in rows]
+    for way in WAYS:
+        n = len(mem) if texts is None else len(texts)
+        pick = [(d + 1) % n for d in own] if way == "wrong" else own
+        row_mem, row_docs = (mem[pick], None) if texts is None else (None, [texts[d] for d in pick])  # (R, m, H)
         preds = answer_from_memory(model, [r.question for r in rows], row_mem, batch_size=batch_size, desc=way,
+                                   documents=row_docs,
                                    before=[r.prefix for r in rows] if way == "in_place" else None)  # fmt: skip
         hits = [exact_match(extract_answer(p), [r.answer]) for p, r in zip(preds, rows)]
         by_pos: dict[int, list[float]] = {}
@@ -106,29 +117,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trained-data", default=None,
                     help="the pretrain file the run trained on: EM is also split by whether each pair was a target")
     ap.add_argument("--train-config", default=None,
-                    help="the run's config.yaml (its scp.qa_layout and rows_per_document say which pairs trained)")
+                    help="the run's config.yaml (its scp.qa_layout and rows_per_document say which pairs trained; "
+                         "with scp.read_text, documents are read as text, not memory)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_trained_model(args.model, args.backbone)
     docs = list(fresh_world_documents(args.docs, args.seed))
     teacher = WorldTeacher()
-    mem = compress_all(model, [d.as_text() for d in docs], args.batch_size)
-    trained = None
-    if args.trained_data:
+    texts = [d.as_text() for d in docs]
+    scp = None
+    if args.train_config:
         from clara.config import load_config
 
-        scp = load_config(args.train_config).scp if args.train_config else None
-        trained = trained_rows(args.trained_data, scp)
-    stats = {"model": args.model, "docs": len(docs), "seed": args.seed,
-             **position_em(model, mem, fact_rows(docs, teacher, trained), args.batch_size)}  # fmt: skip
-    print("| position | n | EM alone | EM in place |\n|---|---|---|---|")
+        scp = load_config(args.train_config).scp
+    read_text = bool(scp and scp.read_text)  # a text-LoRA control run: its generator reads documents as text
+    mem = None if read_text else compress_all(model, texts, args.batch_size)
+    trained = trained_rows(args.trained_data, scp) if args.trained_data else None
+    stats = {"model": args.model, "docs": len(docs), "seed": args.seed, "read_text": read_text,
+             **position_em(model, mem, fact_rows(docs, teacher, trained), args.batch_size,
+                           texts if read_text else None)}  # fmt: skip
+    print("| position | n | EM alone | EM in place | EM wrong memory |\n|---|---|---|---|---|")
     for p, row in stats["alone"]["by_position"].items():
-        print(f"| {p} | {row['n']} | {row['em']:.3f} | {stats['in_place']['by_position'][p]['em']:.3f} |")
-    print(f"| all | {sum(r['n'] for r in stats['alone']['by_position'].values())} | {stats['alone']['em']:.3f} | "
-          f"{stats['in_place']['em']:.3f} |")  # fmt: skip
+        print(f"| {p} | {row['n']} | " + " | ".join(f"{stats[w]['by_position'][p]['em']:.3f}" for w in WAYS) + " |")
+    print(f"| all | {sum(r['n'] for r in stats['alone']['by_position'].values())} | "
+          + " | ".join(f"{stats[w]['em']:.3f}" for w in WAYS) + " |")  # fmt: skip
     for k, row in stats["alone"].get("by_trained", {}).items():
-        print(f"| {k} pairs | {row['n']} | {row['em'] or 0:.3f} | {stats['in_place']['by_trained'][k]['em'] or 0:.3f} |")
+        print(f"| {k} pairs | {row['n']} | " + " | ".join(f"{stats[w]['by_trained'][k]['em'] or 0:.3f}" for w in WAYS) + " |")
     if args.out:
         from clara.fileio import atomic_write_json
 

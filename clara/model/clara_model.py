@@ -450,14 +450,16 @@ class ClaraModel(AdapterStorage, nn.Module):
         seed: int | None = None,
         adapter: str | None = "generator",
         reply_prefixes: Sequence[str] | None = None,
+        documents: Sequence[str] | None = None,
     ) -> list[str]:
         """Answer each question from its memory blocks (B, k, m, H); greedy when temperature=0.
-        The returned text continues after ``reply_prefixes`` (forced reply starts), if given."""
+        The returned text continues after ``reply_prefixes`` (forced reply starts), if given. ``documents``
+        (no ``mem_blocks``): each row's document as text where the memory would go."""
         params = SamplingParams(
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, stop=tuple(stop),
             seed=seed, eos_ids=self.eos_ids, banned_ids=self.tokens.all_ids,
         )
-        embeds, mask = self.build_generator_inputs(questions, mem_blocks, reply_prefixes)
+        embeds, mask = self.build_generator_inputs(questions, mem_blocks, reply_prefixes, documents)
         was_training = self.training
         self.eval()
         try:

@@ -32,7 +32,7 @@ def test_run_on_tiny_backbone_counts_every_fact(tiny_backbone, tmp_path):
     assert main(["--model", str(adapters), "--docs", "2", "--batch-size", "4", "--out", str(out)]) == 0
     stats = json.loads(out.read_text())
     n_rows = len(fact_rows(list(fresh_world_documents(2, stats["seed"])), WorldTeacher()))
-    for way in ("alone", "in_place"):
+    for way in ("alone", "in_place", "wrong"):
         assert sum(r["n"] for r in stats[way]["by_position"].values()) == n_rows
         assert 0.0 <= stats[way]["em"] <= 1.0
 
@@ -51,7 +51,28 @@ def test_exact_answers_score_one(monkeypatch):
 
     res = position_em(Echo(), torch.zeros(2, 1, 1), rows, batch_size=3)
     assert res["alone"]["em"] == res["in_place"]["em"] == 1.0
+    assert res["wrong"]["em"] == 1.0  # it ignores memory: what it knows is in its weights
     assert set(res["alone"]["by_position"]) == {r.position for r in rows}
+
+
+def test_wrong_way_reads_the_next_documents_memory():
+    """A model that answers only from its own document's memory scores 1 alone and 0 from a wrong one."""
+    import torch
+
+    docs = list(fresh_world_documents(3, 5))
+    rows = fact_rows(docs, WorldTeacher())
+    answers = {r.question: (r.doc, r.answer) for r in rows}
+
+    class Reader:
+        def generate(self, instructions, mem, *, reply_prefixes, **kw):
+            out = []
+            for p, m in zip(reply_prefixes, mem):
+                doc, ans = answers[p.rsplit("Question: ", 1)[1].split("\n")[0]]
+                out.append(" " + (ans if int(m.flatten()[0]) == doc else "no idea"))
+            return out
+
+    res = position_em(Reader(), torch.arange(3.0)[:, None, None], rows, batch_size=4)
+    assert res["alone"]["em"] == res["in_place"]["em"] == 1.0 and res["wrong"]["em"] == 0.0
 
 
 def test_pairs_are_marked_trained_as_the_run_laid_out_its_file(tmp_path):
@@ -81,3 +102,23 @@ def test_pairs_are_marked_trained_as_the_run_laid_out_its_file(tmp_path):
 
     res = position_em(Half(), torch.zeros(2, 1, 1), rows, batch_size=3)["alone"]["by_trained"]
     assert res["trained"] == {"n": 2, "em": 1.0} and res["untrained"] == {"n": len(rows) - 2, "em": 0.0}
+
+
+def test_text_rows_read_each_documents_text_and_the_wrong_way_the_next_ones():
+    """A read_text run's probe: documents as text where memory would go; the wrong way gets the next text."""
+    docs = list(fresh_world_documents(3, 5))
+    rows = fact_rows(docs, WorldTeacher())
+    texts = [d.as_text() for d in docs]
+    answers = {r.question: (texts[r.doc], r.answer) for r in rows}
+
+    class TextReader:
+        def generate(self, instructions, mem, *, reply_prefixes, documents, **kw):
+            assert mem is None
+            out = []
+            for p, d in zip(reply_prefixes, documents):
+                text, ans = answers[p.rsplit("Question: ", 1)[1].split("\n")[0]]
+                out.append(" " + (ans if d == text else "no idea"))
+            return out
+
+    res = position_em(TextReader(), None, rows, batch_size=4, texts=texts)
+    assert res["alone"]["em"] == res["in_place"]["em"] == 1.0 and res["wrong"]["em"] == 0.0
