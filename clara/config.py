@@ -212,7 +212,9 @@ class ScpConfig:
     """Stage 1 (SCP, DESIGN §4): L = CE(generator(instruction, mem) -> target) + mse_weight * MSE."""
 
     mse_weight: float = 0.1  # λ on MSE(mean_i mem_i, mean_t h_t)
-    data_types: tuple[str, ...] = ("qa", "paraphrase")  # which records train
+    # which targets train: "qa" and "paraphrase" records; "reconstruction" (issue 28 lever (a)): each distinct
+    # document spelled back word for word from its memory (set max_target_tokens above the documents' length)
+    data_types: tuple[str, ...] = ("qa", "paraphrase")
     max_target_tokens: int = 192  # target tokens per example (longer targets are cut)
     fresh_seed: int = 1  # --world-fresh: seed of the fresh-document stream (not the eval world's)
     instruct_k: int = 1  # `clara pretrain instruct`: gold + first non-gold candidates; gold slot by id hash
@@ -243,6 +245,13 @@ class ScpConfig:
     distill_weight: float = 0.0
     distill_layers: tuple[int, ...] = (10, 20, 30)
     distill_teacher: str = "generator"
+    # issue 28 lever (e): layout "rows" only. True: a QA row's reply is given up to "Answer:" (the form
+    # `clara eval compression` asks in) and only the answer and its end are targets, so the loss is all on
+    # what must be spelled exactly; False: the question is a target too (~3/4 of a row's target tokens)
+    answer_only: bool = False
+    # the control of issue 28's capacity test: the generator LoRA trains on the same rows with each document
+    # as text where its memory would go (a plain text LoRA; the compressor, MSE and memory go unused)
+    read_text: bool = False
 
     def __post_init__(self):
         _check(self.mse_weight >= 0, "scp.mse_weight", f"must be >= 0, got {self.mse_weight}")
@@ -251,13 +260,18 @@ class ScpConfig:
                f"must be a non-empty list of hidden-state indices >= 0, got {list(self.distill_layers)}")
         _check(self.distill_teacher in ("generator", "base"), "scp.distill_teacher",
                f"must be generator or base, got {self.distill_teacher!r}")
-        bad = sorted(set(self.data_types) - {"qa", "paraphrase"})
-        _check(not bad and bool(self.data_types), "scp.data_types", f"must be a non-empty subset of qa,paraphrase; got {list(self.data_types)}")
+        bad = sorted(set(self.data_types) - {"qa", "paraphrase", "reconstruction"})
+        _check(not bad and bool(self.data_types), "scp.data_types",
+               f"must be a non-empty subset of qa,paraphrase,reconstruction; got {list(self.data_types)}")
         _check(self.max_target_tokens >= 1, "scp.max_target_tokens", "must be >= 1")
         _check(self.instruct_k >= 1, "scp.instruct_k", "must be >= 1")
         _check(self.rows_per_document >= 0, "scp.rows_per_document", f"must be >= 0, got {self.rows_per_document}")
         _check(not self.rows_per_document or QaLayout(self.qa_layout) is QaLayout.ROWS, "scp.rows_per_document",
                f"applies to scp.qa_layout rows only, not {QaLayout(self.qa_layout).value}")
+        _check(not self.answer_only or QaLayout(self.qa_layout) is QaLayout.ROWS, "scp.answer_only",
+               f"applies to scp.qa_layout rows only, not {QaLayout(self.qa_layout).value}")
+        _check(not self.read_text or not (self.distill_weight or self.contrastive_weight), "scp.read_text",
+               "reads no memory, so it takes neither scp.distill_weight nor scp.contrastive_weight")
         _check(self.contrastive_weight >= 0, "scp.contrastive_weight", f"must be >= 0, got {self.contrastive_weight}")
         _check(self.contrastive_temperature > 0, "scp.contrastive_temperature", f"must be > 0, got {self.contrastive_temperature}")
 

@@ -48,6 +48,8 @@ PARAPHRASE_INSTRUCTIONS = (
     "Say the same as the background, in different words.",
     "Restate every fact of the background in your own words.",
 )
+RECONSTRUCTION_INSTRUCTION = "Repeat the background word for word."
+RECONSTRUCTION = "reconstruction"  # scp.data_types: the document itself is the target
 ADAPTERS_SUBDIR = "adapters"
 SCP_ADAPTERS = ("compressor", "generator")  # what stage 1 trains and saves; the query reasoner is joint's
 
@@ -70,8 +72,11 @@ class ScpExample:
         return self.rows or (self.target,)
 
 
+ANSWER_LINE = "\nAnswer:"
+
+
 def qa_target(pairs) -> str:
-    return "\n".join(f"Question: {p.question}\nAnswer: {p.answer}" for p in pairs)
+    return "\n".join(f"Question: {p.question}{ANSWER_LINE} {p.answer}" for p in pairs)
 
 
 def _stable_int(key: str) -> int:
@@ -107,6 +112,11 @@ def example_from_record(rec: PretrainRecord, scp: ScpConfig | None = None, group
     return ScpExample(rec.doc, instruction, rec.paraphrase or "")
 
 
+def reconstruction_example(doc: str) -> ScpExample:
+    """The generator spells ``doc`` back from its memory (issue 28 lever (a), a warm-up before QA)."""
+    return ScpExample(doc, RECONSTRUCTION_INSTRUCTION, doc)
+
+
 def examples_from_record(rec: PretrainRecord, scp: ScpConfig | None = None) -> list[ScpExample]:
     """Every group of a record's pairs (:func:`example_from_record`), so that an epoch over a file trains
     every pair once: with ``rows_per_document`` n, a record of P pairs gives ceil(P / n) examples, each one
@@ -127,6 +137,8 @@ def load_examples(path: str | Path, data_types: Sequence[str] = ("qa", "paraphra
 
     records = read_records(path, "pretrain", skip_bad=skip_bad)
     examples = [e for r in records if r.data_type.value in data_types for e in examples_from_record(r, scp)]
+    if RECONSTRUCTION in data_types:  # each distinct document once, in file order
+        examples += [reconstruction_example(d) for d in dict.fromkeys(r.doc for r in records)]
     examples = [e for e in examples if e.target.strip()]
     if not examples:
         raise DataError(f"{path}: no usable records of data_type {', '.join(data_types)} (empty targets are skipped)")
@@ -144,8 +156,11 @@ def _fresh_examples(seed: int, data_types: Sequence[str], scp: ScpConfig | None 
         result = synthesize_document(doc, teacher)
         if not result.kept:
             continue
-        for obj in result_records(result, teacher.name):
-            rec = PretrainRecord.from_json(obj, f"fresh document {doc.id}")
+        records = [PretrainRecord.from_json(obj, f"fresh document {doc.id}")
+                   for obj in result_records(result, teacher.name)]
+        if RECONSTRUCTION in data_types and records:
+            yield reconstruction_example(records[0].doc)
+        for rec in records:
             if rec.data_type.value in data_types:
                 yield example_from_record(rec, scp)
 
@@ -193,23 +208,35 @@ class ScpObjective(nn.Module):
 
     def forward(self, batch: Sequence[ScpExample]) -> tuple[torch.Tensor, dict[str, float]]:
         s = self.scp
+        if s.read_text:
+            return text_control_loss(self.model, batch, s.max_target_tokens, s.answer_only)
         return scp_loss(self.model, batch, s.mse_weight, s.max_target_tokens, s.contrastive_weight, s.contrastive_temperature,
-                        distill=s if s.distill_weight else None)
+                        distill=s if s.distill_weight else None, answer_only=s.answer_only)
+
+
+def split_reply(row: str) -> tuple[str, str]:
+    """(reply prefix, answer) of a QA row ``Question: q\nAnswer: a``: the prefix ends with ``Answer:``. A row
+    without that line (a paraphrase) is all answer, with an empty prefix."""
+    head, sep, answer = row.rpartition(ANSWER_LINE)
+    return (head + sep, answer.strip()) if sep else ("", row)
 
 
 def scp_loss(model, batch: Sequence[ScpExample], mse_weight: float = 0.1, max_target_tokens: int = 192,
-             contrastive_weight: float = 0.0, contrastive_temperature: float = 0.1, distill: ScpConfig | None = None):
+             contrastive_weight: float = 0.0, contrastive_temperature: float = 0.1, distill: ScpConfig | None = None,
+             answer_only: bool = False):
     """``CE + λ·MSE (+ w·InfoNCE) (+ w·distillation)`` on one batch -> (loss, metrics: ce, mse, mem_cos,
-    tokens[, nce, nce_acc][, distill, teacher_ce]). ``distill``: its distill_* fields (ScpConfig)."""
+    tokens[, nce, nce_acc][, distill, teacher_ce]). ``distill``: its distill_* fields (ScpConfig).
+    ``answer_only``: each row's reply is given up to ``Answer:`` and only the answer (and its end) is a
+    target (:func:`split_reply`); ``tokens`` then counts answer tokens."""
     docs = [e.doc for e in batch]
     mem, text_mean = model.compress(docs, return_text_mean=True)  # (B, m, H), (B, H)
     mse = nn.functional.mse_loss(mem.mean(1).float(), text_mean.float())
     # one generator row per target; a document's rows all read its one compression
     owner = [i for i, e in enumerate(batch) for _ in e.targets]
-    targets = [t for e in batch for t in e.targets]
+    targets, prefixes = _rows(batch, answer_only)
     instructions = [batch[i].instruction for i in owner]
     layers = tuple(distill.distill_layers) if distill else ()
-    token_loss, _, states = model.generator_pass(instructions, mem[owner][:, None], targets,
+    token_loss, _, states = model.generator_pass(instructions, mem[owner][:, None], targets, reply_prefixes=prefixes,
                                                  max_answer_len=max_target_tokens, states_at=layers)
     ce = token_loss.mean()
     loss = ce + mse_weight * mse if mse_weight else ce
@@ -218,7 +245,7 @@ def scp_loss(model, batch: Sequence[ScpExample], mse_weight: float = 0.1, max_ta
         teacher = "generator" if distill.distill_teacher == "generator" else None
         with torch.no_grad():  # the open-book view of the same rows: the document as text where memory goes
             teacher_loss, _, teacher_states = model.generator_pass(
-                instructions, None, targets, adapter=teacher, max_answer_len=max_target_tokens,
+                instructions, None, targets, adapter=teacher, max_answer_len=max_target_tokens, reply_prefixes=prefixes,
                 documents=[docs[i] for i in owner], states_at=layers)
         term = hidden_distill(states, teacher_states)
         loss = loss + distill.distill_weight * term
@@ -234,9 +261,33 @@ def scp_loss(model, batch: Sequence[ScpExample], mse_weight: float = 0.1, max_ta
             metrics.update(nce=float(nce.detach()), nce_acc=acc)
     with torch.no_grad():
         metrics["mem_cos"] = mean_pairwise_cosine(mem.detach())
-    metrics["tokens"] = float(sum(
-        len(model.tokenizer(t, add_special_tokens=False)["input_ids"][:max_target_tokens]) for t in targets))
+    metrics["tokens"] = _count_tokens(model, targets, max_target_tokens)
     return loss, metrics
+
+
+def _rows(batch: Sequence[ScpExample], answer_only: bool) -> tuple[list[str], list[str] | None]:
+    """(targets, reply prefixes or None): one generator row per target of each example, in batch order."""
+    targets = [t for e in batch for t in e.targets]
+    if not answer_only:
+        return targets, None
+    prefixes, answers = zip(*map(split_reply, targets))
+    return list(answers), list(prefixes)
+
+
+def _count_tokens(model, targets: Sequence[str], max_target_tokens: int) -> float:
+    return float(sum(len(model.tokenizer(t, add_special_tokens=False)["input_ids"][:max_target_tokens]) for t in targets))
+
+
+def text_control_loss(model, batch: Sequence[ScpExample], max_target_tokens: int = 192, answer_only: bool = False):
+    """``scp.read_text``, the control of issue 28's capacity test: the same rows and generator LoRA, with each
+    document as text where its memory would go (no compression, no MSE) -> (CE, metrics: ce, tokens)."""
+    owner = [i for i, e in enumerate(batch) for _ in e.targets]
+    targets, prefixes = _rows(batch, answer_only)
+    token_loss, _, _ = model.generator_pass([batch[i].instruction for i in owner], None, targets,
+                                            reply_prefixes=prefixes, max_answer_len=max_target_tokens,
+                                            documents=[batch[i].doc for i in owner])
+    ce = token_loss.mean()
+    return ce, {"ce": float(ce.detach()), "tokens": _count_tokens(model, targets, max_target_tokens)}
 
 
 def hidden_distill(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> torch.Tensor:

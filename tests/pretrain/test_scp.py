@@ -180,6 +180,95 @@ def test_rows_layout_loss_is_the_token_mean_over_every_pair_from_one_compression
     assert abs(lines_loss.item() - loss.item()) > 1e-4  # a different objective from the lines target
 
 
+def test_answer_only_loss_is_the_mean_over_answer_tokens_after_the_asked_question(tiny_backbone, tmp_path, fresh_docs):
+    """scp.answer_only: each row's reply is forced up to "Answer:" (as evaluation asks) and only the answer
+    and its end are targets."""
+    from clara.pretrain.scp import split_reply
+
+    assert split_reply("Question: Who?\nAnswer: Ada Lee") == ("Question: Who?\nAnswer:", "Ada Lee")
+    assert split_reply("A paraphrase.") == ("", "A paraphrase.")
+    model = build_scp_model(make_cfg(tiny_backbone, tmp_path))
+    model.eval()
+    batch = examples([r for r in fresh_docs if r.get("data_type") == "qa"][:3], "rows")
+    loss, m = scp_loss(model, batch, mse_weight=0.0, max_target_tokens=256, answer_only=True)
+    with torch.no_grad():
+        mem = model.compress([e.doc for e in batch])
+        total, tokens = 0.0, 0
+        for i, e in enumerate(batch):
+            for t in e.targets:
+                prefix, answer = split_reply(t)
+                total += float(model.generator_loss([e.instruction], mem[i : i + 1, None], [answer], reduction="sum",
+                                                    max_answer_len=256, reply_prefixes=[prefix])[0])
+                tokens += len(model._prefixed_answer_ids(prefix, answer, 256)[1])
+    assert loss.item() == pytest.approx(total / tokens, rel=1e-4)
+    assert m["tokens"] == sum(len(model.tokenizer(split_reply(t)[1], add_special_tokens=False)["input_ids"])
+                              for e in batch for t in e.targets)
+    whole, _ = scp_loss(model, batch, mse_weight=0.0, max_target_tokens=256)
+    assert abs(whole.item() - loss.item()) > 1e-4
+
+
+def test_answer_only_is_refused_outside_the_rows_layout():
+    from clara.errors import ConfigError
+
+    assert ScpConfig(qa_layout=QaLayout.ROWS, answer_only=True).answer_only
+    with pytest.raises(ConfigError, match="scp.answer_only.*rows only, not lines"):
+        ScpConfig(answer_only=True)
+
+
+def test_reconstruction_targets_are_each_document_once_from_a_file_and_the_fresh_stream(tmp_path, fresh_docs):
+    """scp.data_types reconstruction (issue 28 lever (a)): the document itself is the target."""
+    from clara.errors import ConfigError
+    from clara.pretrain.scp import RECONSTRUCTION_INSTRUCTION, FreshExamples
+
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in fresh_docs))
+    docs = list(dict.fromkeys(r["docs"][0] if "docs" in r else r["doc"] for r in fresh_docs))
+    got = load_examples(path, ("reconstruction",))
+    assert [(e.doc, e.instruction, e.target) for e in got] == [(d, RECONSTRUCTION_INSTRUCTION, d) for d in docs]
+    both = load_examples(path, ("qa", "reconstruction"))
+    assert len(both) == len(got) + sum(r.get("data_type") == "qa" for r in fresh_docs)
+    fresh = FreshExamples(5, 6, ("reconstruction", "qa"))
+    assert [e.instruction for e in fresh[:4]] == [RECONSTRUCTION_INSTRUCTION, QA_INSTRUCTION] * 2
+    assert fresh[0].target == fresh[0].doc == fresh[1].doc != fresh[2].doc
+    only = FreshExamples(5, 2, ("reconstruction",))
+    assert [e.doc for e in only[:2]] == [fresh[0].doc, fresh[2].doc]  # one document each, in stream order
+    with pytest.raises(ConfigError, match="scp.data_types.*qa,paraphrase,reconstruction"):
+        ScpConfig(data_types=("summary",))
+
+
+def test_read_text_control_trains_the_generator_on_documents_as_text_and_leaves_the_compressor(tiny_backbone, tmp_path, fresh_docs):
+    """scp.read_text (the capacity test's text-LoRA control): the generator reads each document as text."""
+    import dataclasses
+
+    from clara.errors import ConfigError
+    from clara.pretrain.scp import text_control_loss
+
+    cfg = make_cfg(tiny_backbone, tmp_path / "run")
+    cfg = dataclasses.replace(cfg, scp=ScpConfig(max_target_tokens=48, qa_layout=QaLayout.ROWS, read_text=True,
+                                                 data_types=("qa",)))
+    model = build_scp_model(cfg)
+    model.eval()
+    batch = examples([r for r in fresh_docs if r.get("data_type") == "qa"][:2], "rows")
+    loss, m = text_control_loss(model, batch, 48)
+    with torch.no_grad():
+        rows = [(e, t) for e in batch for t in e.targets]
+        tl, _, _ = model.generator_pass([e.instruction for e, _ in rows], None, [t for _, t in rows],
+                                        max_answer_len=48, documents=[e.doc for e, _ in rows])
+        from_memory, _ = scp_loss(model, batch, mse_weight=0.0, max_target_tokens=48)
+    assert loss.item() == pytest.approx(tl.mean().item(), rel=1e-5) and set(m) == {"ce", "tokens"}
+    assert abs(loss.item() - from_memory.item()) > 1e-4  # the text, not the memory, is read
+    data = tmp_path / "synth.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in fresh_docs))
+    model.train()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train_scp(cfg, data, model=model)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+    assert any(".generator." in n for n in changed)
+    assert not any(".compressor." in n for n in changed) and "mem_embed" not in changed
+    with pytest.raises(ConfigError, match="scp.read_text.*neither"):
+        ScpConfig(read_text=True, contrastive_weight=0.1)
+
+
 def test_infonce_matches_hand_values_and_ranks_own_document_first():
     from clara.pretrain.scp import memory_text_infonce
 
