@@ -68,16 +68,21 @@ def docs_to_reach(a: float, b: float, target: float) -> float | None:
 
 
 def plot_curve(points: Sequence[CurvePoint], fit: tuple[float, float], target: float, path: str | Path) -> Path:
+    """EM (right and wrong memory) with the fit and the target on the left; answer NLL, right and wrong
+    memory, on the right; both against documents seen on a log axis."""
     from clara.training.curves import pyplot, save_figure
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label in dict.fromkeys(p.label for p in points):
+    fig, (ax, nll) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for i, label in enumerate(dict.fromkeys(p.label for p in points)):
         mine = sorted((p for p in points if p.label == label), key=lambda p: p.docs)
-        ax.plot([p.docs for p in mine], [p.em for p in mine], "-o", label=f"memory {label}".strip(), markersize=6)
-        wrong = [p for p in mine if p.em_wrong is not None]
-        if wrong:
-            ax.plot([p.docs for p in wrong], [p.em_wrong for p in wrong], ":x", color="C3", label=f"wrong memory {label}".strip())
+        xs = [p.docs for p in mine]
+        ax.plot(xs, [p.em for p in mine], "-o", color=f"C{i}", label=f"memory {label}".strip(), markersize=6)
+        if all(p.em_wrong is not None for p in mine):
+            ax.plot(xs, [p.em_wrong for p in mine], ":x", color=f"C{i}", label=f"wrong memory {label}".strip())
+        if all(p.nll_right is not None and p.nll_wrong is not None for p in mine):
+            nll.plot(xs, [p.nll_right for p in mine], "-o", color=f"C{i}", label=f"right memory {label}".strip())
+            nll.plot(xs, [p.nll_wrong for p in mine], ":x", color=f"C{i}", label=f"wrong memory {label}".strip())
     a, b = fit
     reach = docs_to_reach(a, b, target)
     lo = min(p.docs for p in points)
@@ -85,12 +90,14 @@ def plot_curve(points: Sequence[CurvePoint], fit: tuple[float, float], target: f
     xs = [lo * (hi / lo) ** (i / 50) for i in range(51)]
     ax.plot(xs, [a + b * math.log10(x) for x in xs], "--", color="C7", label=f"fit {a:.3f} + {b:.3f}·log10(docs)")
     ax.axhline(target, color="C2", linewidth=1, label=f"target {target}")
-    ax.set_xscale("log")
-    ax.set_xlabel("training documents seen")
-    ax.set_ylabel("held-out EM from memory")
+    ax.set_ylabel("held-out EM")
     ax.set_ylim(0, max(target, max(p.em for p in points)) + 0.05)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    nll.set_ylabel("answer NLL per token")
+    for axis in (ax, nll):
+        axis.set_xscale("log")
+        axis.set_xlabel("training documents seen")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
     return save_figure(fig, path)
 
 
