@@ -1,0 +1,150 @@
+"""Is a fact in the memory at all? A linear probe for the digits of a document's year, from its memory.
+
+    python -m clara.eval.memory_probe --model RUN/adapters [--backbone DIR] --docs 1200 --out probe.json
+
+SCP's generator answers years from memory at the closed-book level (birth year EM 0.03 on world 9).
+Either the compressor does not put the digits into the memory, or the generator does not read them
+out. This probe tells the two apart. Fresh world documents (``--seed``, none trained on) that state
+a year (a person's birth year, a town's or an organisation's founding year) are compressed. Each of
+the year's four digits is then predicted from the memory, as the generator receives it (centred and
+rescaled, m·H features), by a multinomial logistic regression. The documents are split 60/20/20:
+the L2 weight is picked on the second part, and the third is scored.
+
+- High probe accuracy with low generator EM: the digits are there and the readout misses them.
+- Probe accuracy at the majority baseline: the compressor drops them.
+
+The same probe on the mean of the compressor's own text states (the document before compression,
+H features) shows how much a plain average keeps. Mechanics are tested on the tiny backbone;
+figures need SmolLM2 (docs/RESULTS.md §2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from typing import Any, Sequence
+
+import torch
+
+log = logging.getLogger(__name__)
+
+YEAR_RELATIONS = ("birth_year", "founding_year")
+DIGITS = 4
+WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2, 1e-1)
+
+
+def year_documents(n: int, seed: int) -> tuple[list[str], list[str]]:
+    """(texts, years) of the first ``n`` fresh world documents that state a four-digit year fact."""
+    from clara.pretrain.synth import fresh_world_documents
+    from clara.pretrain.teachers import WorldTeacher
+
+    teacher = WorldTeacher()
+    texts, years = [], []
+    for doc in fresh_world_documents(1 << 40, seed):
+        year = next((f.value for f in teacher.facts(doc) if f.relation in YEAR_RELATIONS), None)
+        if year is not None and re.fullmatch(r"\d{4}", year):
+            texts.append(doc.as_text())
+            years.append(year)
+            if len(texts) == n:
+                break
+    return texts, years
+
+
+def fit_probe(x: torch.Tensor, y: torch.Tensor, classes: int, weight_decay: float, steps: int = 100) -> torch.nn.Linear:
+    """Multinomial logistic regression (x (N, F) standardised, y (N,)) by L-BFGS with an L2 penalty."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(x.shape[1], classes)
+    opt = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(lin(x), y) + weight_decay * lin.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return lin
+
+
+def probe_digits(features: torch.Tensor, years: Sequence[str], weight_decays: Sequence[float] = WEIGHT_DECAYS) -> dict[str, Any]:
+    """Per digit position: test accuracy of the probe (weight decay picked on validation) and of the
+    majority digit of the training part; and the share of test years with all four digits right."""
+    n = len(years)
+    a, b = int(0.6 * n), int(0.8 * n)
+    x = features.reshape(n, -1).float()
+    mean, std = x[:a].mean(0), x[:a].std(0).clamp_min(1e-6)
+    x = (x - mean) / std
+    digits = torch.tensor([[int(c) for c in year] for year in years])  # (N, 4)
+    out: dict[str, Any] = {"train": a, "validation": b - a, "test": n - b, "positions": []}
+    all_right = torch.ones(n - b, dtype=torch.bool)
+    for pos in range(DIGITS):
+        y = digits[:, pos]
+        best = None
+        for wd in weight_decays:
+            lin = fit_probe(x[:a], y[:a], 10, wd)
+            with torch.no_grad():
+                val = (lin(x[a:b]).argmax(1) == y[a:b]).float().mean().item()
+            if best is None or val > best[0]:
+                best = (val, wd, lin)
+        val, wd, lin = best
+        with torch.no_grad():
+            hit = lin(x[b:]).argmax(1) == y[b:]
+        majority = int(torch.bincount(y[:a], minlength=10).argmax())
+        all_right &= hit
+        out["positions"].append({"position": pos, "probe": hit.float().mean().item(), "validation": val, "weight_decay": wd,
+                                 "majority": (y[b:] == majority).float().mean().item()})  # fmt: skip
+    out["year_all_digits"] = all_right.float().mean().item()
+    return out
+
+
+@torch.no_grad()
+def memory_and_text_mean(model, texts: Sequence[str], batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """(memory as the generator receives it (N, m, H), mean of the compressor's text states (N, H)), float32."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    mems, means = [], []
+    for i in tqdm(range(0, len(texts), batch_size), desc="compress", unit="batch"):
+        mem, text_mean = model.compress(list(texts[i : i + batch_size]), return_text_mean=True)
+        mems.append(model.prepare_memory(mem[:, None], update_stats=False).float())
+        means.append(text_mean.float())
+    return torch.cat(mems), torch.cat(means)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from clara.cli.args import add_threads_argument, set_threads
+    from clara.eval.fact_position import FRESH_SEED
+    from clara.model.loading import load_trained_model
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="SCP run directory or adapter directory")
+    ap.add_argument("--backbone", default=None, help="backbone directory, if not where the adapters were trained")
+    ap.add_argument("--docs", type=int, default=1200, help="fresh world documents that state a year")
+    ap.add_argument("--seed", type=int, default=FRESH_SEED, help="fresh-document stream (not one SCP trained on)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    add_threads_argument(ap)
+    ap.add_argument("--out", default=None, help="also write the figures to this JSON file")
+    args = ap.parse_args(argv)
+    set_threads(args.threads)
+    if args.docs < 20:
+        ap.error("--docs must be at least 20 (a 60/20/20 split)")
+    model = load_trained_model(args.model, args.backbone)
+    texts, years = year_documents(args.docs, args.seed)
+    read, text_mean = memory_and_text_mean(model, texts, args.batch_size)
+    stats = {"model": args.model, "docs": len(texts), "seed": args.seed,
+             "memory": probe_digits(read, years), "text_mean": probe_digits(text_mean, years)}  # fmt: skip
+    print("| features | digit 1 | digit 2 | digit 3 | digit 4 | all four |\n|---|---|---|---|---|---|")
+    for name in ("memory", "text_mean"):
+        row = stats[name]
+        cells = " | ".join(f"{p['probe']:.3f} (majority {p['majority']:.3f})" for p in row["positions"])
+        print(f"| {name} | {cells} | {row['year_all_digits']:.3f} |")
+    if args.out:
+        from clara.fileio import atomic_write_json
+
+        atomic_write_json(args.out, stats)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

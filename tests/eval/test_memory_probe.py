@@ -1,0 +1,43 @@
+"""The year-digit probe: it finds digits that are linearly in the features, not ones that are not, and
+runs end to end on the tiny backbone (figures meaningless)."""
+
+import json
+
+import torch
+
+from clara.eval.memory_probe import main, probe_digits, year_documents
+
+
+def test_year_documents_state_their_year():
+    texts, years = year_documents(12, 5)
+    assert len(texts) == len(years) == 12
+    assert all(len(y) == 4 and y.isdigit() and y in t for t, y in zip(texts, years))
+
+
+def test_probe_reads_digits_that_are_in_the_features_and_not_noise():
+    g = torch.Generator().manual_seed(0)
+    years = [f"{1000 + int(v)}" for v in torch.randint(0, 1000, (300,), generator=g)]
+    onehot = torch.zeros(300, 40)
+    for i, y in enumerate(years):
+        for pos, c in enumerate(y):
+            onehot[i, pos * 10 + int(c)] = 1.0
+    there = probe_digits(onehot + 0.05 * torch.randn(300, 40, generator=g), years, weight_decays=(1e-4,))
+    assert all(p["probe"] == 1.0 for p in there["positions"]) and there["year_all_digits"] == 1.0
+    noise = probe_digits(torch.randn(300, 40, generator=g), years, weight_decays=(1e-4,))
+    assert noise["positions"][0]["probe"] == noise["positions"][0]["majority"] == 1.0  # every year starts with 1
+    assert all(p["probe"] < 0.35 for p in noise["positions"][1:])  # chance is 0.1
+    assert (there["train"], there["validation"], there["test"]) == (180, 60, 60)
+
+
+def test_runs_on_the_tiny_backbone(tiny_backbone, tmp_path):
+    from clara.config import LoraConfig, ModelConfig
+    from clara.model.clara_model import ClaraModel
+
+    cfg = ModelConfig(backbone=str(tiny_backbone), kind="tiny", chunk_len=64, compression_rate=16,
+                      lora=LoraConfig(r=4, alpha=8), memory_norm="center")
+    adapters = ClaraModel.from_config(cfg).save_adapters(tmp_path / "adapters")
+    out = tmp_path / "p.json"
+    assert main(["--model", str(adapters), "--docs", "20", "--batch-size", "8", "--out", str(out)]) == 0
+    stats = json.loads(out.read_text())
+    assert stats["docs"] == 20 and len(stats["memory"]["positions"]) == 4 == len(stats["text_mean"]["positions"])
+    assert 0.0 <= stats["memory"]["year_all_digits"] <= 1.0
