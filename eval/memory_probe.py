@@ -14,7 +14,9 @@ the L2 weight is picked on the second part, and the third is scored.
 - Probe accuracy at the majority baseline: the compressor drops them.
 
 The same probe on the mean of the compressor's own text states (the document before compression,
-H features) shows how much a plain average keeps. Mechanics are tested on the tiny backbone;
+H features) shows how much a plain average keeps; ``--layers`` probes the compressor's states at the
+memory positions after earlier decoder layers, what memory read from those layers (or from their keys
+and values, issue 28's lever b) could carry. Mechanics are tested on the tiny backbone;
 figures need SmolLM2 (docs/RESULTS.md §2).
 """
 
@@ -99,17 +101,33 @@ def probe_digits(features: torch.Tensor, years: Sequence[str], weight_decays: Se
 
 
 @torch.no_grad()
-def memory_and_text_mean(model, texts: Sequence[str], batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    """(memory as the generator receives it (N, m, H), mean of the compressor's text states (N, H)), float32."""
+def memory_features(model, texts: Sequence[str], batch_size: int = 16, layers: Sequence[int] = ()) -> dict[str, torch.Tensor]:
+    """Float32 features per document: ``memory``, as the generator receives it (N, m, H); ``text_mean``, the
+    mean of the compressor's last-layer text states (N, H); and ``layer_L`` for each of ``layers``, the
+    compressor's states at the memory positions after decoder layer L (1 = the first), (N, m, H)."""
     from tqdm.auto import tqdm
 
     model.eval()
-    mems, means = [], []
-    for i in tqdm(range(0, len(texts), batch_size), desc="compress", unit="batch"):
-        mem, text_mean = model.compress(list(texts[i : i + batch_size]), return_text_mean=True)
-        mems.append(model.prepare_memory(mem[:, None], update_stats=False).float())
-        means.append(text_mean.float())
-    return torch.cat(mems), torch.cat(means)
+    blocks = model.lm.get_decoder().layers
+    bad = [n for n in layers if not 1 <= n <= len(blocks)]
+    if bad:
+        raise ValueError(f"--layers {bad}: this backbone has decoder layers 1..{len(blocks)}")
+    m, caught = model.num_mem, {}
+    hooks = [blocks[n - 1].register_forward_hook(
+        lambda mod, args, out, n=n: caught.__setitem__(n, (out[0] if isinstance(out, tuple) else out)[:, -m:].float()))
+        for n in layers]  # fmt: skip
+    feats: dict[str, list[torch.Tensor]] = {}
+    try:
+        for i in tqdm(range(0, len(texts), batch_size), desc="compress", unit="batch"):
+            mem, text_mean = model.compress(list(texts[i : i + batch_size]), return_text_mean=True)
+            feats.setdefault("memory", []).append(model.prepare_memory(mem[:, None], update_stats=False).float())
+            feats.setdefault("text_mean", []).append(text_mean.float())
+            for n in layers:
+                feats.setdefault(f"layer_{n}", []).append(caught[n])
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: torch.cat(v) for k, v in feats.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--docs", type=int, default=1200, help="fresh world documents that state a year")
     ap.add_argument("--seed", type=int, default=FRESH_SEED, help="fresh-document stream (not one SCP trained on)")
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--layers", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
+                    help="also probe the compressor's states at the memory positions after these decoder layers, "
+                         "e.g. 5,10,20 (1 = the first)")
     add_threads_argument(ap)
     ap.add_argument("--out", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
@@ -131,11 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--docs must be at least 20 (a 60/20/20 split)")
     model = load_trained_model(args.model, args.backbone)
     texts, years = year_documents(args.docs, args.seed)
-    read, text_mean = memory_and_text_mean(model, texts, args.batch_size)
+    feats = memory_features(model, texts, args.batch_size, args.layers)
     stats = {"model": args.model, "docs": len(texts), "seed": args.seed,
-             "memory": probe_digits(read, years), "text_mean": probe_digits(text_mean, years)}  # fmt: skip
+             **{name: probe_digits(x, years) for name, x in feats.items()}}  # fmt: skip
     print("| features | digit 1 | digit 2 | digit 3 | digit 4 | all four |\n|---|---|---|---|---|---|")
-    for name in ("memory", "text_mean"):
+    for name in feats:
         row = stats[name]
         cells = " | ".join(f"{p['probe']:.3f} (majority {p['majority']:.3f})" for p in row["positions"])
         print(f"| {name} | {cells} | {row['year_all_digits']:.3f} |")

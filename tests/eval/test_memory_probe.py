@@ -37,7 +37,27 @@ def test_runs_on_the_tiny_backbone(tiny_backbone, tmp_path):
                       lora=LoraConfig(r=4, alpha=8), memory_norm="center")
     adapters = ClaraModel.from_config(cfg).save_adapters(tmp_path / "adapters")
     out = tmp_path / "p.json"
-    assert main(["--model", str(adapters), "--docs", "20", "--batch-size", "8", "--out", str(out)]) == 0
+    assert main(["--model", str(adapters), "--docs", "20", "--batch-size", "8", "--layers", "1,2", "--out", str(out)]) == 0
     stats = json.loads(out.read_text())
     assert stats["docs"] == 20 and len(stats["memory"]["positions"]) == 4 == len(stats["text_mean"]["positions"])
+    assert len(stats["layer_1"]["positions"]) == len(stats["layer_2"]["positions"]) == 4
     assert 0.0 <= stats["memory"]["year_all_digits"] <= 1.0
+
+
+def test_layer_states_are_the_decoder_outputs_at_the_memory_positions(tiny_backbone):
+    """The last layer's caught states, after the final norm, are the memory compress returns."""
+    from clara.config import LoraConfig, ModelConfig
+    from clara.eval.memory_probe import memory_features
+    from clara.model.clara_model import ClaraModel
+
+    model = ClaraModel.from_config(ModelConfig(backbone=str(tiny_backbone), kind="tiny", chunk_len=64,
+                                               compression_rate=16, lora=LoraConfig(r=4, alpha=8)))
+    texts, _ = year_documents(3, 5)
+    depth = len(model.lm.get_decoder().layers)
+    feats = memory_features(model, texts, 2, [1, depth])
+    assert feats["layer_1"].shape == feats[f"layer_{depth}"].shape == (3, model.num_mem, model.hidden_size)
+    with torch.no_grad():
+        want = model.compress(texts).float()
+        got = model.lm.get_decoder().norm(feats[f"layer_{depth}"].to(want.dtype)).float()
+    assert torch.allclose(got, want, atol=1e-4)
+    assert not torch.allclose(feats["layer_1"], feats[f"layer_{depth}"])
