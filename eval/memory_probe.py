@@ -16,7 +16,9 @@ the L2 weight is picked on the second part, and the third is scored.
 The same probe on the mean of the compressor's own text states (the document before compression,
 H features) shows how much a plain average keeps; ``--layers`` probes the compressor's states at the
 memory positions after earlier decoder layers, what memory read from those layers (or from their keys
-and values, issue 28's lever b) could carry. Mechanics are tested on the tiny backbone;
+and values, issue 28's lever b) could carry. The positive control, ``token_*``: the compressor's own
+states at the year's last digit in the text, after each of those layers and after the final norm (a
+probe that fails there is too weak to say anything). Mechanics are tested on the tiny backbone;
 figures need SmolLM2 (docs/RESULTS.md §2).
 """
 
@@ -100,30 +102,55 @@ def probe_digits(features: torch.Tensor, years: Sequence[str], weight_decays: Se
     return out
 
 
+def token_at(model, text: str, char: int) -> int:
+    """Index of the token of ``text`` (tokenised as the compressor reads it) that holds character ``char``."""
+    enc = model.tokenizer(text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
+    for j, (a, b) in enumerate(enc["offset_mapping"]):
+        if a <= char < b:
+            if j >= model.chunk_len:
+                raise ValueError(f"character {char} is in token {j}, past the compressor's {model.chunk_len}")
+            return j
+    raise ValueError(f"no token holds character {char} of {text[:40]!r}")
+
+
 @torch.no_grad()
-def memory_features(model, texts: Sequence[str], batch_size: int = 16, layers: Sequence[int] = ()) -> dict[str, torch.Tensor]:
+def memory_features(model, texts: Sequence[str], batch_size: int = 16, layers: Sequence[int] = (),
+                    chars: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
     """Float32 features per document: ``memory``, as the generator receives it (N, m, H); ``text_mean``, the
-    mean of the compressor's last-layer text states (N, H); and ``layer_L`` for each of ``layers``, the
-    compressor's states at the memory positions after decoder layer L (1 = the first), (N, m, H)."""
+    mean of the compressor's last-layer text states (N, H); ``layer_L`` for each of ``layers``, the
+    compressor's states at the memory positions after decoder layer L (1 = the first), (N, m, H). With
+    ``chars`` (a character of each text): ``token_L`` and ``token_last``, the compressor's states at that
+    character's token after layer L and after the final norm (N, H): the positive control, the fact as the
+    text states hold it before compression."""
     from tqdm.auto import tqdm
 
     model.eval()
-    blocks = model.lm.get_decoder().layers
+    decoder = model.lm.get_decoder()
+    blocks = decoder.layers
     bad = [n for n in layers if not 1 <= n <= len(blocks)]
     if bad:
         raise ValueError(f"--layers {bad}: this backbone has decoder layers 1..{len(blocks)}")
-    m, caught = model.num_mem, {}
-    hooks = [blocks[n - 1].register_forward_hook(
-        lambda mod, args, out, n=n: caught.__setitem__(n, (out[0] if isinstance(out, tuple) else out)[:, -m:].float()))
-        for n in layers]  # fmt: skip
-    feats: dict[str, list[torch.Tensor]] = {}
+    caught: dict = {}
+    catch = lambda key: lambda mod, args, out: caught.__setitem__(key, out[0] if isinstance(out, tuple) else out)  # noqa: E731
+    hooks = [blocks[n - 1].register_forward_hook(catch(n)) for n in layers] + [decoder.norm.register_forward_hook(catch("last"))]
+    m, feats = model.num_mem, {}
     try:
         for i in tqdm(range(0, len(texts), batch_size), desc="compress", unit="batch"):
-            mem, text_mean = model.compress(list(texts[i : i + batch_size]), return_text_mean=True)
+            batch = list(texts[i : i + batch_size])
+            mem, text_mean = model.compress(batch, return_text_mean=True)
             feats.setdefault("memory", []).append(model.prepare_memory(mem[:, None], update_stats=False).float())
             feats.setdefault("text_mean", []).append(text_mean.float())
             for n in layers:
-                feats.setdefault(f"layer_{n}", []).append(caught[n])
+                feats.setdefault(f"layer_{n}", []).append(caught[n][:, -m:].float())
+            if chars is not None:
+                width = caught["last"].shape[1]  # rows are left-padded: text tokens, then the m memory tokens
+                cols = []
+                for t, c in zip(batch, chars[i : i + batch_size]):
+                    n_tok = min(len(model._ids(t)), model.chunk_len)
+                    cols.append(width - (n_tok + m) + token_at(model, t, c))
+                rows = torch.arange(len(batch))
+                for key in [*layers, "last"]:
+                    feats.setdefault(f"token_{key}", []).append(caught[key][rows, torch.tensor(cols)].float())
     finally:
         for h in hooks:
             h.remove()
@@ -152,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--docs must be at least 20 (a 60/20/20 split)")
     model = load_trained_model(args.model, args.backbone)
     texts, years = year_documents(args.docs, args.seed)
-    feats = memory_features(model, texts, args.batch_size, args.layers)
+    # the year's last digit (its own token on SmolLM2): where the text states hold the hardest digit
+    chars = [t.index(y) + len(y) - 1 for t, y in zip(texts, years)]
+    feats = memory_features(model, texts, args.batch_size, args.layers, chars)
     stats = {"model": args.model, "docs": len(texts), "seed": args.seed,
              **{name: probe_digits(x, years) for name, x in feats.items()}}  # fmt: skip
     print("| features | digit 1 | digit 2 | digit 3 | digit 4 | all four |\n|---|---|---|---|---|---|")

@@ -33,7 +33,7 @@ def test_runs_on_the_tiny_backbone(tiny_backbone, tmp_path):
     from clara.config import LoraConfig, ModelConfig
     from clara.model.clara_model import ClaraModel
 
-    cfg = ModelConfig(backbone=str(tiny_backbone), kind="tiny", chunk_len=64, compression_rate=16,
+    cfg = ModelConfig(backbone=str(tiny_backbone), kind="tiny", chunk_len=256, compression_rate=16,
                       lora=LoraConfig(r=4, alpha=8), memory_norm="center")
     adapters = ClaraModel.from_config(cfg).save_adapters(tmp_path / "adapters")
     out = tmp_path / "p.json"
@@ -50,14 +50,24 @@ def test_layer_states_are_the_decoder_outputs_at_the_memory_positions(tiny_backb
     from clara.eval.memory_probe import memory_features
     from clara.model.clara_model import ClaraModel
 
-    model = ClaraModel.from_config(ModelConfig(backbone=str(tiny_backbone), kind="tiny", chunk_len=64,
+    model = ClaraModel.from_config(ModelConfig(backbone=str(tiny_backbone), kind="tiny", chunk_len=256,
                                                compression_rate=16, lora=LoraConfig(r=4, alpha=8)))
-    texts, _ = year_documents(3, 5)
+    texts, years = year_documents(3, 5)
     depth = len(model.lm.get_decoder().layers)
-    feats = memory_features(model, texts, 2, [1, depth])
+    chars = [t.index(y) + 3 for t, y in zip(texts, years)]
+    feats = memory_features(model, texts, 2, [1, depth], chars)
     assert feats["layer_1"].shape == feats[f"layer_{depth}"].shape == (3, model.num_mem, model.hidden_size)
     with torch.no_grad():
         want = model.compress(texts).float()
         got = model.lm.get_decoder().norm(feats[f"layer_{depth}"].to(want.dtype)).float()
     assert torch.allclose(got, want, atol=1e-4)
     assert not torch.allclose(feats["layer_1"], feats[f"layer_{depth}"])
+    # the token features are the states at the year's last digit, whatever the padding of its batch
+    from clara.eval.memory_probe import token_at
+
+    assert feats["token_last"].shape == (3, model.hidden_size)
+    with torch.no_grad():
+        for i, (t, c) in enumerate(zip(texts, chars)):
+            alone = memory_features(model, [t], 1, [], [c])["token_last"][0]
+            assert torch.allclose(alone, feats["token_last"][i], atol=1e-4)
+            assert t[c] == model.tokenizer.decode(model._ids(t)[token_at(model, t, c)]).strip()[-1]
