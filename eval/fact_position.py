@@ -100,28 +100,36 @@ def position_em(model, mem: torch.Tensor | None, rows: Sequence[FactRow], batch_
     return out
 
 
+def add_probe_arguments(ap: argparse.ArgumentParser, docs: int, docs_help: str, batch_size: int) -> None:
+    """What every probe of an SCP model on fresh world documents takes: --model, --backbone, --docs, --seed,
+    --batch-size, --threads (apply with ``clara.cli.args.set_threads``) and --out."""
+    from clara.cli.args import add_threads_argument
+
+    ap.add_argument("--model", required=True, help="SCP run directory or adapter directory")
+    ap.add_argument("--backbone", default=None, help="backbone directory, if not where the adapters were trained")
+    ap.add_argument("--docs", type=int, default=docs, help=docs_help)
+    ap.add_argument("--seed", type=int, default=FRESH_SEED, help="fresh-document stream (not one SCP trained on)")
+    ap.add_argument("--batch-size", type=int, default=batch_size)
+    add_threads_argument(ap)
+    ap.add_argument("--out", default=None, help="also write the figures to this JSON file")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from clara.cli.args import set_threads
     from clara.eval.compression import compress_all
     from clara.model.loading import load_trained_model
     from clara.pretrain.synth import fresh_world_documents
     from clara.pretrain.teachers import WorldTeacher
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="SCP run directory or adapter directory")
-    ap.add_argument("--backbone", default=None, help="backbone directory, if not where the adapters were trained")
-    ap.add_argument("--docs", type=int, default=40, help="fresh world documents (about 4 facts each)")
-    ap.add_argument("--seed", type=int, default=FRESH_SEED, help="fresh-document stream (not one SCP trained on)")
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    ap.add_argument("--out", default=None, help="also write the figures to this JSON file")
+    add_probe_arguments(ap, 40, "fresh world documents (about 4 facts each)", 8)
     ap.add_argument("--trained-data", default=None,
                     help="the pretrain file the run trained on: EM is also split by whether each pair was a target")
     ap.add_argument("--train-config", default=None,
                     help="the run's config.yaml (its scp.qa_layout and rows_per_document say which pairs trained; "
                          "with scp.read_text, documents are read as text, not memory)")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     model = load_trained_model(args.model, args.backbone)
     docs = list(fresh_world_documents(args.docs, args.seed))
     teacher = WorldTeacher()

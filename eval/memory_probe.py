@@ -158,21 +158,15 @@ def memory_features(model, texts: Sequence[str], batch_size: int = 16, layers: S
 
 
 def main(argv: list[str] | None = None) -> int:
-    from clara.cli.args import add_threads_argument, set_threads
-    from clara.eval.fact_position import FRESH_SEED
+    from clara.cli.args import set_threads
+    from clara.eval.fact_position import add_probe_arguments
     from clara.model.loading import load_trained_model
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="SCP run directory or adapter directory")
-    ap.add_argument("--backbone", default=None, help="backbone directory, if not where the adapters were trained")
-    ap.add_argument("--docs", type=int, default=1200, help="fresh world documents that state a year")
-    ap.add_argument("--seed", type=int, default=FRESH_SEED, help="fresh-document stream (not one SCP trained on)")
-    ap.add_argument("--batch-size", type=int, default=16)
+    add_probe_arguments(ap, 1200, "fresh world documents that state a year", 16)
     ap.add_argument("--layers", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
                     help="also probe the compressor's states at the memory positions after these decoder layers, "
                          "e.g. 5,10,20 (1 = the first)")
-    add_threads_argument(ap)
-    ap.add_argument("--out", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
     set_threads(args.threads)
     if args.docs < 20:
