@@ -185,7 +185,7 @@ def bench_bf16_weights(model, reps: int, positions: tuple[int, ...] = (1, 100, 5
 
     from clara.config import Precision
     from clara.model.generation import prefill
-    from clara.model.inference_weights import lora_factors
+    from clara.model.inference_weights import bf16_factor_forwards
 
     embeds, mask = model.build_generator_inputs(["Who founded the museum of Mira?"], None)
 
@@ -199,8 +199,7 @@ def bench_bf16_weights(model, reps: int, positions: tuple[int, ...] = (1, 100, 5
 
     def factors_in_autocast():  # the cast, but the LoRA factors run under autocast (bf16), as before a59d55b
         cast()
-        for f in lora_factors(model.lm):
-            f.__dict__.pop("forward", None)
+        bf16_factor_forwards(model.lm)
 
     settings = {"autocast_fp32_weights": autocast, "bf16_weights": cast, "bf16_weights_bf16_factors": factors_in_autocast,
                 "fp32": lambda: model.set_inference_precision(Precision.FP32)}

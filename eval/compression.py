@@ -99,22 +99,22 @@ def answer_from_memory(model, questions: Sequence[str], mem: torch.Tensor | None
                        before: Sequence[str] | None = None, documents: Sequence[str] | None = None) -> list[str]:  # fmt: skip
     """Greedy answers, one per question from its memory mem (N, m, H). ``prompt="scp"``: the SCP QA
     instruction with the reply forced to start ``Question: q\nAnswer:``, after ``before[i]`` when given
-    (e.g. the QA lines that precede the question in a training target). ``documents`` (scp prompt, mem
-    None): each question's document as text where its memory would go (``scp.read_text``'s view)."""
+    (e.g. the QA lines that precede the question in a training target). ``documents`` (mem None):
+    each question's document as text where its memory would go (``scp.read_text``'s view)."""
     from clara.model.prompts import QA_INSTRUCTION
 
     replies = []
     for i in tqdm(range(0, len(questions), batch_size), desc=desc, unit="batch"):
         qs = list(questions[i : i + batch_size])
         m = None if mem is None else mem[i : i + batch_size, None]
+        docs = None if documents is None else list(documents[i : i + batch_size])
         if prompt == "scp":
             pre = before[i : i + batch_size] if before is not None else [""] * len(qs)
-            docs = None if documents is None else list(documents[i : i + batch_size])
             replies += model.generate([QA_INSTRUCTION] * len(qs), m, max_new_tokens=max_new_tokens, stop=("\n",),
                                       reply_prefixes=[f"{b}Question: {q}\nAnswer:" for b, q in zip(pre, qs)],
                                       documents=docs)
         else:
-            replies += model.generate(qs, m, max_new_tokens=max_new_tokens, stop=("\n",))
+            replies += model.generate(qs, m, max_new_tokens=max_new_tokens, stop=("\n",), documents=docs)
     return replies
 
 

@@ -77,9 +77,8 @@ def position_em(model, mem: torch.Tensor | None, rows: Sequence[FactRow], batch_
     from clara.model.prompts import extract_answer
 
     out: dict[str, Any] = {}
-    own = [r.doc for r in rows]
+    own, n = [r.doc for r in rows], len(mem) if texts is None else len(texts)
     for way in WAYS:
-        n = len(mem) if texts is None else len(texts)
         pick = [(d + 1) % n for d in own] if way == "wrong" else own
         row_mem, row_docs = (mem[pick], None) if texts is None else (None, [texts[d] for d in pick])  # (R, m, H)
         preds = answer_from_memory(model, [r.question for r in rows], row_mem, batch_size=batch_size, desc=way,

@@ -102,14 +102,15 @@ def probe_digits(features: torch.Tensor, years: Sequence[str], weight_decays: Se
     return out
 
 
-def token_at(model, text: str, char: int) -> int:
-    """Index of the token of ``text`` (tokenised as the compressor reads it) that holds character ``char``."""
+def token_at(model, text: str, char: int) -> tuple[int, int]:
+    """(index of the token of ``text`` that holds character ``char``, tokens the compressor reads of ``text``),
+    tokenised as the compressor reads it."""
     enc = model.tokenizer(text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
     for j, (a, b) in enumerate(enc["offset_mapping"]):
         if a <= char < b:
             if j >= model.chunk_len:
                 raise ValueError(f"character {char} is in token {j}, past the compressor's {model.chunk_len}")
-            return j
+            return j, min(len(enc["input_ids"]), model.chunk_len)
     raise ValueError(f"no token holds character {char} of {text[:40]!r}")
 
 
@@ -146,8 +147,8 @@ def memory_features(model, texts: Sequence[str], batch_size: int = 16, layers: S
                 width = caught["last"].shape[1]  # rows are left-padded: text tokens, then the m memory tokens
                 cols = []
                 for t, c in zip(batch, chars[i : i + batch_size]):
-                    n_tok = min(len(model._ids(t)), model.chunk_len)
-                    cols.append(width - (n_tok + m) + token_at(model, t, c))
+                    j, n_tok = token_at(model, t, c)
+                    cols.append(width - (n_tok + m) + j)
                 rows = torch.arange(len(batch))
                 for key in [*layers, "last"]:
                     feats.setdefault(f"token_{key}", []).append(caught[key][rows, torch.tensor(cols)].float())
@@ -158,13 +159,13 @@ def memory_features(model, texts: Sequence[str], batch_size: int = 16, layers: S
 
 
 def main(argv: list[str] | None = None) -> int:
-    from clara.cli.args import set_threads
+    from clara.cli.args import int_list, set_threads
     from clara.eval.fact_position import add_probe_arguments
     from clara.model.loading import load_trained_model
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_probe_arguments(ap, 1200, "fresh world documents that state a year", 16)
-    ap.add_argument("--layers", type=lambda v: [int(x) for x in v.split(",") if x], default=[],
+    ap.add_argument("--layers", type=int_list, default=[],
                     help="also probe the compressor's states at the memory positions after these decoder layers, "
                          "e.g. 5,10,20 (1 = the first)")
     args = ap.parse_args(argv)

@@ -46,6 +46,7 @@ from clara.model.memory import (
     splice_memory,
     update_memory_stats,
 )
+from clara.model.prompts import documents_per_row
 from clara.model.storage import AdapterStorage
 
 log = logging.getLogger(__name__)
@@ -354,7 +355,7 @@ class ClaraModel(AdapterStorage, nn.Module):
         ``reply_prefixes`` forces the start of each reply (e.g. ``"Question: q\nAnswer:"``). ``documents``
         (no ``mem_blocks``): each row's text where the memory would go, as raw-text RAG reads it."""
         k = self._check_blocks(questions, mem_blocks)
-        docs = _documents_per_row(questions, k, documents)
+        docs = documents_per_row(questions, k, documents)
         prefixes = reply_prefixes or [""] * len(questions)
         rows = [self.prompt_ids(q, k, d) + (self._ids(p) if p else []) for q, p, d in zip(questions, prefixes, docs)]
         ids, mask = left_pad(rows, self.pad_id)
@@ -411,7 +412,7 @@ class ClaraModel(AdapterStorage, nn.Module):
         Two passes over the same answers, whatever their prompts, give states that align row for row.
         """
         k = self._check_blocks(questions, mem_blocks)
-        docs = _documents_per_row(questions, k, documents)
+        docs = documents_per_row(questions, k, documents)
         prompts = [self.prompt_ids(q, k, d) for q, d in zip(questions, docs)]
         if reply_prefixes is None:
             prefixes, targets = [[]] * len(answers), [self._answer_ids(a, max_answer_len) for a in answers]
@@ -471,15 +472,6 @@ class ClaraModel(AdapterStorage, nn.Module):
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-
-def _documents_per_row(questions: Sequence[str], k: int, documents: Sequence[str] | None) -> list:
-    """One document text (or None) per prompt row; documents go where memory would, so never with k slots."""
-    if documents is None:
-        return [None] * len(questions)
-    if k or len(documents) != len(questions):
-        raise ValueError("documents need one text per question and no mem_blocks")
-    return list(documents)
 
 
 def _grow_vocab(lm, new_rows: int, base_rows: int) -> None:

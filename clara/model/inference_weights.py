@@ -45,6 +45,11 @@ def restore_linears(lm: nn.Module, kept: dict) -> None:
     """Undo :func:`cast_linears`: the kept fp32 weights back, the factors' own forward again."""
     for module, weight in kept.items():
         module.weight = weight
+    bf16_factor_forwards(lm)
+
+
+def bf16_factor_forwards(lm: nn.Module) -> None:
+    """The LoRA factors' own forward again (under autocast: bf16), dropping :func:`fp32_linear_forward`."""
     for f in lora_factors(lm):
         f.__dict__.pop("forward", None)  # the class's forward again
 

@@ -64,6 +64,16 @@ def resolve_prompt(given: str | None, model) -> str:
     return given
 
 
+def documents_per_row(questions: Sequence[str], k: int, documents: Sequence[str] | None) -> list:
+    """One document text (or None) per generator prompt row; documents go where memory would, so never with
+    k memory slots."""
+    if documents is None:
+        return [None] * len(questions)
+    if k or len(documents) != len(questions):
+        raise ValueError("documents need one text per question and no mem_blocks")
+    return list(documents)
+
+
 def user_message(question: str, document: str | None, instruction: str = ANSWER_INSTRUCTION) -> str:
     if document is None:
         return f"Question: {question}\n{instruction}"

@@ -70,4 +70,4 @@ def test_layer_states_are_the_decoder_outputs_at_the_memory_positions(tiny_backb
         for i, (t, c) in enumerate(zip(texts, chars)):
             alone = memory_features(model, [t], 1, [], [c])["token_last"][0]
             assert torch.allclose(alone, feats["token_last"][i], atol=1e-4)
-            assert t[c] == model.tokenizer.decode(model._ids(t)[token_at(model, t, c)]).strip()[-1]
+            assert t[c] == model.tokenizer.decode(model._ids(t)[token_at(model, t, c)[0]]).strip()[-1]
