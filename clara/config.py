@@ -55,6 +55,20 @@ class MemoryNorm(str, enum.Enum):
     STANDARDIZE = "standardize"  # centred and divided by a running per-dimension std, per memory position
 
 
+class MemoryReadout(str, enum.Enum):
+    """How the generator reads a document's memory (:mod:`clara.model.kv_memory`)."""
+
+    STATES = "states"  # the last-layer states at the memory positions, spliced in as input embeddings
+    KV = "kv"  # every layer's keys and values at the memory positions, a cached prefix before the prompt
+
+
+class MemoryLayout(str, enum.Enum):
+    """Where the compressor's memory tokens sit among a document's tokens (:func:`clara.model.memory.encoder_row`)."""
+
+    END = "end"  # all m after the text
+    INTERLEAVED = "interleaved"  # one after each m-th of the text, so each reads its own segment closest
+
+
 class LRSchedule(str, enum.Enum):
     CONSTANT = "constant"
     LINEAR = "linear"
@@ -82,9 +96,13 @@ class ModelConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     rescale_memory: bool = True  # spliced memory vectors set to the token embeddings' mean RMS (DESIGN §11)
     memory_norm: MemoryNorm = MemoryNorm.NONE  # splice-side normalisation of memory (clara.model.memory.normalize_memory)
+    memory_readout: MemoryReadout = MemoryReadout.STATES  # what the generator reads of the memory (kv: issue 28's lever b)
+    memory_layout: MemoryLayout = MemoryLayout.END  # where the memory tokens sit in the compressor's input
 
     def __post_init__(self):
         _check(self.compression_rate >= 1, "model.compression_rate", "must be >= 1")
+        _check(self.memory_readout == MemoryReadout.STATES or self.memory_norm == MemoryNorm.NONE, "model.memory_norm",
+               "normalises spliced states; with model.memory_readout=kv nothing is spliced, so it must be none")
         _check(
             self.chunk_len % self.compression_rate == 0,
             "model.chunk_len",

@@ -62,7 +62,7 @@ def wrong_indices(doc_ids: Sequence[str]) -> list[int]:
 
 @torch.no_grad()
 def compress_all(model, texts: Sequence[str], batch_size: int = 8) -> torch.Tensor:
-    """Memory of every text (N, m, H), batched."""
+    """Memory of every text (N, m, W), batched (W = H unless the generator reads keys and values)."""
     was_training = model.training
     model.eval()
     try:
@@ -70,7 +70,7 @@ def compress_all(model, texts: Sequence[str], batch_size: int = 8) -> torch.Tens
                  tqdm(range(0, len(texts), batch_size), desc="compress", unit="batch")]  # fmt: skip
     finally:
         model.train(was_training)
-    return torch.cat(parts).float()  # (N, m, H)
+    return torch.cat(parts).float()  # (N, m, W)
 
 
 def memory_spread(mem: torch.Tensor) -> dict[str, float]:
@@ -200,7 +200,7 @@ def evaluate_compression(
     golds = [list(q["answers"]) for q in qs]
     texts = [q["question"] for q in qs]
     results: dict[str, Any] = {"n": len(qs), "documents": len(unique), "prompt": prompt, "settings": {},
-                               "num_mem": model.num_mem, "chunk_len": model.chunk_len, **memory_spread(mem_unique)}  # fmt: skip
+                               "num_mem": model.num_mem, "chunk_len": model.chunk_len, **memory_spread(model.memory_states(mem_unique))}  # fmt: skip
     records = [{"id": q["id"], "question": q["question"], "answers": g, "doc_id": d, "wrong_doc_id": doc_ids[w],
                 **({"source": q["source"]} if "source" in q else {})} for q, g, d, w in zip(qs, golds, doc_ids, wrong)]  # fmt: skip
     for setting, m in (("memory", mem), ("wrong_memory", mem[wrong])):

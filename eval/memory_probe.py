@@ -117,14 +117,20 @@ def token_at(model, text: str, char: int) -> tuple[int, int]:
 @torch.no_grad()
 def memory_features(model, texts: Sequence[str], batch_size: int = 16, layers: Sequence[int] = (),
                     chars: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
-    """Float32 features per document: ``memory``, as the generator receives it (N, m, H); ``text_mean``, the
+    """Float32 features per document: ``memory``, as the generator receives it (N, m, H; under kv readout the
+    last-layer states, see ``layer_L`` for what the keys and values are made of); ``text_mean``, the
     mean of the compressor's last-layer text states (N, H); ``layer_L`` for each of ``layers``, the
     compressor's states at the memory positions after decoder layer L (1 = the first), (N, m, H). With
-    ``chars`` (a character of each text): ``token_L`` and ``token_last``, the compressor's states at that
+    ``chars`` (a character of each text): ``segment_last``, the mean of the final-norm text states over the
+    chunk_len/m tokens of that character's segment (pooling without training; N, H); ``token_L`` and
+    ``token_last``, the compressor's states at that
     character's token after layer L and after the final norm (N, H): the positive control, the fact as the
     text states hold it before compression."""
     from tqdm.auto import tqdm
 
+    if model.memory_layout.value != "end":
+        raise ValueError(f"memory_probe reads the memory tokens as the last m columns; this model's memory_layout is "
+                         f"{model.memory_layout.value}")
     model.eval()
     decoder = model.lm.get_decoder()
     blocks = decoder.layers
@@ -139,19 +145,26 @@ def memory_features(model, texts: Sequence[str], batch_size: int = 16, layers: S
         for i in tqdm(range(0, len(texts), batch_size), desc="compress", unit="batch"):
             batch = list(texts[i : i + batch_size])
             mem, text_mean = model.compress(batch, return_text_mean=True)
-            feats.setdefault("memory", []).append(model.prepare_memory(mem[:, None], update_stats=False).float())
+            # kv readout: the states part (the keys and values at layer L+1 are projections of layer_L's states)
+            read = model.memory_states(mem) if model.kv_shape else model.prepare_memory(mem[:, None], update_stats=False)
+            feats.setdefault("memory", []).append(read.float())
             feats.setdefault("text_mean", []).append(text_mean.float())
             for n in layers:
                 feats.setdefault(f"layer_{n}", []).append(caught[n][:, -m:].float())
             if chars is not None:
                 width = caught["last"].shape[1]  # rows are left-padded: text tokens, then the m memory tokens
-                cols = []
-                for t, c in zip(batch, chars[i : i + batch_size]):
+                seg = model.chunk_len // m  # text tokens a memory vector stands for
+                cols, pooled = [], []
+                for b, (t, c) in enumerate(zip(batch, chars[i : i + batch_size])):
                     j, n_tok = token_at(model, t, c)
-                    cols.append(width - (n_tok + m) + j)
+                    start = width - (n_tok + m)
+                    cols.append(start + j)
+                    first = start + j // seg * seg  # the digit's segment of seg text tokens, averaged
+                    pooled.append(caught["last"][b, first : min(first + seg, start + n_tok)].float().mean(0))
                 rows = torch.arange(len(batch))
                 for key in [*layers, "last"]:
                     feats.setdefault(f"token_{key}", []).append(caught[key][rows, torch.tensor(cols)].float())
+                feats.setdefault("segment_last", []).append(torch.stack(pooled))
     finally:
         for h in hooks:
             h.remove()

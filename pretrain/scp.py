@@ -229,8 +229,9 @@ def scp_loss(model, batch: Sequence[ScpExample], mse_weight: float = 0.1, max_ta
     ``answer_only``: each row's reply is given up to ``Answer:`` and only the answer (and its end) is a
     target (:func:`split_reply`); ``tokens`` then counts answer tokens."""
     docs = [e.doc for e in batch]
-    mem, text_mean = model.compress(docs, return_text_mean=True)  # (B, m, H), (B, H)
-    mse = nn.functional.mse_loss(mem.mean(1).float(), text_mean.float())
+    mem, text_mean = model.compress(docs, return_text_mean=True)  # (B, m, W), (B, H)
+    mem_states = model.memory_states(mem)  # (B, m, H): W = H unless the generator reads keys and values
+    mse = nn.functional.mse_loss(mem_states.mean(1).float(), text_mean.float())
     # one generator row per target; a document's rows all read its one compression
     owner = [i for i, e in enumerate(batch) for _ in e.targets]
     targets, prefixes = _rows(batch, answer_only)
@@ -256,11 +257,11 @@ def scp_loss(model, batch: Sequence[ScpExample], mse_weight: float = 0.1, max_ta
             first.setdefault(doc, i)  # one row per distinct document (a file may hold its QA and paraphrase)
         rows = list(first.values())
         if len(rows) > 2:  # centred over two documents, any two memories are opposite
-            nce, acc = memory_text_infonce(mem[rows], text_mean[rows], contrastive_temperature)
+            nce, acc = memory_text_infonce(mem_states[rows], text_mean[rows], contrastive_temperature)
             loss = loss + contrastive_weight * nce
             metrics.update(nce=float(nce.detach()), nce_acc=acc)
     with torch.no_grad():
-        metrics["mem_cos"] = mean_pairwise_cosine(mem.detach())
+        metrics["mem_cos"] = mean_pairwise_cosine(mem_states.detach())
     metrics["tokens"] = _count_tokens(model, targets, max_target_tokens)
     return loss, metrics
 

@@ -32,6 +32,7 @@ from typing import Protocol, Sequence
 import torch
 
 from clara.model.generation import decode
+from clara.model.kv_memory import require_states_readout
 from clara.model.memory import left_pad, position_ids_for
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -210,6 +211,7 @@ def token_logprobs(logits: torch.Tensor, banned: Sequence[int], temperature: flo
 
 def sequence_embeds(model, trajs: Sequence[Trajectory]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-padded (ids (B, T), inputs_embeds (B, T, H), attention_mask (B, T)) with memory spliced in."""
+    require_states_readout(model, "the agent's rollout")
     ids, mask = left_pad([t.ids for t in trajs], model.pad_id)  # (B, T)
     ids, mask = ids.to(model.device), mask.to(model.device)
     embeds = model.lm.get_input_embeddings()(ids)  # (B, T, H)

@@ -26,16 +26,18 @@ import torch
 from torch import nn
 
 from clara.model.adapters import AdapterSet
-from clara.config import BackboneKind, LoraConfig, ModelConfig, Precision
+from clara.config import BackboneKind, LoraConfig, MemoryLayout, MemoryReadout, ModelConfig, Precision
 from clara.devices import precision_autocast
 from clara.model.inference_weights import cast_linears, restore_linears
-from clara.model.generation import SamplingParams, finish_text, generate_from_embeds
+from clara.model.generation import Prefix, SamplingParams, finish_text, generate_from_embeds, new_kv_cache
+from clara.model.kv_memory import fixed_end_positions, kv_shape, pack_kv, prefix_from_memory
 from clara.model.memory import (
     MEMORY_NORMS,
     SLOT_TOKEN,
     USER_FENCE,
     add_memory_tokens,
     embedding_rms,
+    encoder_row,
     fence,
     init_memory_stats,
     left_pad,
@@ -66,12 +68,18 @@ class ClaraModel(AdapterStorage, nn.Module):
         rescale_memory: bool = True,
         seed: int = 0,
         memory_norm: str = "none",
+        memory_readout: str = "states",
+        memory_layout: str = "end",
     ):
         super().__init__()
         self.tokenizer = tokenizer
         self.chunk_len = chunk_len
         self.backbone_hash = backbone_hash
         self.rescale_memory = rescale_memory
+        # states: the generator reads last-layer states as embeddings; kv: every layer's keys and values
+        self.memory_readout = MemoryReadout(getattr(memory_readout, "value", memory_readout))
+        self.kv_shape = kv_shape(lm.config) if self.memory_readout is MemoryReadout.KV else None
+        self.memory_layout = MemoryLayout(getattr(memory_layout, "value", memory_layout))
         # where the backbone came from (set by from_config; recorded with saved adapters)
         self.backbone_path = str(getattr(lm.config, "_name_or_path", ""))
         self.backbone_kind = ""
@@ -122,6 +130,8 @@ class ClaraModel(AdapterStorage, nn.Module):
             rescale_memory=model_cfg.rescale_memory,
             seed=seed,
             memory_norm=model_cfg.memory_norm,
+            memory_readout=model_cfg.memory_readout,
+            memory_layout=model_cfg.memory_layout,
         )
         model.backbone_path, model.backbone_kind = str(path), BackboneKind(model_cfg.kind).value
         model.backbone_recipe = backbone_recipe(path)
@@ -141,6 +151,11 @@ class ClaraModel(AdapterStorage, nn.Module):
     @property
     def hidden_size(self) -> int:
         return self.mem_embed.shape[1]
+
+    @property
+    def memory_width(self) -> int:
+        """Values per memory slot: H (states readout), or H and every layer's key and value (kv readout)."""
+        return self.hidden_size + (self.kv_shape.width if self.kv_shape else 0)
 
     @property
     def device(self) -> torch.device:
@@ -225,25 +240,47 @@ class ClaraModel(AdapterStorage, nn.Module):
         """Text (≤ chunk_len tokens) + m memory tokens -> last-layer states at the memory positions.
 
         Returns mem (B, m, H); with ``return_text_mean`` also the mean state over the text
-        tokens (B, H), used by SCP's alignment term.
+        tokens (B, H), used by SCP's alignment term. The compressor under kv readout returns
+        (B, m, :attr:`memory_width`): each slot's state, then its keys and values (:mod:`clara.model.kv_memory`).
         """
         m = self.num_mem
-        rows = [self._ids(t)[: self.chunk_len] + list(self.tokens.mem_ids) for t in texts]
+        interleaved = self.memory_layout is MemoryLayout.INTERLEAVED
+        rows = [encoder_row(self._ids(t)[: self.chunk_len], self.tokens.mem_ids, interleaved) for t in texts]
         ids, mask = left_pad(rows, self.pad_id)  # (B, T)
         ids, mask = ids.to(self.device), mask.to(self.device)
         embeds = self._embed(ids)  # (B, T, H)
-        mem_in = self.mem_embed.to(embeds.dtype).expand(len(rows), m, -1)  # (B, m, H)
-        embeds = torch.cat([embeds[:, :-m], mem_in], dim=1)  # memory tokens are the last m columns
+        if interleaved:  # each row's memory columns, in order <MEM0> … (user text never yields these ids)
+            is_mem = torch.isin(ids, torch.tensor(self.tokens.mem_ids, device=ids.device))  # (B, T)
+            where = is_mem.nonzero(as_tuple=True)  # row-major: each row's m columns in order
+            columns = where[1].view(len(rows), m)  # (B, m)
+            embeds = embeds.index_put(where, self.mem_embed.to(embeds.dtype).repeat(len(rows), 1))
+        else:
+            columns = None
+            mem_in = self.mem_embed.to(embeds.dtype).expand(len(rows), m, -1)  # (B, m, H)
+            embeds = torch.cat([embeds[:, :-m], mem_in], dim=1)  # memory tokens are the last m columns
+        kv = self.kv_shape is not None and adapter == "compressor"
+        kw, cache = new_kv_cache(self.lm) if kv else ("cache", None)
+        positions = fixed_end_positions(mask, self.chunk_len + m) if kv else position_ids_for(mask)
         with self.using(adapter):
             hidden = self.lm.get_decoder()(
-                inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids_for(mask)
+                inputs_embeds=embeds, attention_mask=mask, position_ids=positions,
+                **({kw: cache, "use_cache": True} if kv else {}),
             ).last_hidden_state  # (B, T, H)
         hidden = self._own_dtype(hidden)
-        mem = hidden[:, -m:]  # (B, m, H)
+        if columns is None:
+            mem = hidden[:, -m:]  # (B, m, H)
+        else:
+            mem = hidden.gather(1, columns[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, m, H)
+        if kv:
+            picked = pack_kv(cache, m if columns is None else columns)
+            mem = torch.cat([mem, self._own_dtype(picked)], dim=-1)  # (B, m, H + L·2·h_kv·d)
         if not return_text_mean:
             return mem
         text_mask = mask.clone()
-        text_mask[:, -m:] = 0
+        if columns is None:
+            text_mask[:, -m:] = 0
+        else:
+            text_mask[is_mem] = 0
         weights = text_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
         text_mean = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, H)
         return mem, text_mean
@@ -325,12 +362,18 @@ class ClaraModel(AdapterStorage, nn.Module):
         as the generator reads memory (``memory_norm``), without the scalar rescale. Raw last-layer
         states share one large direction (measured: cosine 0.97 between any two documents after SCP),
         so raw cosines between a query and its candidates differ by ~0.004 — a near-uniform softmax
-        at temperature 0.02; centring removes that shared direction. Identity when memory_norm is off."""
-        return normalize_memory(states, self.mem_stats, self.memory_norm)
+        at temperature 0.02; centring removes that shared direction. Identity when memory_norm is off.
+        Memory under kv readout is scored by its states (:meth:`memory_states`)."""
+        return normalize_memory(self.memory_states(states), self.mem_stats, self.memory_norm)
+
+    def memory_states(self, mem: torch.Tensor) -> torch.Tensor:
+        """Memory (..., m, W) -> its last-layer states (..., m, H): all of it, or under kv readout the
+        first H values of each slot (the rest are keys and values)."""
+        return mem[..., : self.hidden_size]
 
     def _splice(self, ids: torch.Tensor, mem_blocks: torch.Tensor | None) -> torch.Tensor:
         embeds = self._embed(ids)  # (B, T, H)
-        if mem_blocks is None or mem_blocks.shape[1] == 0:
+        if mem_blocks is None or mem_blocks.shape[1] == 0 or self.kv_shape is not None:
             return embeds
         return splice_memory(embeds, ids, self.tokens.slot_id, self.prepare_memory(mem_blocks))
 
@@ -338,13 +381,25 @@ class ClaraModel(AdapterStorage, nn.Module):
         if mem_blocks is None:
             return 0
         if mem_blocks.dim() != 4 or mem_blocks.shape[0] != len(questions) or mem_blocks.shape[2:] != (
-            self.num_mem, self.hidden_size,
+            self.num_mem, self.memory_width,
         ):
             raise ValueError(
-                f"mem_blocks must be (B={len(questions)}, k, m={self.num_mem}, H={self.hidden_size}), "
+                f"mem_blocks must be (B={len(questions)}, k, m={self.num_mem}, W={self.memory_width}), "
                 f"got {tuple(mem_blocks.shape)}"
             )
         return mem_blocks.shape[1]
+
+    def _slots(self, k: int) -> int:
+        """Memory slots a prompt holds for k blocks: none under kv readout (the memory is a prefix)."""
+        return 0 if self.kv_shape is not None else k
+
+    def memory_prefix(self, mem_blocks: torch.Tensor | None) -> Prefix | None:
+        """Under kv readout, memory blocks (B, k, m, W) -> the keys and values before the prompt; else None."""
+        if self.kv_shape is None or mem_blocks is None or mem_blocks.shape[1] == 0:
+            return None
+        B, k, m, _ = mem_blocks.shape
+        kv = mem_blocks[..., self.hidden_size :].reshape(B, k * m, -1)  # (B, k·m, L·2·h_kv·d)
+        return prefix_from_memory(kv, self.kv_shape, start=self.chunk_len + m)
 
     def build_generator_inputs(
         self, questions: Sequence[str], mem_blocks: torch.Tensor | None, reply_prefixes: Sequence[str] | None = None,
@@ -357,7 +412,8 @@ class ClaraModel(AdapterStorage, nn.Module):
         k = self._check_blocks(questions, mem_blocks)
         docs = documents_per_row(questions, k, documents)
         prefixes = reply_prefixes or [""] * len(questions)
-        rows = [self.prompt_ids(q, k, d) + (self._ids(p) if p else []) for q, p, d in zip(questions, prefixes, docs)]
+        rows = [self.prompt_ids(q, self._slots(k), d) + (self._ids(p) if p else [])
+                for q, p, d in zip(questions, prefixes, docs)]
         ids, mask = left_pad(rows, self.pad_id)
         ids, mask = ids.to(self.device), mask.to(self.device)
         return self._splice(ids, mem_blocks), mask
@@ -413,7 +469,7 @@ class ClaraModel(AdapterStorage, nn.Module):
         """
         k = self._check_blocks(questions, mem_blocks)
         docs = documents_per_row(questions, k, documents)
-        prompts = [self.prompt_ids(q, k, d) for q, d in zip(questions, docs)]
+        prompts = [self.prompt_ids(q, self._slots(k), d) for q, d in zip(questions, docs)]
         if reply_prefixes is None:
             prefixes, targets = [[]] * len(answers), [self._answer_ids(a, max_answer_len) for a in answers]
         else:
@@ -425,11 +481,14 @@ class ClaraModel(AdapterStorage, nn.Module):
             labels[i, ids.shape[1] - len(t) :] = torch.tensor(t)
         ids, mask, labels = ids.to(self.device), mask.to(self.device), labels.to(self.device)
         embeds = self._splice(ids, mem_blocks)  # (B, T, H)
+        prefix = self.memory_prefix(mem_blocks)
         with self.using(adapter):
-            out = self.lm.get_decoder()(
-                inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids_for(mask),
-                output_hidden_states=bool(states_at),
-            )
+            if prefix is None:
+                context = {"attention_mask": mask, "position_ids": position_ids_for(mask)}
+            else:  # kv readout: the memory's keys and values come before the prompt
+                kw, cache = prefix.cache(self.lm)
+                context = {"attention_mask": prefix.mask(mask), "position_ids": prefix.positions(mask), kw: cache}
+            out = self.lm.get_decoder()(inputs_embeds=embeds, output_hidden_states=bool(states_at), **context)
             # the state at t predicts token t+1; project only answer positions (vocab is large)
             target = labels[:, 1:]  # (B, T-1)
             keep = target != -100
@@ -465,7 +524,8 @@ class ClaraModel(AdapterStorage, nn.Module):
         self.eval()
         try:
             with self.using(adapter):
-                rows = generate_from_embeds(self.lm, embeds, mask, params, decode_text=self._decode)
+                rows = generate_from_embeds(self.lm, embeds, mask, params, decode_text=self._decode,
+                                            prefix=self.memory_prefix(mem_blocks))
         finally:
             self.train(was_training)
         return [finish_text(self._decode(r), params.stop) for r in rows]

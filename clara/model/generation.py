@@ -51,6 +51,41 @@ def new_kv_cache(lm) -> tuple[str, object]:
     return kw, cache
 
 
+@dataclass(frozen=True)
+class Prefix:
+    """Keys and values already computed for positions before the prompt, as a cached prefix: per layer
+    (key, value), each (B, h_kv, S, d), all S positions attended by every row; the prompt's first real
+    token sits at position ``start`` (:mod:`clara.model.kv_memory`)."""
+
+    kv: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    start: int
+
+    @property
+    def length(self) -> int:
+        return self.kv[0][0].shape[2]
+
+    def cache(self, lm) -> tuple[str, object]:
+        """(the forward's cache argument name, a ``DynamicCache`` holding the prefix). Under autocast the
+        prefix takes the autocast dtype, as the prompt's own keys will have it."""
+        from transformers import DynamicCache
+
+        kw, _ = new_kv_cache(lm)
+        device = self.kv[0][0].device
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+        layers = [(k.to(dtype or k.dtype), v.to(dtype or v.dtype)) for k, v in self.kv]
+        if "config" in inspect.signature(DynamicCache).parameters:
+            return kw, DynamicCache(ddp_cache_data=layers, config=lm.config)
+        return kw, DynamicCache(layers)
+
+    def mask(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The prompt's mask (B, T) -> the mask over prefix and prompt (B, S + T)."""
+        return torch.cat([attention_mask.new_ones(attention_mask.shape[0], self.length), attention_mask], dim=1)
+
+    def positions(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The prompt's position ids (B, T), from ``start`` on each row's first real token."""
+        return position_ids_for(attention_mask) + self.start
+
+
 _yield_hook = threading.local()
 
 
@@ -86,18 +121,24 @@ class KvState:
 
 
 @torch.no_grad()
-def prefill(lm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, KvState]:
+def prefill(lm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+            prefix: Prefix | None = None) -> tuple[torch.Tensor, KvState]:
     """Run the left-padded prompt once, filling a KV cache -> (the last position's logits (B, V), state).
-    Inside :func:`yield_points` it runs in chunks and calls back after each."""
+    Inside :func:`yield_points` it runs in chunks and calls back after each. ``prefix``: keys and values
+    that come before the prompt (the cache starts with them)."""
     hook = getattr(_yield_hook, "current", None)  # (callback, prefill tokens per chunk) or None
-    kw, cache = new_kv_cache(lm)
     mask = attention_mask.to(inputs_embeds.device)  # (B, T)
-    positions = position_ids_for(mask)  # (B, T)
-    batch, length = mask.shape
+    if prefix is None:
+        kw, cache = new_kv_cache(lm)
+        positions, before = position_ids_for(mask), 0  # (B, T)
+    else:
+        kw, cache = prefix.cache(lm)
+        positions, before, mask = prefix.positions(mask), prefix.length, prefix.mask(mask)  # mask (B, S + T)
+    batch, length = positions.shape
     chunk = length if hook is None else max(1, hook[1] // batch)
     for start in range(0, length, chunk):  # one forward unless yield points are on
         end = min(length, start + chunk)
-        logits = lm(inputs_embeds=inputs_embeds[:, start:end], attention_mask=mask[:, :end],
+        logits = lm(inputs_embeds=inputs_embeds[:, start:end], attention_mask=mask[:, :before + end],
                     position_ids=positions[:, start:end], use_cache=True, logits_to_keep=1,
                     **{kw: cache}).logits[:, -1]  # (B, V)
         if hook is not None:
@@ -120,7 +161,7 @@ def decode_step(lm, token: torch.Tensor, state: KvState) -> torch.Tensor:
 
 @torch.no_grad()
 def decode(lm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
-           step: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]) -> None:
+           step: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]], prefix: Prefix | None = None) -> None:
     """The one decoding loop (generation, the RL agent's turns): :func:`prefill` runs the left-padded prompt
     once, filling a KV cache; then each :func:`decode_step` feeds only the new tokens.
 
@@ -128,7 +169,7 @@ def decode(lm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, max_ne
     picks every row's next token and says which rows have finished; the loop ends when all have, or
     after ``max_new_tokens`` steps. Position ids follow the mask, so a padded row decodes as it would alone.
     """
-    logits, state = prefill(lm, inputs_embeds, attention_mask)
+    logits, state = prefill(lm, inputs_embeds, attention_mask, prefix)
     for i in range(max_new_tokens):
         token, done = step(logits, i)  # (B,), (B,)
         if bool(done.all()) or i == max_new_tokens - 1:
@@ -163,12 +204,14 @@ def generate_from_embeds(
     attention_mask: torch.Tensor,
     params: SamplingParams,
     decode_text: Callable[[list[int]], str] | None = None,
+    prefix: Prefix | None = None,
 ) -> list[list[int]]:
     """Decode from a left-padded prompt given as embeddings; returns new token ids per row.
 
     inputs_embeds (B, T, H), attention_mask (B, T). ``lm`` is a causal LM (``forward`` takes
     ``inputs_embeds``/``input_ids``, ``attention_mask``, ``position_ids``, a cache, and
-    ``logits_to_keep``). ``decode_text`` turns ids into text; it is needed for stop strings.
+    ``logits_to_keep``). ``decode_text`` turns ids into text; it is needed for stop strings. ``prefix``: keys
+    and values before the prompt (:class:`Prefix`).
     """
     if params.stop and decode_text is None:
         raise ValueError("stop strings need a decode function")
@@ -189,7 +232,7 @@ def generate_from_embeds(
             done = done | _rows_hitting_stop(steps, done, params.stop, decode_text, device)
         return token, done
 
-    decode(lm, inputs_embeds, attention_mask, params.max_new_tokens, step)
+    decode(lm, inputs_embeds, attention_mask, params.max_new_tokens, step, prefix)
     return _trim_rows(torch.stack(steps, dim=1).tolist(), params)  # (B, t) -> ragged
 
 

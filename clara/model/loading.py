@@ -13,7 +13,8 @@ import json
 import logging
 from pathlib import Path
 
-from clara.config import BackboneKind, ClaraConfig, LoraConfig, ModelConfig, Precision, from_dict
+from clara.config import (BackboneKind, ClaraConfig, LoraConfig, MemoryLayout, MemoryReadout, ModelConfig, Precision,
+                          from_dict)
 from clara.errors import CheckpointError, ConfigError
 from clara.model.storage import MODEL_INFO
 
@@ -77,6 +78,8 @@ def model_config_from_adapters(path: str | Path, backbone: str | Path | None = N
         compression_rate=int(info["chunk_len"]) // int(info["num_mem"]),
         lora=from_dict(LoraConfig, {**info.get("lora", {}), "dropout": 0.0}),
         rescale_memory=info.get("rescale_memory", True),
+        memory_readout=MemoryReadout(info.get("memory_readout", "states")),
+        memory_layout=MemoryLayout(info.get("memory_layout", "end")),
     )  # fmt: skip
     return directory, cfg
 

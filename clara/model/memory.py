@@ -15,6 +15,7 @@ memory vector reaches the generator; scores (cosine) are scale-free anyway.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -54,6 +55,20 @@ def add_memory_tokens(tokenizer, num_mem: int) -> MemoryTokens:
     if len(set(ids)) != len(ids) or any(i is None or i == tokenizer.unk_token_id for i in ids):
         raise RuntimeError(f"tokenizer did not give distinct ids to the memory tokens: {ids}")
     return MemoryTokens(mem_ids=tuple(ids[:-1]), slot_id=ids[-1])
+
+
+def encoder_row(text_ids: list[int], mem_ids: Sequence[int], interleaved: bool = False) -> list[int]:
+    """A compressor input row: the text's ids and the m memory tokens, all after the text (``end``) or
+    ``interleaved``, one after each of m equal segments of the text (ceil(n / m) tokens; the last segments
+    may be empty), so that each memory token has its own segment just before it."""
+    if not interleaved:
+        return list(text_ids) + list(mem_ids)
+    m = len(mem_ids)
+    seg = max(1, -(-len(text_ids) // m))
+    row: list[int] = []
+    for j, mem in enumerate(mem_ids):
+        row += list(text_ids[j * seg : (j + 1) * seg]) + [mem]
+    return row
 
 
 def pad_id_of(tokenizer) -> int:

@@ -41,6 +41,9 @@ def compress_batches(model, texts: Sequence[str], batch_size: int,
     """
     import torch
 
+    from clara.model.kv_memory import require_states_readout
+
+    require_states_readout(model, "a memory bank or cache")
     if lengths is None:
         batches = [np.arange(i, min(i + batch_size, len(texts))) for i in range(0, len(texts), batch_size)]
     else:

@@ -49,7 +49,12 @@ class AdapterStorage:
         compressor LoRA weights and the memory-token embeddings. Memory caches and banks are
         keyed by it, and a bank written by another compressor is refused."""
         h = hashlib.sha256()
-        h.update(json.dumps([self.backbone_hash, self.chunk_len, self.num_mem, self.hidden_size]).encode())
+        sizes = [self.backbone_hash, self.chunk_len, self.num_mem, self.hidden_size]
+        if self.kv_shape is not None:  # kv readout: memory holds keys and values too (older hashes unchanged)
+            sizes.append(self.memory_readout.value)
+        if self.memory_layout.value != "end":  # memory tokens placed elsewhere: other memory (older hashes unchanged)
+            sizes.append(self.memory_layout.value)
+        h.update(json.dumps(sizes).encode())
         tensors = [("mem_embed", self.mem_embed)] + sorted(self.adapters.state_dict("compressor").items())
         if self.mem_stats is not None:  # the retrieval space depends on them (retrieval_memory)
             tensors.append((f"mem_stats/{self.memory_norm}", self.mem_stats))
@@ -102,6 +107,8 @@ class AdapterStorage:
             "embed_rms": self.embed_rms,
             "rescale_memory": self.rescale_memory,
             "memory_norm": self.memory_norm,
+            "memory_readout": self.memory_readout.value,
+            "memory_layout": self.memory_layout.value,
             "generator_prompt": self.generator_prompt,
             "lora": to_dict(LoraConfig(r=cfg.r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                                        target_modules=tuple(sorted(cfg.target_modules)))),
@@ -161,10 +168,18 @@ class AdapterStorage:
             self.adapters.copy_adapter("compressor", "query")
             log.info("%s: no query adapter saved; the query reasoner is a copy of the compressor", directory)
         self.generator_prompt = info.get("generator_prompt")
+        for key, ours_value, old in (("memory_readout", self.memory_readout.value, "states"),
+                                     ("memory_layout", self.memory_layout.value, "end")):
+            saved_value = info.get(key, old)  # older directories: the only form there was
+            if saved_value != ours_value:  # the LoRA weights load either way: training them further is the point
+                log.warning("%s: adapters were trained with %s=%s, this model has %s", directory, key, saved_value,
+                            ours_value)
         saved = load_file(str(directory / MEM_EMBED_FILE))
         # the generator was trained on memory normalised this way: adopt it (older dirs lack the key)
         norm = info.get("memory_norm", self.memory_norm)
-        if norm != self.memory_norm:
+        if norm != self.memory_norm and self.kv_shape is not None:  # kv readout splices nothing to normalise
+            log.info("%s: memory_norm=%s as trained; not used with memory_readout=kv", directory, norm)
+        elif norm != self.memory_norm:
             log.info("%s: memory_norm=%s (as trained), not %s", directory, norm, self.memory_norm)
             self._set_memory_norm(norm)
         if resample:

@@ -65,9 +65,11 @@ def test_layer_states_are_the_decoder_outputs_at_the_memory_positions(tiny_backb
     # the token features are the states at the year's last digit, whatever the padding of its batch
     from clara.eval.memory_probe import token_at
 
-    assert feats["token_last"].shape == (3, model.hidden_size)
+    assert feats["token_last"].shape == feats["segment_last"].shape == (3, model.hidden_size)
+    assert not torch.allclose(feats["token_last"], feats["segment_last"])
     with torch.no_grad():
         for i, (t, c) in enumerate(zip(texts, chars)):
-            alone = memory_features(model, [t], 1, [], [c])["token_last"][0]
-            assert torch.allclose(alone, feats["token_last"][i], atol=1e-4)
+            single = memory_features(model, [t], 1, [], [c])
+            assert torch.allclose(single["token_last"][0], feats["token_last"][i], atol=1e-4)
+            assert torch.allclose(single["segment_last"][0], feats["segment_last"][i], atol=1e-4)
             assert t[c] == model.tokenizer.decode(model._ids(t)[token_at(model, t, c)[0]]).strip()[-1]

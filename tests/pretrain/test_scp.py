@@ -348,3 +348,23 @@ def test_scp_saves_what_it_trains_and_a_loaded_query_reasoner_is_the_compressor(
         model.load_adapters(adapters)
         assert torch.equal(model.encode_query(docs), model.compress(docs))
         assert not torch.allclose(untrained, model.encode_query(docs))
+
+
+def test_kv_readout_trains_through_keys_and_values_and_aligns_the_states(tiny_backbone, tmp_path, fresh_docs):
+    """model.memory_readout=kv: SCP's generator reads every layer's keys and values; the alignment term and
+    mem_cos read the states part, and the training run saves adapters that rebuild as a kv model."""
+    import dataclasses
+
+    from clara.model.loading import load_trained_model
+
+    data = tmp_path / "synth.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in fresh_docs))
+    cfg = make_cfg(tiny_backbone, tmp_path / "run")
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, memory_readout="kv"))
+    model = build_scp_model(cfg)
+    loss, m = scp_loss(model, examples(fresh_docs[:4]), mse_weight=0.1)
+    assert loss.item() == pytest.approx(m["ce"] + 0.1 * m["mse"], rel=1e-5) and 0 < m["mem_cos"] <= 1
+    result = train_scp(cfg, data, model=model)
+    assert result.step == 4 and all(x is not None for x in result.losses)
+    loaded = load_trained_model(tmp_path / "run", precision="fp32")
+    assert loaded.memory_readout.value == "kv"
