@@ -70,6 +70,10 @@ def passages(model, n: int, tokens: int, seed: int = 0) -> list[str]:
 def bench_prefill(model, k: int, passage_tokens: int, new_tokens: int, reps: int) -> dict:
     import torch
 
+    from clara.model.kv_memory import require_states_readout
+
+    require_states_readout(model, "bench_serving (it times memory spliced into the prompt)")
+
     docs = passages(model, k, passage_tokens)
     question = "Who founded the museum of Mira?"
     with torch.no_grad():
@@ -150,6 +154,9 @@ def answer_phases(model, bank, question: str, k: int, prompt: str, raw: bool) ->
 def bench_breakdown(model, bank, questions: list[str], k: int, reps: int, prompt: str) -> dict:
     """Each phase of time to first token for CLaRa (memory) and raw-text RAG (text) on the same bank and
     retrieval; repetitions alternate the order of the two; medians over every (repetition, question)."""
+    from clara.model.kv_memory import require_states_readout
+
+    require_states_readout(model, "bench_serving (it times memory spliced into the prompt)")
     runs = {"clara": [], "raw_text_rag": []}
     positions = {}
     answer_phases(model, bank, questions[0], k, prompt, False), answer_phases(model, bank, questions[0], k, prompt, True)

@@ -406,6 +406,7 @@ class ClaraModel(AdapterStorage, nn.Module):
         documents: Sequence[str] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts with memory spliced in -> (inputs_embeds (B, T, H), attention_mask (B, T)), left-padded.
+        Under kv readout nothing is spliced: decode with :meth:`memory_prefix` of the same blocks as the prefix.
 
         ``reply_prefixes`` forces the start of each reply (e.g. ``"Question: q\nAnswer:"``). ``documents``
         (no ``mem_blocks``): each row's text where the memory would go, as raw-text RAG reads it."""

@@ -178,3 +178,12 @@ def test_interleaved_memory_reads_each_segment_and_batches_as_alone(model_cfg, p
     loaded = load_trained_model(tmp_path / "adapters", precision="fp32")
     assert loaded.memory_layout.value == "interleaved"
     torch.testing.assert_close(loaded.compress(docs), model.compress(docs))
+
+
+def test_the_serving_benchmark_refuses_kv_memory(kv_model):
+    from clara.eval.bench_serving import bench_breakdown, bench_prefill
+
+    with pytest.raises(ConfigError, match="memory_readout=kv"):
+        bench_prefill(kv_model, 1, 8, 1, 1)
+    with pytest.raises(ConfigError, match="memory_readout=kv"):
+        bench_breakdown(kv_model, None, ["q?"], 1, 1, "direct")
