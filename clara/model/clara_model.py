@@ -248,16 +248,12 @@ class ClaraModel(AdapterStorage, nn.Module):
         rows = [encoder_row(self._ids(t)[: self.chunk_len], self.tokens.mem_ids, interleaved) for t in texts]
         ids, mask = left_pad(rows, self.pad_id)  # (B, T)
         ids, mask = ids.to(self.device), mask.to(self.device)
+        # each row's memory columns, in order <MEM0> … (user text never yields these ids), whatever the layout
+        is_mem = torch.isin(ids, torch.tensor(self.tokens.mem_ids, device=ids.device))  # (B, T)
+        where = is_mem.nonzero(as_tuple=True)  # row-major: each row's m columns in order
+        columns = where[1].view(len(rows), m)  # (B, m)
         embeds = self._embed(ids)  # (B, T, H)
-        if interleaved:  # each row's memory columns, in order <MEM0> … (user text never yields these ids)
-            is_mem = torch.isin(ids, torch.tensor(self.tokens.mem_ids, device=ids.device))  # (B, T)
-            where = is_mem.nonzero(as_tuple=True)  # row-major: each row's m columns in order
-            columns = where[1].view(len(rows), m)  # (B, m)
-            embeds = embeds.index_put(where, self.mem_embed.to(embeds.dtype).repeat(len(rows), 1))
-        else:
-            columns = None
-            mem_in = self.mem_embed.to(embeds.dtype).expand(len(rows), m, -1)  # (B, m, H)
-            embeds = torch.cat([embeds[:, :-m], mem_in], dim=1)  # memory tokens are the last m columns
+        embeds = embeds.index_put(where, self.mem_embed.to(embeds.dtype).repeat(len(rows), 1))
         kv = self.kv_shape is not None and adapter == "compressor"
         kw, cache = new_kv_cache(self.lm) if kv else ("cache", None)
         positions = fixed_end_positions(mask, self.chunk_len + m) if kv else position_ids_for(mask)
@@ -267,20 +263,12 @@ class ClaraModel(AdapterStorage, nn.Module):
                 **({kw: cache, "use_cache": True} if kv else {}),
             ).last_hidden_state  # (B, T, H)
         hidden = self._own_dtype(hidden)
-        if columns is None:
-            mem = hidden[:, -m:]  # (B, m, H)
-        else:
-            mem = hidden.gather(1, columns[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, m, H)
+        mem = hidden.gather(1, columns[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, m, H)
         if kv:
-            picked = pack_kv(cache, m if columns is None else columns)
-            mem = torch.cat([mem, self._own_dtype(picked)], dim=-1)  # (B, m, H + L·2·h_kv·d)
+            mem = torch.cat([mem, self._own_dtype(pack_kv(cache, columns))], dim=-1)  # (B, m, H + L·2·h_kv·d)
         if not return_text_mean:
             return mem
-        text_mask = mask.clone()
-        if columns is None:
-            text_mask[:, -m:] = 0
-        else:
-            text_mask[is_mem] = 0
+        text_mask = mask.masked_fill(is_mem, 0)
         weights = text_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
         text_mean = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, H)
         return mem, text_mean

@@ -60,17 +60,14 @@ def fixed_end_positions(attention_mask: torch.Tensor, end: int) -> torch.Tensor:
     return (positions * attention_mask.long()).long()  # (B, T)
 
 
-def pack_kv(cache, columns: torch.Tensor | int) -> torch.Tensor:
+def pack_kv(cache, columns: torch.Tensor) -> torch.Tensor:
     """A filled ``DynamicCache`` -> (B, m, L·2·h_kv·d): each layer's key and value at each row's m memory
-    ``columns`` (B, m), or at the last m columns when ``columns`` is the int m."""
+    ``columns`` (B, m)."""
     parts = []
     for layer in cache.layers:
         for t in (layer.keys, layer.values):  # (B, h_kv, T, d)
-            if isinstance(columns, int):
-                picked = t[:, :, -columns:]  # (B, h_kv, m, d)
-            else:
-                B, h, _, d = t.shape
-                picked = t.gather(2, columns[:, None, :, None].expand(B, h, columns.shape[1], d))
+            B, h, _, d = t.shape
+            picked = t.gather(2, columns[:, None, :, None].expand(B, h, columns.shape[1], d))  # (B, h_kv, m, d)
             parts.append(picked.transpose(1, 2).flatten(2))  # (B, m, h_kv·d)
     return torch.cat(parts, dim=-1)
 

@@ -28,7 +28,7 @@ def _kv_of(model, ids, mask, end):
     with torch.no_grad(), model.using(None):
         model.lm.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=fixed_end_positions(mask, end),
                                use_cache=True, **{kw: cache})
-    return pack_kv(cache, ids.shape[1])  # (B, T, L·2·h_kv·d)
+    return pack_kv(cache, torch.arange(ids.shape[1]).expand(ids.shape[0], -1))  # (B, T, L·2·h_kv·d)
 
 
 def test_fixed_end_positions_end_every_row_at_the_same_place():
