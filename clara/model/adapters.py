@@ -159,10 +159,12 @@ class AdapterSet:
             str(directory), selected_adapters=list(names or self.names), save_embedding_layers=False
         )
 
-    def load(self, directory: Path, names: Sequence[str] | None = None) -> None:
+    def load(self, directory: Path, names: Sequence[str] | None = None, grow_rank: bool = False) -> None:
         """Load each adapter's weights from ``directory/<name>``; shapes must match this model.
 
         ``names``: only these (a release asset ships the trained ones); the others keep their init.
+        ``grow_rank``: adapters saved at a lower rank load into this higher one as the same function
+        (:func:`grow_lora_rank`), to be trained further with more capacity.
         """
         from peft.utils import set_peft_model_state_dict
         from safetensors.torch import load_file
@@ -176,16 +178,51 @@ class AdapterSet:
                 raise CheckpointError(f"{weights}: missing; the adapter directory is incomplete")
             saved = json.loads((sub / "adapter_config.json").read_text(encoding="utf-8"))
             ours = self.peft.peft_config[name]
-            if saved.get("r") != ours.r or set(saved.get("target_modules") or []) != set(ours.target_modules):
+            grows = grow_rank and saved.get("r", ours.r) < ours.r and not saved.get("use_rslora")
+            if (saved.get("r") != ours.r and not grows) or set(saved.get("target_modules") or []) != set(ours.target_modules):
                 raise CheckpointError(
                     f"{sub}/adapter_config.json: r={saved.get('r')}, target_modules={saved.get('target_modules')} "
                     f"but the model was built with r={ours.r}, target_modules={sorted(ours.target_modules)}; "
                     "set model.lora to match the checkpoint"
+                    + (" (a higher model.lora.r than saved loads when a stage starts from these adapters)" if not grow_rank else "")
                 )
-            result = set_peft_model_state_dict(self.peft, load_file(str(weights)), adapter_name=name)
+            tensors = load_file(str(weights))
+            if grows:
+                log.info("%s: rank %d saved, %d here: loaded as the same function, the new directions' B at zero",
+                         sub, saved["r"], ours.r)
+                tensors = grow_lora_rank(tensors, self.state_dict(name), saved["lora_alpha"] / saved["r"],
+                                         ours.lora_alpha / ours.r, f"{weights}")
+            result = set_peft_model_state_dict(self.peft, tensors, adapter_name=name)
             missing = [k for k in result.missing_keys if f".{name}." in k and "lora_" in k]
             if missing or result.unexpected_keys:
                 raise CheckpointError(
                     f"{weights}: does not fit this model (missing {missing[:2]}, unexpected {result.unexpected_keys[:2]})"
                 )
         self._sync_requires_grad()
+
+
+def grow_lora_rank(saved: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor], saved_scale: float, scale: float,
+                   where: str) -> dict[str, torch.Tensor]:
+    """LoRA weights of rank r (``saved``, scaling alpha/r = ``saved_scale``) as weights of the higher rank R of
+    ``fresh`` (this model's initialised adapter, scaling ``scale``) with the same update B·A·scaling: A's first
+    r rows are the saved ones and the rest keep their fresh init; B's first r columns are the saved ones times
+    saved_scale / scale and the rest are zero (so the new directions start silent and train as a fresh LoRA's)."""
+    out = {}
+    for key, value in saved.items():
+        target = fresh.get(key)
+        if target is None or target.shape == value.shape or "lora_" not in key:
+            out[key] = value
+            continue
+        r = value.shape[0] if "lora_A" in key else value.shape[1]
+        grown = target.detach().clone().to(value.dtype)
+        if "lora_A" in key:  # A (R, in)
+            if grown.shape[1:] != value.shape[1:]:
+                raise CheckpointError(f"{where}: {key} has shape {tuple(value.shape)}, not [r, {grown.shape[1]}]")
+            grown[:r] = value
+        else:  # B (out, R)
+            if grown.shape[0] != value.shape[0]:
+                raise CheckpointError(f"{where}: {key} has shape {tuple(value.shape)}, not [{grown.shape[0]}, r]")
+            grown.zero_()
+            grown[:, :r] = value * (saved_scale / scale)
+        out[key] = grown
+    return out

@@ -108,7 +108,7 @@ def model_from_adapters(cfg: ClaraConfig, init_adapters: str, key: str, missing:
     """A stage's starting model: seeded, with an earlier run's adapters loaded, or fresh ones (logging
     ``missing`` if given). ``key``: the config key that gave ``init_adapters`` (named in the error when it
     holds none). ``other_cr``, ``other_backbone``: adapters of another compression rate or backbone load too
-    (``load_adapters``).
+    (``load_adapters``); adapters of a lower LoRA rank than ``model.lora.r`` load as the same function.
     """
     from clara.model.clara_model import ClaraModel
     from clara.training import seed_everything
@@ -116,7 +116,8 @@ def model_from_adapters(cfg: ClaraConfig, init_adapters: str, key: str, missing:
     seed_everything(cfg.train.seed)  # LoRA init draws from the torch RNG: same model on every run
     model = ClaraModel.from_config(cfg.model, seed=cfg.train.seed)
     if init_adapters:
-        model.load_adapters(resolve_adapters_dir(init_adapters, key), other_cr=other_cr, other_backbone=other_backbone)
+        model.load_adapters(resolve_adapters_dir(init_adapters, key), other_cr=other_cr, other_backbone=other_backbone,
+                            grow_rank=True)
     elif missing:
         log.warning(missing)
     return model

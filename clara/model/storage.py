@@ -115,7 +115,7 @@ class AdapterStorage:
         }
 
     def load_adapters(self, directory: str | Path, other_cr: bool = False, other_backbone: bool = False,
-                      backbone_key: str = "model.backbone") -> None:
+                      backbone_key: str = "model.backbone", grow_rank: bool = False) -> None:
         """Load adapters saved by :meth:`save_adapters`; refuse ones trained on another backbone.
 
         Adapters without a query reasoner (stage 1's) get a copy of the compressor as one, as joint training starts.
@@ -125,6 +125,7 @@ class AdapterStorage:
         ``other_backbone``: adapters trained on another backbone of the same shape are loaded too, to be trained
         further on this one (e.g. from the derived reader backbone to the stock one), with a warning.
         ``backbone_key``: how the caller's user names the backbone (a config key or a flag), for the error.
+        ``grow_rank``: adapters of a lower LoRA rank load into this model's higher one (``AdapterSet.load``).
         """
         from safetensors.torch import load_file
 
@@ -160,7 +161,7 @@ class AdapterStorage:
                     "set model.chunk_len/model.compression_rate to match the checkpoint"
                     + ("" if key == "hidden_size" else " (or scp.init_other_cr=true to train it further at this rate)")
                 )
-        self.adapters.load(directory, info.get("adapters"))
+        self.adapters.load(directory, info.get("adapters"), grow_rank=grow_rank)
         saved_names = info.get("adapters") or []
         if "query" not in saved_names and "compressor" in saved_names and "query" in self.adapters.names:
             # stage 1's adapters hold no query reasoner: it starts as the compressor (DESIGN §5), so retrieval

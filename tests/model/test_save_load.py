@@ -189,3 +189,33 @@ def test_the_generator_prompt_is_recorded_and_carried_to_the_next_stage(model, m
     with caplog.at_level("WARNING", logger="clara.model.prompts"):
         assert resolve_prompt("direct", evaluated) == "direct"
     assert "trained to be asked in the scp form" in caplog.text
+
+
+def test_adapters_of_a_lower_rank_load_into_a_higher_one_as_the_same_function(model, model_cfg, tmp_path):
+    """Issue 28's lever (d) trains the release's rank-16 adapters further at rank 64: the grown adapters
+    compute what the saved ones did (r 4, alpha 8 -> r 8, alpha 4: the scaling changes 2 -> 0.5, so
+    B must be rescaled), and the new directions still train (their A is live, their B zero)."""
+    import dataclasses
+
+    from clara.config import LoraConfig
+    from clara.model.clara_model import ClaraModel
+
+    model.save_adapters(tmp_path / "adapters")
+    before = outputs(model)
+    cfg = dataclasses.replace(model_cfg, lora=LoraConfig(r=8, alpha=4, dropout=0.0))
+    with pytest.raises(CheckpointError, match="r=4.*r=8.*a higher model.lora.r than saved loads when a stage"):
+        ClaraModel.from_config(cfg).load_adapters(tmp_path / "adapters")
+    grown = ClaraModel.from_config(cfg)
+    grown.load_adapters(tmp_path / "adapters", grow_rank=True)
+    after = outputs(grown)
+    for a, b in zip(before[:3], after[:3]):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    assert before[3] == after[3]
+    lora_a = [p for n, p in grown.adapters.peft.named_parameters() if ".compressor." in n and "lora_A" in n][0]
+    lora_b = [p for n, p in grown.adapters.peft.named_parameters() if ".compressor." in n and "lora_B" in n][0]
+    assert lora_a.shape[0] == 8 and lora_b.shape[1] == 8
+    assert torch.count_nonzero(lora_b[:, 4:]) == 0 and torch.count_nonzero(lora_a[4:]) > 0
+    assert torch.count_nonzero(lora_b[:, :4]) > 0  # the perturbed saved B, not a fresh zero one
+    with pytest.raises(CheckpointError, match="r=8.*r=4"):  # a higher saved rank cannot shrink losslessly
+        grown.save_adapters(tmp_path / "r8")
+        model.load_adapters(tmp_path / "r8", grow_rank=True)
