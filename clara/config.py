@@ -270,9 +270,17 @@ class ScpConfig:
     # the control of issue 28's capacity test: the generator LoRA trains on the same rows with each document
     # as text where its memory would go (a plain text LoRA; the compressor, MSE and memory go unused)
     read_text: bool = False
+    # which of stage 1's adapters train. [compressor]: the generator stays as loaded, so no fact can be learned
+    # into its weights and the loss falls only through what the memory carries (issue 28's capacity test:
+    # trained alone on 125 documents' years, the generator answered a quarter of them from a wrong memory)
+    train_adapters: tuple[str, ...] = ("compressor", "generator")
 
     def __post_init__(self):
         _check(self.mse_weight >= 0, "scp.mse_weight", f"must be >= 0, got {self.mse_weight}")
+        _check(bool(self.train_adapters) and set(self.train_adapters) <= {"compressor", "generator"},
+               "scp.train_adapters", f"must be a non-empty subset of compressor,generator; got {list(self.train_adapters)}")
+        _check(not self.read_text or "generator" in self.train_adapters, "scp.train_adapters",
+               "must include generator with scp.read_text (the text control trains the generator alone)")
         _check(self.distill_weight >= 0, "scp.distill_weight", f"must be >= 0, got {self.distill_weight}")
         _check(bool(self.distill_layers) and all(i >= 0 for i in self.distill_layers), "scp.distill_layers",
                f"must be a non-empty list of hidden-state indices >= 0, got {list(self.distill_layers)}")

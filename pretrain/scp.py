@@ -332,7 +332,8 @@ def mean_pairwise_cosine(mem: torch.Tensor) -> float:
 
 
 def build_scp_model(cfg: ClaraConfig):
-    """ClaraModel with compressor + generator (+ memory-token embeddings) trainable, the rest frozen.
+    """ClaraModel with compressor + generator (``scp.train_adapters``) and the memory-token embeddings
+    trainable, the rest frozen.
 
     Starts from ``scp.init_adapters`` when set (e.g. to train the release further), else fresh LoRA.
     """
@@ -340,8 +341,13 @@ def build_scp_model(cfg: ClaraConfig):
 
     model = model_from_adapters(cfg, cfg.scp.init_adapters, "scp.init_adapters", other_cr=cfg.scp.init_other_cr,
                                 other_backbone=cfg.scp.init_other_backbone)
-    model.set_trainable(list(SCP_ADAPTERS), mem_embed=True)
+    set_scp_trainable(model, cfg.scp)
     return model
+
+
+def set_scp_trainable(model, scp: ScpConfig) -> None:
+    """Train ``scp.train_adapters`` (both of stage 1's by default) and the memory-token embeddings."""
+    model.set_trainable([name for name in SCP_ADAPTERS if name in scp.train_adapters], mem_embed=True)
 
 
 def scp_dataset(cfg: ClaraConfig, data: str | Path | None, fresh: bool, skip_bad: bool = False) -> Sequence[ScpExample]:
@@ -377,7 +383,7 @@ def train_scp(
     if model is None:
         model = build_scp_model(cfg)
     else:
-        model.set_trainable(list(SCP_ADAPTERS), mem_embed=True)
+        set_scp_trainable(model, cfg.scp)
     objective = ScpObjective(model, cfg.scp)
     # fresh documents arrive in a random order already and are read once; a file is reshuffled per epoch
     batches = ResumableBatches(dataset, cfg.train.batch_size, list, seed=cfg.train.seed, shuffle=not fresh)

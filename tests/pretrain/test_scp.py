@@ -74,6 +74,29 @@ def test_scp_trains_compressor_generator_and_memory_not_query_or_base(tiny_backb
     assert all({"ce", "mse", "mem_cos"} <= r.keys() for r in rows if r.get("kind") == "train")
 
 
+def test_train_adapters_compressor_keeps_the_generator_as_loaded(tiny_backbone, tmp_path, fresh_docs):
+    """scp.train_adapters=[compressor]: the loss reaches the compressor through the memory and the generator
+    never moves, so nothing can be learned into its weights (issue 28)."""
+    import dataclasses
+
+    from clara.errors import ConfigError
+
+    data = tmp_path / "synth.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in fresh_docs))
+    cfg = make_cfg(tiny_backbone, tmp_path / "run")
+    cfg = dataclasses.replace(cfg, scp=dataclasses.replace(cfg.scp, train_adapters=("compressor",)))
+    model = build_scp_model(cfg)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train_scp(cfg, data, model=model)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+    assert any(".compressor." in n for n in changed) and "mem_embed" in changed
+    assert not any(".generator." in n or ".query." in n for n in changed), sorted(changed)[:3]
+    with pytest.raises(ConfigError, match="scp.train_adapters.*subset of compressor,generator"):
+        ScpConfig(train_adapters=("query",))
+    with pytest.raises(ConfigError, match="scp.train_adapters.*must include generator with scp.read_text"):
+        ScpConfig(train_adapters=("compressor",), read_text=True)
+
+
 def test_reference_format_records_become_examples(tmp_path):
     path = tmp_path / "ref.jsonl"
     lines = [
