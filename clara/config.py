@@ -271,8 +271,8 @@ class ScpConfig:
     # as text where its memory would go (a plain text LoRA; the compressor, MSE and memory go unused)
     read_text: bool = False
     # which of stage 1's adapters train. [compressor]: the generator stays as loaded, so no fact can be learned
-    # into its weights and the loss falls only through what the memory carries (issue 28's capacity test:
-    # trained alone on 125 documents' years, the generator answered a quarter of them from a wrong memory)
+    # into its weights and the loss falls only through what the memory carries (issue 28's capacity test on
+    # years alone, docs/RESULTS.md §2)
     train_adapters: tuple[str, ...] = ("compressor", "generator")
 
     def __post_init__(self):

@@ -179,12 +179,13 @@ class AdapterSet:
             saved = json.loads((sub / "adapter_config.json").read_text(encoding="utf-8"))
             ours = self.peft.peft_config[name]
             grows = grow_rank and saved.get("r", ours.r) < ours.r and not saved.get("use_rslora")
-            if (saved.get("r") != ours.r and not grows) or set(saved.get("target_modules") or []) != set(ours.target_modules):
+            same_modules = set(saved.get("target_modules") or []) == set(ours.target_modules)
+            if (saved.get("r") != ours.r and not grows) or not same_modules:
+                hint = "" if grow_rank else " (a higher model.lora.r than saved loads when a stage starts from them)"
                 raise CheckpointError(
                     f"{sub}/adapter_config.json: r={saved.get('r')}, target_modules={saved.get('target_modules')} "
                     f"but the model was built with r={ours.r}, target_modules={sorted(ours.target_modules)}; "
-                    "set model.lora to match the checkpoint"
-                    + (" (a higher model.lora.r than saved loads when a stage starts from these adapters)" if not grow_rank else "")
+                    f"set model.lora to match the checkpoint{hint}"
                 )
             tensors = load_file(str(weights))
             if grows:
@@ -201,8 +202,8 @@ class AdapterSet:
         self._sync_requires_grad()
 
 
-def grow_lora_rank(saved: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor], saved_scale: float, scale: float,
-                   where: str) -> dict[str, torch.Tensor]:
+def grow_lora_rank(saved: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor], saved_scale: float,
+                   scale: float, where: str) -> dict[str, torch.Tensor]:
     """LoRA weights of rank r (``saved``, scaling alpha/r = ``saved_scale``) as weights of the higher rank R of
     ``fresh`` (this model's initialised adapter, scaling ``scale``) with the same update B·A·scaling: A's first
     r rows are the saved ones and the rest keep their fresh init; B's first r columns are the saved ones times

@@ -203,7 +203,7 @@ def test_adapters_of_a_lower_rank_load_into_a_higher_one_as_the_same_function(mo
     model.save_adapters(tmp_path / "adapters")
     before = outputs(model)
     cfg = dataclasses.replace(model_cfg, lora=LoraConfig(r=8, alpha=4, dropout=0.0))
-    with pytest.raises(CheckpointError, match="r=4.*r=8.*a higher model.lora.r than saved loads when a stage"):
+    with pytest.raises(CheckpointError, match="r=4.*r=8.*a higher model.lora.r than saved loads when a stage starts from them"):
         ClaraModel.from_config(cfg).load_adapters(tmp_path / "adapters")
     grown = ClaraModel.from_config(cfg)
     grown.load_adapters(tmp_path / "adapters", grow_rank=True)
