@@ -40,19 +40,29 @@ WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2, 1e-1)
 
 def year_documents(n: int, seed: int) -> tuple[list[str], list[str]]:
     """(texts, years) of the first ``n`` fresh world documents that state a four-digit year fact."""
+    rows = year_questions(n, seed)
+    return [r[0] for r in rows], [r[2] for r in rows]
+
+
+def year_questions(n: int, seed: int) -> list[tuple[str, str, str]]:
+    """(text, question, year) of the first ``n`` fresh world documents that state a four-digit year fact:
+    its simple question as the world teacher asks it (as `fact_position` and SCP's rows do)."""
     from clara.pretrain.synth import fresh_world_documents
     from clara.pretrain.teachers import WorldTeacher
 
     teacher = WorldTeacher()
-    texts, years = [], []
+    rows = []
     for doc in fresh_world_documents(1 << 40, seed):
-        year = next((f.value for f in teacher.facts(doc) if f.relation in YEAR_RELATIONS), None)
-        if year is not None and re.fullmatch(r"\d{4}", year):
-            texts.append(doc.as_text())
-            years.append(year)
-            if len(texts) == n:
+        facts = teacher.facts(doc)
+        year = next((f.value for f in facts if f.relation in YEAR_RELATIONS), None)
+        if year is None or not re.fullmatch(r"\d{4}", year):
+            continue
+        question = next((p.question for p in teacher.simple_qa(doc, facts) if p.answer == year), None)
+        if question is not None:
+            rows.append((doc.as_text(), question, year))
+            if len(rows) == n:
                 break
-    return texts, years
+    return rows
 
 
 def fit_probe(x: torch.Tensor, y: torch.Tensor, classes: int, weight_decay: float, steps: int = 100) -> torch.nn.Linear:

@@ -1,0 +1,157 @@
+"""Would the generator read a year from memory that held it? An oracle slot (issue 28).
+
+    python -m clara.eval.oracle_slot --model RUN/adapters [--backbone DIR] --docs 220 --test-docs 60 --steps 150
+
+The year probe (`clara.eval.memory_probe`) finds a year's last digit in the compressor's state at that
+digit in the text (0.98 after the final norm) and not in the memory. This asks the other half: given a
+memory slot that *does* hold the state, does the generator learn to answer the year from it?
+
+Fresh world documents that state a year (``--seed``, none trained on) are compressed once. Each arm puts
+the memory in a form and then trains the generator LoRA alone (the compressor and the memory are fixed),
+on the year questions of the first ``--docs - --test-docs`` documents, reply forced to ``Question: q\\nAnswer:``
+and only the answer and its end as targets. Then each year question is answered greedily, on training
+and on held-out documents, from its own memory and from the next document's (the wrong-memory control).
+
+- ``control``: the memory as compressed.
+- ``oracle``: slot 0 replaced by the compressor's final-norm state at the year's last digit.
+- ``oracle-std``: the same state standardised per dimension over the training documents (their own mean
+  and std), the other slots normalised as the model splices them, so the part that differs between
+  documents is not lost under the shared direction before the RMS rescale.
+
+Mechanics are tested on the tiny backbone; figures need SmolLM2 (docs/RESULTS.md §2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from typing import Any, Sequence
+
+import torch
+
+ARMS = ("control", "oracle", "oracle-std")
+
+
+def arm_memory(model, mem: torch.Tensor, token: torch.Tensor, arm: str, n_train: int) -> torch.Tensor:
+    """Memory (N, m, H) as compressed -> the arm's memory. ``oracle-std`` returns it already normalised and
+    switches the model's splice-side normalisation off (the RMS rescale still applies)."""
+    from clara.model.memory import normalize_memory
+
+    if arm not in ARMS:
+        raise ValueError(f"arm must be one of {', '.join(ARMS)}, got {arm!r}")
+    mem = mem.clone()
+    if arm == "oracle":
+        mem[:, 0] = token.to(mem.dtype)
+    elif arm == "oracle-std":
+        mem = normalize_memory(mem, model.mem_stats, model.memory_norm)
+        token = token.to(mem.dtype)
+        mean, std = token[:n_train].mean(0), token[:n_train].std(0) + 1e-4  # (H,) each
+        mem[:, 0] = (token - mean) / std
+        model._set_memory_norm("none")
+    return mem
+
+
+def train_generator(model, mem: torch.Tensor, questions: Sequence[str], years: Sequence[str], n_train: int,
+                    steps: int, batch_size: int, lr: float, seed: int = 0) -> list[float]:
+    """The generator LoRA alone, ``steps`` steps of AdamW over shuffled epochs of the first ``n_train``
+    documents' year questions; returns the loss per step."""
+    from tqdm.auto import tqdm
+
+    from clara.model.prompts import QA_INSTRUCTION
+
+    model.train()
+    model.set_trainable(["generator"], mem_embed=False)
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=lr)
+    rng, order, losses = random.Random(seed), [], []
+    for _ in tqdm(range(steps), desc="generator", unit="step"):
+        while len(order) < batch_size:
+            order += rng.sample(range(n_train), n_train)
+        idx, order = order[:batch_size], order[batch_size:]
+        loss = model.generator_loss([QA_INSTRUCTION] * len(idx), mem[idx, None], [years[i] for i in idx],
+                                    reply_prefixes=[f"Question: {questions[i]}\nAnswer:" for i in idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+def year_em(model, mem: torch.Tensor, questions: Sequence[str], years: Sequence[str], ids: Sequence[int],
+            batch_size: int) -> dict[str, float]:
+    """EM of the year questions of documents ``ids``, from their own memory and from the next one's."""
+    from clara.answers import exact_match
+    from clara.eval.compression import answer_from_memory
+    from clara.model.prompts import extract_answer
+
+    out = {}
+    for way, pick in (("right", list(ids)), ("wrong", [ids[(k + 1) % len(ids)] for k in range(len(ids))])):
+        preds = answer_from_memory(model, [questions[i] for i in ids], mem[pick], batch_size=batch_size, desc=way)
+        out[way] = sum(exact_match(extract_answer(p), [years[i]]) for p, i in zip(preds, ids)) / len(ids)
+    return out
+
+
+def run_arm(args, arm: str, rows: Sequence[tuple[str, str, str]]) -> dict[str, Any]:
+    from clara.eval.compression import compress_all
+    from clara.eval.memory_probe import memory_features
+    from clara.model.kv_memory import require_states_readout
+    from clara.model.loading import load_trained_model
+
+    texts, questions, years = (list(x) for x in zip(*rows))
+    n_train = len(rows) - args.test_docs
+    model = load_trained_model(args.model, args.backbone, precision=args.precision)  # fresh adapters per arm
+    require_states_readout(model, "the oracle slot")
+    chars = [t.index(y) + len(y) - 1 for t, y in zip(texts, years)]
+    token = memory_features(model, texts, args.batch_size, chars=chars)["token_last"]  # (N, H)
+    with torch.no_grad():
+        mem = arm_memory(model, compress_all(model, texts, args.batch_size), token, arm, n_train)  # (N, m, H)
+    start = time.time()
+    losses = train_generator(model, mem, questions, years, n_train, args.steps, args.train_batch, args.lr)
+    tenth = max(1, len(losses) // 10)
+    return {"loss_first": sum(losses[:tenth]) / tenth, "loss_last": sum(losses[-tenth:]) / tenth,
+            "train_seconds": time.time() - start,
+            "train": year_em(model, mem, questions, years, range(min(n_train, args.test_docs)), args.batch_size),
+            "test": year_em(model, mem, questions, years, range(n_train, len(rows)), args.batch_size)}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    from clara.cli.args import set_threads
+    from clara.eval.fact_position import add_probe_arguments
+    from clara.eval.memory_probe import year_questions
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_probe_arguments(ap, 220, "fresh world documents that state a year (training and held-out)", 16)
+    ap.set_defaults(seed=778)
+    ap.add_argument("--test-docs", type=int, default=60, help="the last documents, held out of training")
+    ap.add_argument("--steps", type=int, default=150, help="generator training steps per arm")
+    ap.add_argument("--train-batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--arms", default="control,oracle", help=f"comma-separated, of {', '.join(ARMS)}")
+    ap.add_argument("--precision", default="fp32", help="fp32 (default), bf16 or auto")
+    args = ap.parse_args(argv)
+    set_threads(args.threads)
+    arms = [a for a in args.arms.split(",") if a]
+    bad = sorted(set(arms) - set(ARMS))
+    if bad or not arms:
+        ap.error(f"--arms: {', '.join(bad) or 'none given'}; choose from {', '.join(ARMS)}")
+    if not 2 <= args.test_docs <= args.docs - 2:
+        ap.error("--test-docs must leave at least 2 documents on each side")
+    rows = year_questions(args.docs, args.seed)
+    stats: dict[str, Any] = {"model": args.model, "docs": len(rows), "test_docs": args.test_docs, "seed": args.seed,
+                             "steps": args.steps, "lr": args.lr, "arms": {}}  # fmt: skip
+    for arm in arms:
+        stats["arms"][arm] = run_arm(args, arm, rows)
+    print("| arm | loss first / last tenth | train EM right / wrong | held-out EM right / wrong |\n|---|---|---|---|")
+    for arm, r in stats["arms"].items():
+        print(f"| {arm} | {r['loss_first']:.3f} / {r['loss_last']:.3f} | {r['train']['right']:.3f} / "
+              f"{r['train']['wrong']:.3f} | {r['test']['right']:.3f} / {r['test']['wrong']:.3f} |")
+    if args.out:
+        from clara.fileio import atomic_write_json
+
+        atomic_write_json(args.out, stats)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

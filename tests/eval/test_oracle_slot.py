@@ -1,0 +1,63 @@
+"""The oracle-slot probe: each arm's memory is what it says, the generator alone trains, and it runs end to
+end on the tiny backbone (figures meaningless)."""
+
+import json
+
+import pytest
+import torch
+
+from clara.eval.oracle_slot import arm_memory, main
+
+
+@pytest.fixture
+def model(tiny_backbone):
+    from clara.config import LoraConfig, ModelConfig
+    from clara.model.clara_model import ClaraModel
+
+    cfg = ModelConfig(backbone=str(tiny_backbone), kind="tiny", chunk_len=256, compression_rate=16,
+                      lora=LoraConfig(r=4, alpha=8), memory_norm="center")
+    m = ClaraModel.from_config(cfg)
+    with torch.no_grad():
+        m.mem_stats[0].normal_()  # ready stats, so the centring is not the identity
+        m.mem_stats[1].uniform_(0.5, 2.0)
+    return m
+
+
+def test_each_arm_changes_only_what_it_names(model):
+    g = torch.Generator().manual_seed(0)
+    mem = torch.randn(6, model.num_mem, model.hidden_size, generator=g)
+    token = 3.0 + torch.randn(6, model.hidden_size, generator=g)
+    assert torch.equal(arm_memory(model, mem, token, "control", 4), mem)
+    oracle = arm_memory(model, mem, token, "oracle", 4)
+    assert torch.equal(oracle[:, 0], token) and torch.equal(oracle[:, 1:], mem[:, 1:])
+    centre = model.mem_stats[0].detach().clone()  # (m, H); the arm switches the model's centring off
+    std = arm_memory(model, mem, token, "oracle-std", 4)
+    torch.testing.assert_close(std[:4, 0].mean(0), torch.zeros(model.hidden_size), atol=1e-5, rtol=0)
+    torch.testing.assert_close(std[:4, 0].std(0), torch.ones(model.hidden_size), atol=1e-3, rtol=0)
+    torch.testing.assert_close(std[:, 1:], mem[:, 1:] - centre[1:])  # as spliced: centred
+    assert model.memory_norm == "none"  # not centred a second time at the splice
+    with pytest.raises(ValueError, match="arm must be one of"):
+        arm_memory(model, mem, token, "both", 4)
+
+
+def test_runs_on_the_tiny_backbone_and_trains_the_generator_alone(model, tmp_path):
+    adapters = model.save_adapters(tmp_path / "adapters")
+    out = tmp_path / "o.json"
+    assert main(["--model", str(adapters), "--docs", "8", "--test-docs", "3", "--steps", "2", "--train-batch", "2",
+                 "--batch-size", "4", "--arms", "control,oracle-std", "--out", str(out)]) == 0
+    stats = json.loads(out.read_text())
+    assert set(stats["arms"]) == {"control", "oracle-std"} and stats["docs"] == 8
+    for r in stats["arms"].values():
+        assert 0.0 <= r["test"]["right"] <= 1.0 and 0.0 <= r["train"]["wrong"] <= 1.0 and r["loss_first"] > 0
+    with pytest.raises(SystemExit):
+        main(["--model", str(adapters), "--arms", "oracle,best"])
+
+
+def test_train_generator_moves_the_generator_and_nothing_else(model):
+    from clara.eval.oracle_slot import train_generator
+
+    mem = torch.randn(4, model.num_mem, model.hidden_size)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    losses = train_generator(model, mem, ["When was A born?"] * 4, ["1901", "1902", "1903", "1904"], 4, 2, 2, 1e-2)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+    assert len(losses) == 2 and changed and all(".generator." in n for n in changed), sorted(changed)[:3]
