@@ -86,6 +86,19 @@ class Prefix:
         return position_ids_for(attention_mask) + self.start
 
 
+def prompt_context(lm, attention_mask: torch.Tensor, prefix: Prefix | None, cache: bool = False) -> dict:
+    """The forward's keyword arguments for a left-padded prompt (B, T) after ``prefix`` (or none): its
+    attention mask (over prefix and prompt), position ids (B, T), and the cache that holds the prefix
+    (without one: an empty cache if ``cache``, else none)."""
+    if prefix is None:
+        context = {"attention_mask": attention_mask, "position_ids": position_ids_for(attention_mask)}
+        if cache:
+            context.update([new_kv_cache(lm)])
+        return context
+    kw, cache = prefix.cache(lm)
+    return {"attention_mask": prefix.mask(attention_mask), "position_ids": prefix.positions(attention_mask), kw: cache}
+
+
 _yield_hook = threading.local()
 
 
@@ -128,12 +141,10 @@ def prefill(lm, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
     that come before the prompt (the cache starts with them)."""
     hook = getattr(_yield_hook, "current", None)  # (callback, prefill tokens per chunk) or None
     mask = attention_mask.to(inputs_embeds.device)  # (B, T)
-    if prefix is None:
-        kw, cache = new_kv_cache(lm)
-        positions, before = position_ids_for(mask), 0  # (B, T)
-    else:
-        kw, cache = prefix.cache(lm)
-        positions, before, mask = prefix.positions(mask), prefix.length, prefix.mask(mask)  # mask (B, S + T)
+    context = prompt_context(lm, mask, prefix, cache=True)
+    positions, mask = context.pop("position_ids"), context.pop("attention_mask")  # (B, T), (B, S + T)
+    ((kw, cache),) = context.items()  # what is left: the cache argument
+    before = 0 if prefix is None else prefix.length
     batch, length = positions.shape
     chunk = length if hook is None else max(1, hook[1] // batch)
     for start in range(0, length, chunk):  # one forward unless yield points are on

@@ -13,9 +13,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from clara.model.generation import Prefix, SamplingParams, finish_text, generate_from_embeds
+from clara.model.generation import Prefix, SamplingParams, finish_text, generate_from_embeds, prompt_context
 from clara.model.kv_memory import prefix_from_memory
-from clara.model.memory import SLOT_TOKEN, fence, left_pad, position_ids_for, splice_memory
+from clara.model.memory import SLOT_TOKEN, fence, left_pad, splice_memory
 from clara.model.prompts import documents_per_row
 
 
@@ -167,11 +167,7 @@ class GeneratorSide:
         embeds = self._splice(ids, mem_blocks)  # (B, T, H)
         prefix = self.memory_prefix(mem_blocks)
         with self.using(adapter):
-            if prefix is None:
-                context = {"attention_mask": mask, "position_ids": position_ids_for(mask)}
-            else:  # kv readout: the memory's keys and values come before the prompt
-                kw, cache = prefix.cache(self.lm)
-                context = {"attention_mask": prefix.mask(mask), "position_ids": prefix.positions(mask), kw: cache}
+            context = prompt_context(self.lm, mask, prefix)  # kv readout: the memory's keys and values first
             out = self.lm.get_decoder()(inputs_embeds=embeds, output_hidden_states=bool(states_at), **context)
             # the state at t predicts token t+1; project only answer positions (vocab is large)
             target = labels[:, 1:]  # (B, T-1)
