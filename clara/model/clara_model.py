@@ -74,9 +74,9 @@ class ClaraModel(GeneratorSide, AdapterStorage, nn.Module):
         self.backbone_hash = backbone_hash
         self.rescale_memory = rescale_memory
         # states: the generator reads last-layer states as embeddings; kv: every layer's keys and values
-        self.memory_readout = MemoryReadout(getattr(memory_readout, "value", memory_readout))
+        self.memory_readout = MemoryReadout(memory_readout)
         self.kv_shape = kv_shape(lm.config) if self.memory_readout is MemoryReadout.KV else None
-        self.memory_layout = MemoryLayout(getattr(memory_layout, "value", memory_layout))
+        self.memory_layout = MemoryLayout(memory_layout)
         # where the backbone came from (set by from_config; recorded with saved adapters)
         self.backbone_path = str(getattr(lm.config, "_name_or_path", ""))
         self.backbone_kind = ""
