@@ -62,11 +62,19 @@ class ModelConfig:
     memory_norm: MemoryNorm = MemoryNorm.NONE  # splice-side normalisation of memory (clara.model.memory.normalize_memory)
     memory_readout: MemoryReadout = MemoryReadout.STATES  # what the generator reads of the memory (kv: issue 28's lever b)
     memory_layout: MemoryLayout = MemoryLayout.END  # where the memory tokens sit in the compressor's input
+    # issue 28 lever (f): the first memory_select memory vectors are attention poolings over the compressor's
+    # text states (clara.model.select), spliced standardised; the rest are the memory tokens' states as before
+    memory_select: int = 0
 
     def __post_init__(self):
         _check(self.compression_rate >= 1, "model.compression_rate", "must be >= 1")
         _check(self.memory_readout == MemoryReadout.STATES or self.memory_norm == MemoryNorm.NONE, "model.memory_norm",
                "normalises spliced states; with model.memory_readout=kv nothing is spliced, so it must be none")
+        _check(0 <= self.memory_select <= self.chunk_len // max(1, self.compression_rate), "model.memory_select",
+               f"must be in [0, {self.chunk_len // max(1, self.compression_rate)}] (the memory vectors), got {self.memory_select}")
+        _check(not self.memory_select or (self.memory_readout == MemoryReadout.STATES and self.memory_norm != MemoryNorm.NONE),
+               "model.memory_select", "needs model.memory_readout=states and a model.memory_norm (center or standardize): "
+               "selected slots are standardised with the memory statistics")
         _check(
             self.chunk_len % self.compression_rate == 0,
             "model.chunk_len",
@@ -204,6 +212,10 @@ class ScpConfig:
     # `clara eval compression` asks in) and only the answer and its end are targets, so the loss is all on
     # what must be spelled exactly; False: the question is a target too (~3/4 of a row's target tokens)
     answer_only: bool = False
+    # with model.memory_select: weight of the selector's span term, -log of the attention its slots together put
+    # on the last token of each trained answer found in the document (0: the selector learns from the CE alone,
+    # measured not to find the year in 150 steps, docs/RESULTS.md §2)
+    select_weight: float = 1.0
     # the control of issue 28's capacity test: the generator LoRA trains on the same rows with each document
     # as text where its memory would go (a plain text LoRA; the compressor, MSE and memory go unused)
     read_text: bool = False
@@ -235,6 +247,7 @@ class ScpConfig:
                f"applies to scp.qa_layout rows only, not {QaLayout(self.qa_layout).value}")
         _check(not self.read_text or not (self.distill_weight or self.contrastive_weight), "scp.read_text",
                "reads no memory, so it takes neither scp.distill_weight nor scp.contrastive_weight")
+        _check(self.select_weight >= 0, "scp.select_weight", f"must be >= 0, got {self.select_weight}")
         _check(self.contrastive_weight >= 0, "scp.contrastive_weight", f"must be >= 0, got {self.contrastive_weight}")
         _check(self.contrastive_temperature > 0, "scp.contrastive_temperature", f"must be > 0, got {self.contrastive_temperature}")
 

@@ -211,7 +211,7 @@ class ScpObjective(nn.Module):
         if s.read_text:
             return text_control_loss(self.model, batch, s.max_target_tokens, s.answer_only)
         return scp_loss(self.model, batch, s.mse_weight, s.max_target_tokens, s.contrastive_weight, s.contrastive_temperature,
-                        distill=s if s.distill_weight else None, answer_only=s.answer_only)
+                        distill=s if s.distill_weight else None, answer_only=s.answer_only, select_weight=s.select_weight)
 
 
 def split_reply(row: str) -> tuple[str, str]:
@@ -223,9 +223,11 @@ def split_reply(row: str) -> tuple[str, str]:
 
 def scp_loss(model, batch: Sequence[ScpExample], mse_weight: float = 0.1, max_target_tokens: int = 192,
              contrastive_weight: float = 0.0, contrastive_temperature: float = 0.1, distill: ScpConfig | None = None,
-             answer_only: bool = False):
-    """``CE + λ·MSE (+ w·InfoNCE) (+ w·distillation)`` on one batch -> (loss, metrics: ce, mse, mem_cos,
-    tokens[, nce, nce_acc][, distill, teacher_ce]). ``distill``: its distill_* fields (ScpConfig).
+             answer_only: bool = False, select_weight: float = 0.0):
+    """``CE + λ·MSE (+ w·InfoNCE) (+ w·distillation) (+ w·span)`` on one batch -> (loss, metrics: ce, mse, mem_cos,
+    tokens[, nce, nce_acc][, distill, teacher_ce][, select]). ``distill``: its distill_* fields (ScpConfig).
+    ``select_weight``: with a selector (``model.memory_select``), the weight of its span term
+    (:func:`~clara.model.select.span_loss` over the last tokens of the batch's answers in their documents).
     ``answer_only``: each row's reply is given up to ``Answer:`` and only the answer (and its end) is a
     target (:func:`split_reply`); ``tokens`` then counts answer tokens."""
     docs = [e.doc for e in batch]
@@ -242,6 +244,10 @@ def scp_loss(model, batch: Sequence[ScpExample], mse_weight: float = 0.1, max_ta
     ce = token_loss.mean()
     loss = ce + mse_weight * mse if mse_weight else ce
     metrics = {"ce": float(ce.detach()), "mse": float(mse.detach())}
+    if select_weight and model.selector is not None:
+        term = select_span_term(model, batch)
+        loss = loss + select_weight * term
+        metrics["select"] = float(term.detach())
     if layers:
         teacher = "generator" if distill.distill_teacher == "generator" else None
         with torch.no_grad():  # the open-book view of the same rows: the document as text where memory goes
@@ -264,6 +270,19 @@ def scp_loss(model, batch: Sequence[ScpExample], mse_weight: float = 0.1, max_ta
         metrics["mem_cos"] = mean_pairwise_cosine(mem_states.detach())
     metrics["tokens"] = _count_tokens(model, targets, max_target_tokens)
     return loss, metrics
+
+
+def select_span_term(model, batch: Sequence[ScpExample]) -> torch.Tensor:
+    """The selector's span loss on the compression just made of ``batch``'s documents: each example's QA
+    answers (its rows' or lines' ``Answer:`` parts; paraphrases have none) located in its document."""
+    from clara.model.select import answer_token_index, span_loss
+
+    targets = []
+    for e in batch:
+        lines = [r for t in e.targets for r in t.split("\nQuestion: ")]
+        answers = [a for _, a in map(split_reply, lines) if _]
+        targets.append(answer_token_index(model.tokenizer, e.doc, answers, model.chunk_len))
+    return span_loss(model.select_attention, targets)
 
 
 def _rows(batch: Sequence[ScpExample], answer_only: bool) -> tuple[list[str], list[str] | None]:

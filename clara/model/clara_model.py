@@ -46,6 +46,7 @@ from clara.model.memory import (
     update_memory_stats,
 )
 from clara.model.generator import GeneratorSide
+from clara.model.select import MemorySelector
 from clara.model.storage import AdapterStorage
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class ClaraModel(GeneratorSide, AdapterStorage, nn.Module):
         memory_norm: str = "none",
         memory_readout: str = "states",
         memory_layout: str = "end",
+        memory_select: int = 0,
     ):
         super().__init__()
         self.tokenizer = tokenizer
@@ -94,6 +96,10 @@ class ClaraModel(GeneratorSide, AdapterStorage, nn.Module):
         self.embed_rms = embedding_rms(lm.get_input_embeddings().weight, base_rows)
         self.mem_embed = nn.Parameter(self._init_mem_embed(lm, num_mem, seed))  # (m, H)
         self._set_memory_norm(str(getattr(memory_norm, "value", memory_norm)))
+        # the first memory_select memory vectors select text states (clara.model.select); None when 0
+        self.memory_select = memory_select
+        self.selector = MemorySelector(self.hidden_size, memory_select, seed=seed) if memory_select else None
+        self.select_attention: torch.Tensor | None = None  # the last compression's (B, p, chunk_len), token order
         if len(tokenizer) > base_rows:
             _grow_vocab(lm, len(tokenizer), base_rows)
         self.adapters = AdapterSet(lm, lora)  # freezes every base weight
@@ -129,6 +135,7 @@ class ClaraModel(GeneratorSide, AdapterStorage, nn.Module):
             memory_norm=model_cfg.memory_norm,
             memory_readout=model_cfg.memory_readout,
             memory_layout=model_cfg.memory_layout,
+            memory_select=model_cfg.memory_select,
         )
         model.backbone_path, model.backbone_kind = str(path), BackboneKind(model_cfg.kind).value
         model.backbone_recipe = backbone_recipe(path)
@@ -197,6 +204,9 @@ class ClaraModel(GeneratorSide, AdapterStorage, nn.Module):
         """Train exactly these adapters (and the memory-token embeddings unless mem_embed=False)."""
         self.adapters.set_trainable(adapters)
         self.mem_embed.requires_grad_(mem_embed)
+        if self.selector is not None:  # part of the compressor
+            for param in (self.selector.keys, self.selector.queries):
+                param.requires_grad_("compressor" in self.adapters.trainable)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
@@ -261,6 +271,8 @@ class ClaraModel(GeneratorSide, AdapterStorage, nn.Module):
             ).last_hidden_state  # (B, T, H)
         hidden = self._own_dtype(hidden)
         mem = hidden.gather(1, columns[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, m, H)
+        if self.selector is not None and adapter == "compressor":
+            mem = self._select(mem, hidden, mask.bool() & ~is_mem)
         if kv:
             mem = torch.cat([mem, self._own_dtype(pack_kv(cache, columns))], dim=-1)  # (B, m, H + L·2·h_kv·d)
         if not return_text_mean:
@@ -269,6 +281,16 @@ class ClaraModel(GeneratorSide, AdapterStorage, nn.Module):
         weights = text_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
         text_mean = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, H)
         return mem, text_mean
+
+    def _select(self, mem: torch.Tensor, hidden: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """Memory (B, m, H) with its first p vectors replaced by the selector's slots over the text states;
+        keeps their attention in token order as :attr:`select_attention` (B, p, chunk_len)."""
+        slots, attn = self.selector(hidden, text_mask)  # (B, p, H), (B, p, T)
+        B, p, T = attn.shape
+        token = (text_mask.long().cumsum(-1) - 1).clamp(min=0)[:, None, :].expand(B, p, T)  # column -> token index
+        ordered = attn.new_zeros(B, p, self.chunk_len).scatter_add(2, token, attn * text_mask[:, None, :])
+        self.select_attention = ordered
+        return torch.cat([slots.to(mem.dtype), mem[:, p:]], dim=1)
 
     def compress(self, texts: Sequence[str], adapter: str = "compressor", **kw):
         """Documents -> memory (B, m, H) with the compressor adapter."""
@@ -302,7 +324,7 @@ class ClaraModel(GeneratorSide, AdapterStorage, nn.Module):
             compressor_trains = "compressor" in self.adapters.trainable
             if update_stats and compressor_trains and self.training and torch.is_grad_enabled():
                 update_memory_stats(self.mem_stats.data, mem_blocks)
-            mem_blocks = normalize_memory(mem_blocks, self.mem_stats, self.memory_norm)
+            mem_blocks = normalize_memory(mem_blocks, self.mem_stats, self.memory_norm, standardize_first=self.memory_select)
         memory = mem_blocks.reshape(B, k * m, H)  # (B, k·m, H)
         if self.rescale_memory:
             memory = rescale_to_rms(memory, self.embed_rms)
@@ -315,7 +337,8 @@ class ClaraModel(GeneratorSide, AdapterStorage, nn.Module):
         so raw cosines between a query and its candidates differ by ~0.004 — a near-uniform softmax
         at temperature 0.02; centring removes that shared direction. Identity when memory_norm is off.
         Memory under kv readout is scored by its states (:meth:`memory_states`)."""
-        return normalize_memory(self.memory_states(states), self.mem_stats, self.memory_norm)
+        return normalize_memory(self.memory_states(states), self.mem_stats, self.memory_norm,
+                                standardize_first=self.memory_select)
 
     def memory_states(self, mem: torch.Tensor) -> torch.Tensor:
         """Memory (..., m, W) -> its last-layer states (..., m, H): all of it, or under kv readout the

@@ -13,8 +13,8 @@ import json
 import logging
 from pathlib import Path
 
-from clara.config import (BackboneKind, ClaraConfig, LoraConfig, MemoryLayout, MemoryReadout, ModelConfig, Precision,
-                          from_dict)
+from clara.config import (BackboneKind, ClaraConfig, LoraConfig, MemoryLayout, MemoryNorm, MemoryReadout, ModelConfig,
+                          Precision, from_dict)
 from clara.errors import CheckpointError, ConfigError
 from clara.model.storage import MODEL_INFO
 
@@ -80,6 +80,9 @@ def model_config_from_adapters(path: str | Path, backbone: str | Path | None = N
         rescale_memory=info.get("rescale_memory", True),
         memory_readout=MemoryReadout(info.get("memory_readout", "states")),
         memory_layout=MemoryLayout(info.get("memory_layout", "end")),
+        # a selector needs its memory norm at construction; otherwise load_adapters adopts the recorded one
+        memory_norm=MemoryNorm(info.get("memory_norm", "none") if info.get("memory_select") else "none"),
+        memory_select=int(info.get("memory_select", 0)),
     )  # fmt: skip
     return directory, cfg
 

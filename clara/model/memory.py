@@ -130,8 +130,9 @@ def splice_memory(
 # memory's energy differs between documents, and 5 of 576 dimensions hold half of it), so after
 # the RMS rescale the generator sees nearly the same vectors whatever the document. ``center``
 # subtracts a running mean per memory position; ``standardize`` also divides by a running
-# per-dimension std. Statistics: ``stats`` (2, m, H) = [mean, variance]; variance < 0 marks
-# "not yet seen a batch" (normalisation is then the identity).
+# per-dimension std. Statistics: ``stats`` (2, m, H) = [mean, variance]; variance < 0 marks a
+# position "not yet seen a batch" (normalisation is then the identity there). ``standardize_first``
+# positions (selected slots, clara.model.select) are standardised whatever the mode.
 
 MEMORY_NORMS = ("none", "center", "standardize")
 STATS_MOMENTUM = 0.95  # running stats follow the compressor as it trains (~20-step memory)
@@ -144,7 +145,16 @@ def init_memory_stats(num_mem: int, hidden: int) -> torch.Tensor:
 
 
 def memory_stats_ready(stats: torch.Tensor) -> bool:
-    return bool(stats[1, 0, 0] >= 0)
+    """Whether any position has statistics."""
+    return bool((stats[1, :, 0] >= 0).any())
+
+
+def unset_memory_stats(stats: torch.Tensor, positions: slice) -> None:
+    """Mark ``positions`` as not yet seen (their next training batch sets them), e.g. when a position
+    that held a memory token's state now holds a selected text state."""
+    with torch.no_grad():
+        stats[0, positions] = 0.0
+        stats[1, positions] = -1.0
 
 
 @torch.no_grad()
@@ -153,22 +163,27 @@ def update_memory_stats(stats: torch.Tensor, memory: torch.Tensor, momentum: flo
     m, H = stats.shape[1:]
     x = memory.detach().to(stats.dtype).reshape(-1, m, H)  # (N, m, H)
     mean, var = x.mean(0), x.var(0, unbiased=False)  # (m, H) each; var 0 for N = 1
-    if not memory_stats_ready(stats):
-        stats[0].copy_(mean)
-        stats[1].copy_(var)
-        return
-    stats[0].lerp_(mean, 1 - momentum)
-    stats[1].lerp_(var, 1 - momentum)
+    fresh = (stats[1, :, :1] < 0).to(stats.dtype)  # (m, 1): positions not yet seen take the batch as it is
+    weight = fresh + (1 - fresh) * (1 - momentum)
+    stats[0].lerp_(mean, weight)
+    stats[1].lerp_(var, weight)
 
 
-def normalize_memory(memory: torch.Tensor, stats: torch.Tensor | None, mode: str, eps: float = 1e-4) -> torch.Tensor:
-    """memory (..., m, H) -> same shape, centred (``center``) or standardised per position and dimension."""
+def normalize_memory(memory: torch.Tensor, stats: torch.Tensor | None, mode: str, eps: float = 1e-4,
+                     standardize_first: int = 0) -> torch.Tensor:
+    """memory (..., m, H) -> same shape, centred (``center``) or standardised per position and dimension;
+    the first ``standardize_first`` positions standardised in any mode but ``none``."""
     if mode == "none" or stats is None or not memory_stats_ready(stats):
         return memory
     if mode not in MEMORY_NORMS:
         raise ValueError(f"memory norm must be one of {MEMORY_NORMS}, got {mode!r}")
     stats = stats.detach().to(memory.dtype)
+    ready = stats[1, :, :1] >= 0  # (m, 1)
     out = memory - stats[0]  # (..., m, H)
+    scale = stats[1].clamp(min=0).add(eps).sqrt()  # (m, H)
     if mode == "standardize":
-        out = out / stats[1].clamp(min=0).add(eps).sqrt()
-    return out
+        out = out / scale
+    elif standardize_first:
+        p = standardize_first
+        out = torch.cat([out[..., :p, :] / scale[:p], out[..., p:, :]], dim=-2)
+    return torch.where(ready, out, memory)

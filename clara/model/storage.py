@@ -58,6 +58,7 @@ class AdapterStorage:
         tensors = [("mem_embed", self.mem_embed)] + sorted(self.adapters.state_dict("compressor").items())
         if self.mem_stats is not None:  # the retrieval space depends on them (retrieval_memory)
             tensors.append((f"mem_stats/{self.memory_norm}", self.mem_stats))
+        tensors += sorted(self._selector_tensors().items())  # none without memory_select (older hashes unchanged)
         for name, t in tensors:
             h.update(name.encode())
             h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
@@ -84,11 +85,18 @@ class AdapterStorage:
             tensors = {"mem_embed": self.mem_embed.detach().cpu().contiguous()}
             if self.mem_stats is not None:
                 tensors["mem_stats"] = self.mem_stats.detach().cpu().contiguous()
+            tensors.update({k: t.detach().cpu().contiguous() for k, t in self._selector_tensors().items()})
             save_file(tensors, str(tmp / MEM_EMBED_FILE))
             atomic_write_json(tmp / MODEL_INFO, {**self._info(), "adapters": list(names or self.adapters.names)})
             write_manifest(tmp, {"kind": "clara_adapters"})
         log.info("adapters saved to %s", directory)
         return directory
+
+    def _selector_tensors(self) -> dict:
+        """The selector's tensors by their saved names (``select/keys`` …); empty without one."""
+        if self.selector is None:
+            return {}
+        return {f"select/{name}": t for name, t in self.selector.named_parameters()}
 
     def _info(self) -> dict:
         cfg = self.adapters.peft.peft_config[ADAPTERS[0]]
@@ -108,6 +116,7 @@ class AdapterStorage:
             "rescale_memory": self.rescale_memory,
             "memory_norm": self.memory_norm,
             "memory_readout": self.memory_readout.value,
+            "memory_select": self.memory_select,
             "memory_layout": self.memory_layout.value,
             "generator_prompt": self.generator_prompt,
             "lora": to_dict(LoraConfig(r=cfg.r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
@@ -191,4 +200,26 @@ class AdapterStorage:
             self.mem_embed.copy_(saved["mem_embed"].to(self.mem_embed.dtype))
             if self.mem_stats is not None and "mem_stats" in saved:
                 self.mem_stats.copy_(saved["mem_stats"].to(self.mem_stats.dtype))
+            self._load_selector(directory, saved)
         log.info("adapters loaded from %s", directory)
+
+    def _load_selector(self, directory: Path, saved: dict) -> None:
+        """The selector's tensors from ``saved``. Adapters saved without one (or with another number of slots)
+        leave this model's fresh selector, and the memory stats of its positions unset: those positions held
+        memory tokens' states, and their next training batch sets them."""
+        from clara.model.memory import unset_memory_stats
+
+        ours = self._selector_tensors()
+        theirs = {k: v for k, v in saved.items() if k.startswith("select/")}
+        if not ours:
+            if theirs:
+                log.warning("%s: adapters were trained with memory_select; this model selects nothing", directory)
+            return
+        if set(theirs) == set(ours) and all(theirs[k].shape == t.shape for k, t in ours.items()):
+            for k, t in ours.items():
+                t.copy_(theirs[k].to(t.dtype))
+            return
+        log.info("%s: no selector of %d slots saved; a fresh one, its memory positions' stats unset", directory,
+                 self.memory_select)
+        if self.mem_stats is not None:
+            unset_memory_stats(self.mem_stats.data, slice(0, self.memory_select))
