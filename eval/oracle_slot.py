@@ -17,6 +17,9 @@ and on held-out documents, from its own memory and from the next document's (the
 - ``oracle-std``: the same state standardised per dimension over the training documents (their own mean
   and std), the other slots normalised as the model splices them, so the part that differs between
   documents is not lost under the shared direction before the RMS rescale.
+- ``select``: slot 0 learned instead of given: a :class:`~clara.model.select.MemorySelector` slot (attention
+  pooling over the compressor's standardised final-norm text states) trained with the generator, told
+  nothing of where the year is. Its attention mass on the year's last digit is reported.
 
 Mechanics are tested on the tiny backbone; figures need SmolLM2 (docs/RESULTS.md §2).
 """
@@ -30,7 +33,7 @@ from typing import Any, Sequence
 
 import torch
 
-ARMS = ("control", "oracle", "oracle-std")
+ARMS = ("control", "oracle", "oracle-std", "select")
 
 
 def arm_memory(model, mem: torch.Tensor, token: torch.Tensor, arm: str, n_train: int) -> torch.Tensor:
@@ -38,8 +41,8 @@ def arm_memory(model, mem: torch.Tensor, token: torch.Tensor, arm: str, n_train:
     switches the model's splice-side normalisation off (the RMS rescale still applies)."""
     from clara.model.memory import normalize_memory
 
-    if arm not in ARMS:
-        raise ValueError(f"arm must be one of {', '.join(ARMS)}, got {arm!r}")
+    if arm not in ARMS or arm == "select":
+        raise ValueError(f"arm must be one of {', '.join(ARMS[:-1])}, got {arm!r}")
     mem = mem.clone()
     if arm == "oracle":
         mem[:, 0] = token.to(mem.dtype)
@@ -52,23 +55,25 @@ def arm_memory(model, mem: torch.Tensor, token: torch.Tensor, arm: str, n_train:
     return mem
 
 
-def train_generator(model, mem: torch.Tensor, questions: Sequence[str], years: Sequence[str], n_train: int,
-                    steps: int, batch_size: int, lr: float, seed: int = 0) -> list[float]:
-    """The generator LoRA alone, ``steps`` steps of AdamW over shuffled epochs of the first ``n_train``
-    documents' year questions; returns the loss per step."""
+def train_generator(model, mem, questions: Sequence[str], years: Sequence[str], n_train: int,
+                    steps: int, batch_size: int, lr: float, seed: int = 0, extra: Sequence[dict] = ()) -> list[float]:
+    """The generator LoRA alone (and the ``extra`` AdamW parameter groups), ``steps`` steps of AdamW over
+    shuffled epochs of the first ``n_train`` documents' year questions; ``mem`` is the memory (N, m, H) or a
+    function of a list of document indices that gives theirs. Returns the loss per step."""
     from tqdm.auto import tqdm
 
     from clara.model.prompts import QA_INSTRUCTION
 
     model.train()
     model.set_trainable(["generator"], mem_embed=False)
-    opt = torch.optim.AdamW(model.trainable_parameters(), lr=lr)
+    opt = torch.optim.AdamW([{"params": model.trainable_parameters()}, *extra], lr=lr)
+    memory = mem if callable(mem) else mem.__getitem__
     rng, order, losses = random.Random(seed), [], []
     for _ in tqdm(range(steps), desc="generator", unit="step"):
         while len(order) < batch_size:
             order += rng.sample(range(n_train), n_train)
         idx, order = order[:batch_size], order[batch_size:]
-        loss = model.generator_loss([QA_INSTRUCTION] * len(idx), mem[idx, None], [years[i] for i in idx],
+        loss = model.generator_loss([QA_INSTRUCTION] * len(idx), memory(idx)[:, None], [years[i] for i in idx],
                                     reply_prefixes=[f"Question: {questions[i]}\nAnswer:" for i in idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -92,25 +97,76 @@ def year_em(model, mem: torch.Tensor, questions: Sequence[str], years: Sequence[
     return out
 
 
+@torch.no_grad()
+def text_states(model, texts: Sequence[str], chars: Sequence[int], batch_size: int):
+    """The compressor's final-norm text states, right-aligned: states (N, chunk_len, H) float32, mask (N, chunk_len),
+    and the column of each text's character ``chars[i]`` (N,)."""
+    from clara.eval.memory_probe import token_at
+
+    decoder, m, T = model.lm.get_decoder(), model.num_mem, model.chunk_len
+    caught = {}
+    hook = decoder.norm.register_forward_hook(lambda mod, a, out: caught.__setitem__("last", out))
+    states, mask, cols = torch.zeros(len(texts), T, model.hidden_size), torch.zeros(len(texts), T, dtype=torch.bool), []
+    try:
+        for i in range(0, len(texts), batch_size):
+            model.compress(list(texts[i : i + batch_size]))
+            width = caught["last"].shape[1]
+            for b, k in enumerate(range(i, min(i + batch_size, len(texts)))):
+                j, n_tok = token_at(model, texts[k], chars[k])
+                states[k, T - n_tok :] = caught["last"][b, width - m - n_tok : width - m].float()
+                mask[k, T - n_tok :] = True
+                cols.append(T - n_tok + j)
+    finally:
+        hook.remove()
+    return states, mask, torch.tensor(cols)
+
+
 def run_arm(args, arm: str, rows: Sequence[tuple[str, str, str]]) -> dict[str, Any]:
     from clara.eval.compression import compress_all
     from clara.eval.memory_probe import memory_features
     from clara.model.kv_memory import require_states_readout
     from clara.model.loading import load_trained_model
+    from clara.model.memory import normalize_memory
+    from clara.model.select import GAIN, MemorySelector
 
     texts, questions, years = (list(x) for x in zip(*rows))
     n_train = len(rows) - args.test_docs
     model = load_trained_model(args.model, args.backbone, precision=args.precision)  # fresh adapters per arm
     require_states_readout(model, "the oracle slot")
     chars = [t.index(y) + len(y) - 1 for t, y in zip(texts, years)]
-    token = memory_features(model, texts, args.batch_size, chars=chars)["token_last"]  # (N, H)
-    with torch.no_grad():
-        mem = arm_memory(model, compress_all(model, texts, args.batch_size), token, arm, n_train)  # (N, m, H)
+    extra, out = [], {}
+    if arm == "select":
+        states, mask, digit = text_states(model, texts, chars, args.batch_size)
+        with torch.no_grad():
+            base = normalize_memory(compress_all(model, texts, args.batch_size), model.mem_stats, model.memory_norm)
+        model._set_memory_norm("none")
+        selector = MemorySelector(model.hidden_size, 1, seed=args.seed).eval()  # eval: statistics stay fixed
+        selector.update_stats(states[:n_train], mask[:n_train])
+        # parameters stored over GAIN: this lr makes --select-lr the step of the parameters as used
+        extra = [{"params": [selector.keys, selector.queries], "lr": args.select_lr / GAIN, "weight_decay": 0.0}]
+
+        def mem(idx):
+            slots = selector.standardize(selector(states[idx], mask[idx])[0])  # over the text tokens' statistics
+            return torch.cat([slots, base[idx, slots.shape[1] :]], dim=1)  # (b, m, H)
+    else:
+        token = memory_features(model, texts, args.batch_size, chars=chars)["token_last"]  # (N, H)
+        with torch.no_grad():
+            mem = arm_memory(model, compress_all(model, texts, args.batch_size), token, arm, n_train)  # (N, m, H)
     start = time.time()
-    losses = train_generator(model, mem, questions, years, n_train, args.steps, args.train_batch, args.lr)
+    losses = train_generator(model, mem, questions, years, n_train, args.steps, args.train_batch, args.lr, extra=extra)
+    out["train_seconds"] = time.time() - start
+    if arm == "select":
+        with torch.no_grad():
+            attn = selector(states, mask)[1][:, 0]  # (N, T)
+            mem = mem(list(range(len(rows))))
+        at_digit = attn[torch.arange(len(rows)), digit]
+        held = slice(n_train, len(rows))
+        out["select"] = {"mass_on_digit_train": at_digit[:n_train].mean().item(),
+                         "mass_on_digit_test": at_digit[held].mean().item(),
+                         "argmax_is_digit_test": (attn[held].argmax(-1) == digit[held]).float().mean().item(),
+                         "max_mass_test": attn[held].max(-1).values.mean().item()}  # fmt: skip
     tenth = max(1, len(losses) // 10)
-    return {"loss_first": sum(losses[:tenth]) / tenth, "loss_last": sum(losses[-tenth:]) / tenth,
-            "train_seconds": time.time() - start,
+    return {"loss_first": sum(losses[:tenth]) / tenth, "loss_last": sum(losses[-tenth:]) / tenth, **out,
             "train": year_em(model, mem, questions, years, range(min(n_train, args.test_docs)), args.batch_size),
             "test": year_em(model, mem, questions, years, range(n_train, len(rows)), args.batch_size)}  # fmt: skip
 
@@ -127,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=150, help="generator training steps per arm")
     ap.add_argument("--train-batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--select-lr", type=float, default=3e-3, help="learning rate of the select arm's selector")
     ap.add_argument("--arms", default="control,oracle", help=f"comma-separated, of {', '.join(ARMS)}")
     ap.add_argument("--precision", default="fp32", help="fp32 (default), bf16 or auto")
     args = ap.parse_args(argv)
@@ -146,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     for arm, r in stats["arms"].items():
         print(f"| {arm} | {r['loss_first']:.3f} / {r['loss_last']:.3f} | {r['train']['right']:.3f} / "
               f"{r['train']['wrong']:.3f} | {r['test']['right']:.3f} / {r['test']['wrong']:.3f} |")
+        if "select" in r:
+            print(f"  {arm}: " + ", ".join(f"{k} {v:.3f}" for k, v in r["select"].items()))
     if args.out:
         from clara.fileio import atomic_write_json
 

@@ -36,17 +36,20 @@ def test_each_arm_changes_only_what_it_names(model):
     torch.testing.assert_close(std[:4, 0].std(0), torch.ones(model.hidden_size), atol=1e-3, rtol=0)
     torch.testing.assert_close(std[:, 1:], mem[:, 1:] - centre[1:])  # as spliced: centred
     assert model.memory_norm == "none"  # not centred a second time at the splice
-    with pytest.raises(ValueError, match="arm must be one of"):
-        arm_memory(model, mem, token, "both", 4)
+    for arm in ("both", "select"):  # select's memory is made while it trains, not by arm_memory
+        with pytest.raises(ValueError, match="arm must be one of"):
+            arm_memory(model, mem, token, arm, 4)
 
 
 def test_runs_on_the_tiny_backbone_and_trains_the_generator_alone(model, tmp_path):
     adapters = model.save_adapters(tmp_path / "adapters")
     out = tmp_path / "o.json"
     assert main(["--model", str(adapters), "--docs", "8", "--test-docs", "3", "--steps", "2", "--train-batch", "2",
-                 "--batch-size", "4", "--arms", "control,oracle-std", "--out", str(out)]) == 0
+                 "--batch-size", "4", "--arms", "control,oracle-std,select", "--out", str(out)]) == 0
     stats = json.loads(out.read_text())
-    assert set(stats["arms"]) == {"control", "oracle-std"} and stats["docs"] == 8
+    assert set(stats["arms"]) == {"control", "oracle-std", "select"} and stats["docs"] == 8
+    attn = stats["arms"]["select"]["select"]  # the selector's attention on the year's last digit, reported
+    assert 0.0 <= attn["mass_on_digit_test"] <= attn["max_mass_test"] <= 1.0
     for r in stats["arms"].values():
         assert 0.0 <= r["test"]["right"] <= 1.0 and 0.0 <= r["train"]["wrong"] <= 1.0 and r["loss_first"] > 0
     with pytest.raises(SystemExit):
