@@ -69,6 +69,7 @@ class ClaraModel(GeneratorSide, AdapterStorage, nn.Module):
         memory_readout: str = "states",
         memory_layout: str = "end",
         memory_select: int = 0,
+        memory_select_detach: bool = False,
     ):
         super().__init__()
         self.tokenizer = tokenizer
@@ -98,7 +99,8 @@ class ClaraModel(GeneratorSide, AdapterStorage, nn.Module):
         self._set_memory_norm(str(getattr(memory_norm, "value", memory_norm)))
         # the first memory_select memory vectors select text states (clara.model.select); None when 0
         self.memory_select = memory_select
-        self.selector = MemorySelector(self.hidden_size, memory_select, seed=seed) if memory_select else None
+        self.selector = (MemorySelector(self.hidden_size, memory_select, seed=seed, detach_keys=memory_select_detach)
+                         if memory_select else None)
         self.select_attention: torch.Tensor | None = None  # the last compression's (B, p, chunk_len), token order
         if len(tokenizer) > base_rows:
             _grow_vocab(lm, len(tokenizer), base_rows)
@@ -136,6 +138,7 @@ class ClaraModel(GeneratorSide, AdapterStorage, nn.Module):
             memory_readout=model_cfg.memory_readout,
             memory_layout=model_cfg.memory_layout,
             memory_select=model_cfg.memory_select,
+            memory_select_detach=model_cfg.memory_select_detach,
         )
         model.backbone_path, model.backbone_kind = str(path), BackboneKind(model_cfg.kind).value
         model.backbone_recipe = backbone_recipe(path)

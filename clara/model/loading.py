@@ -83,6 +83,7 @@ def model_config_from_adapters(path: str | Path, backbone: str | Path | None = N
         # a selector needs its memory norm at construction; otherwise load_adapters adopts the recorded one
         memory_norm=MemoryNorm(info.get("memory_norm", "none") if info.get("memory_select") else "none"),
         memory_select=int(info.get("memory_select", 0)),
+        memory_select_detach=bool(info.get("memory_select_detach", False)),
     )  # fmt: skip
     return directory, cfg
 

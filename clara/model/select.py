@@ -36,8 +36,11 @@ GAIN = 30.0
 class MemorySelector(nn.Module):
     """``p`` attention-pooling slots over text states (B, T, H) -> (B, p, H) standardised states."""
 
-    def __init__(self, hidden: int, slots: int, key_dim: int = KEY_DIM, seed: int = 0):
+    def __init__(self, hidden: int, slots: int, key_dim: int = KEY_DIM, seed: int = 0, detach_keys: bool = False):
         super().__init__()
+        # detach_keys: the keys read the text states without a gradient into them, so the span term (which acts
+        # only through the attention) cannot reshape what the compressor writes at the tokens
+        self.detach_keys = detach_keys
         gen = torch.Generator().manual_seed(seed)
         self.keys = nn.Parameter(torch.randn(hidden, key_dim, generator=gen) / math.sqrt(hidden) / GAIN)  # (H, d)
         # small queries: near-uniform attention at first (a random query of unit scale lands on one token)
@@ -75,7 +78,7 @@ class MemorySelector(nn.Module):
         the text tokens first update the statistics the keys are standardised with."""
         if self.training and torch.is_grad_enabled() or self.stats[1, 0] < 0:
             self.update_stats(states, mask)
-        z = self.standardize(states)  # (B, T, H)
+        z = self.standardize(states.detach() if self.detach_keys else states)  # (B, T, H)
         keys = z @ (self.keys * GAIN).to(z.dtype)  # (B, T, d)
         scores = torch.einsum("pd,btd->bpt", (self.queries * GAIN).to(z.dtype), keys) / math.sqrt(keys.shape[-1])
         scores = scores.masked_fill(~mask.bool()[:, None, :], float("-inf"))  # (B, p, T)

@@ -117,6 +117,7 @@ class AdapterStorage:
             "memory_norm": self.memory_norm,
             "memory_readout": self.memory_readout.value,
             "memory_select": self.memory_select,
+            "memory_select_detach": bool(self.selector is not None and self.selector.detach_keys),
             "memory_layout": self.memory_layout.value,
             "generator_prompt": self.generator_prompt,
             "lora": to_dict(LoraConfig(r=cfg.r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,

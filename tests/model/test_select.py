@@ -163,3 +163,14 @@ def test_adapters_without_a_selector_load_with_its_positions_stats_unset(tiny_ba
     assert (stats[1, :2] < 0).all()  # held memory tokens' states: set again by the next training batch
     torch.testing.assert_close(stats[:, 2:], plain.mem_stats.detach()[:, 2:])
     torch.testing.assert_close(selecting.mem_embed, plain.mem_embed)
+
+
+def test_detached_keys_keep_the_span_term_out_of_the_text_states():
+    states = torch.randn(1, 5, 8, requires_grad=True)
+    mask = torch.ones(1, 5, dtype=torch.bool)
+    for detach, reaches in ((False, True), (True, False)):
+        states.grad = None
+        sel = MemorySelector(8, 2, detach_keys=detach)
+        span_loss(sel(states, mask)[1], [[4]]).backward()
+        assert (states.grad is not None and states.grad.abs().sum() > 0) == reaches
+        assert sel.queries.grad.abs().sum() > 0  # the selector itself still learns
