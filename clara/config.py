@@ -65,8 +65,8 @@ class ModelConfig:
     # issue 28 lever (f): the first memory_select memory vectors are attention poolings over the compressor's
     # text states (clara.model.select), spliced standardised; the rest are the memory tokens' states as before
     memory_select: int = 0
-    # the selector's keys read detached text states: its span term cannot reshape them (measured: with it,
-    # a probe read the year from the digit's state at 0.650 against 0.825, docs/RESULTS.md §2)
+    # the selector's keys read detached text states, so its span term cannot reshape them. Measured no better:
+    # the digit's state loses the year as much as without it (docs/RESULTS.md §2)
     memory_select_detach: bool = False
 
     def __post_init__(self):
