@@ -24,7 +24,7 @@ import math
 import torch
 from torch import nn
 
-from clara.model.memory import STATS_MOMENTUM
+from clara.model.memory import STATS_MOMENTUM, memory_stats_ready, normalize_memory, update_memory_stats
 
 KEY_DIM = 64
 # The selector's parameters are stored divided by GAIN and used times GAIN, so that the one optimiser of a
@@ -53,30 +53,22 @@ class MemorySelector(nn.Module):
     def num_slots(self) -> int:
         return self.queries.shape[0]
 
-    @torch.no_grad()
     def update_stats(self, states: torch.Tensor, mask: torch.Tensor, momentum: float = STATS_MOMENTUM) -> None:
-        """Fold the text tokens of a batch (states (B, T, H), mask (B, T)) into the running statistics."""
-        x = states.detach()[mask.bool()].to(self.stats.dtype)  # (n, H)
-        if len(x) < 2:
-            return
-        mean, var = x.mean(0), x.var(0, unbiased=False)
-        if self.stats[1, 0] < 0:
-            self.stats[0].copy_(mean)
-            self.stats[1].copy_(var)
-        else:
-            self.stats[0].lerp_(mean, 1 - momentum)
-            self.stats[1].lerp_(var, 1 - momentum)
+        """Fold the text tokens of a batch (states (B, T, H), mask (B, T)) into the running statistics (the
+        memory stats' running average, as one position)."""
+        x = states.detach()[mask.bool()]  # (n, H)
+        if len(x) >= 2:
+            update_memory_stats(self.stats.data[:, None], x[:, None], momentum)
 
-    def standardize(self, states: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
-        if self.stats[1, 0] < 0:
+    def standardize(self, states: torch.Tensor) -> torch.Tensor:
+        if not memory_stats_ready(self.stats[:, None]):
             raise RuntimeError("MemorySelector has no statistics yet: call update_stats on text states first")
-        stats = self.stats.detach().to(states.dtype)
-        return (states - stats[0]) / stats[1].clamp(min=0).add(eps).sqrt()
+        return normalize_memory(states[..., None, :], self.stats[:, None], "standardize")[..., 0, :]
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """states (B, T, H), mask (B, T) of text tokens -> slots (B, p, H), attention (B, p, T). In training
         the text tokens first update the statistics the keys are standardised with."""
-        if self.training and torch.is_grad_enabled() or self.stats[1, 0] < 0:
+        if self.training and torch.is_grad_enabled() or not memory_stats_ready(self.stats[:, None]):
             self.update_stats(states, mask)
         z = self.standardize(states.detach() if self.detach_keys else states)  # (B, T, H)
         keys = z @ (self.keys * GAIN).to(z.dtype)  # (B, T, d)
