@@ -35,6 +35,7 @@ from clara.modes import (  # the modes config fields take; callers import them f
     QaLayout,
     Aggregation,
     AnswerMetric,
+    SelectDetach,
 )
 from clara.yaml_safe import load_yaml, yaml_text
 
@@ -65,9 +66,10 @@ class ModelConfig:
     # issue 28 lever (f): the first memory_select memory vectors are attention poolings over the compressor's
     # text states (clara.model.select), spliced standardised; the rest are the memory tokens' states as before
     memory_select: int = 0
-    # the selector's keys read detached text states, so its span term cannot reshape them. Measured no better:
-    # the digit's state loses the year as much as without it (docs/RESULTS.md §2)
-    memory_select_detach: bool = False
+    # which of the selector's reads of the text states are detached (none, keys, all). keys: its span term
+    # cannot reshape them; measured no better, the digit's state loses the year as much (docs/RESULTS.md §2).
+    # all: the selected values too, so nothing the selector does reaches the text states
+    memory_select_detach: SelectDetach = SelectDetach.NONE
 
     def __post_init__(self):
         _check(self.compression_rate >= 1, "model.compression_rate", "must be >= 1")
@@ -341,11 +343,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return from_dict(tp, value, prefix=key + ".")
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         allowed = [m.value for m in tp]
-        if isinstance(value, tp):
-            return value
-        if value not in allowed:
-            raise ConfigError(f"config key '{key}': {value!r} is not one of {allowed}")
-        return tp(value)
+        try:
+            return tp(value)  # a member, its value, or what the enum's _missing_ accepts (an older spelling)
+        except ValueError:
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {allowed}") from None
     if origin is tuple:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]

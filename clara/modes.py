@@ -53,6 +53,19 @@ class MemoryLayout(str, enum.Enum):
     INTERLEAVED = "interleaved"  # one after each m-th of the text, so each reads its own segment closest
 
 
+class SelectDetach(str, enum.Enum):
+    """Which of a memory selector's reads of the text states carry no gradient (:mod:`clara.model.select`)."""
+
+    NONE = "none"  # keys and selected values both train the text states
+    KEYS = "keys"  # the keys read detached states: the span term cannot reshape them
+    ALL = "all"  # keys and values: nothing the selector does reaches the text states
+
+    @classmethod
+    def _missing_(cls, value):
+        # adapters saved before the values could be detached record a bool (true: the keys)
+        return {True: cls.KEYS, False: cls.NONE}.get(value) if isinstance(value, bool) else None
+
+
 class LRSchedule(str, enum.Enum):
     CONSTANT = "constant"
     LINEAR = "linear"

@@ -69,7 +69,7 @@ class ClaraModel(GeneratorSide, AdapterStorage, nn.Module):
         memory_readout: str = "states",
         memory_layout: str = "end",
         memory_select: int = 0,
-        memory_select_detach: bool = False,
+        memory_select_detach: str = "none",
     ):
         super().__init__()
         self.tokenizer = tokenizer
@@ -99,7 +99,7 @@ class ClaraModel(GeneratorSide, AdapterStorage, nn.Module):
         self._set_memory_norm(str(getattr(memory_norm, "value", memory_norm)))
         # the first memory_select memory vectors select text states (clara.model.select); None when 0
         self.memory_select = memory_select
-        self.selector = (MemorySelector(self.hidden_size, memory_select, seed=seed, detach_keys=memory_select_detach)
+        self.selector = (MemorySelector(self.hidden_size, memory_select, seed=seed, detach=memory_select_detach)
                          if memory_select else None)
         self.select_attention: torch.Tensor | None = None  # the last compression's (B, p, chunk_len), token order
         if len(tokenizer) > base_rows:

@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from clara.config import (BackboneKind, ClaraConfig, LoraConfig, MemoryLayout, MemoryNorm, MemoryReadout, ModelConfig,
-                          Precision, from_dict)
+                          Precision, SelectDetach, from_dict)
 from clara.errors import CheckpointError, ConfigError
 from clara.model.storage import MODEL_INFO
 
@@ -83,7 +83,7 @@ def model_config_from_adapters(path: str | Path, backbone: str | Path | None = N
         # a selector needs its memory norm at construction; otherwise load_adapters adopts the recorded one
         memory_norm=MemoryNorm(info.get("memory_norm", "none") if info.get("memory_select") else "none"),
         memory_select=int(info.get("memory_select", 0)),
-        memory_select_detach=bool(info.get("memory_select_detach", False)),
+        memory_select_detach=SelectDetach(info.get("memory_select_detach", "none")),  # older files: a bool
     )  # fmt: skip
     return directory, cfg
 

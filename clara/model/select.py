@@ -24,6 +24,7 @@ import math
 import torch
 from torch import nn
 
+from clara.modes import SelectDetach
 from clara.model.memory import STATS_MOMENTUM, memory_stats_ready, normalize_memory, update_memory_stats
 
 KEY_DIM = 64
@@ -36,11 +37,13 @@ GAIN = 30.0
 class MemorySelector(nn.Module):
     """``p`` attention-pooling slots over text states (B, T, H) -> (B, p, H) standardised states."""
 
-    def __init__(self, hidden: int, slots: int, key_dim: int = KEY_DIM, seed: int = 0, detach_keys: bool = False):
+    def __init__(self, hidden: int, slots: int, key_dim: int = KEY_DIM, seed: int = 0,
+                 detach: SelectDetach | str = SelectDetach.NONE):
         super().__init__()
-        # detach_keys: the keys read the text states without a gradient into them, so the span term (which acts
-        # only through the attention) cannot reshape what the compressor writes at the tokens
-        self.detach_keys = detach_keys
+        # detach keys: the keys read the text states without a gradient into them, so the span term (which acts
+        # only through the attention) cannot reshape what the compressor writes at the tokens; all: the selected
+        # values too, so the generator's loss reaches the text states only through the memory tokens
+        self.detach = SelectDetach(detach)
         gen = torch.Generator().manual_seed(seed)
         self.keys = nn.Parameter(torch.randn(hidden, key_dim, generator=gen) / math.sqrt(hidden) / GAIN)  # (H, d)
         # small queries: near-uniform attention at first (a random query of unit scale lands on one token)
@@ -70,12 +73,13 @@ class MemorySelector(nn.Module):
         the text tokens first update the statistics the keys are standardised with."""
         if self.training and torch.is_grad_enabled() or not memory_stats_ready(self.stats[:, None]):
             self.update_stats(states, mask)
-        z = self.standardize(states.detach() if self.detach_keys else states)  # (B, T, H)
+        z = self.standardize(states.detach() if self.detach != SelectDetach.NONE else states)  # (B, T, H)
         keys = z @ (self.keys * GAIN).to(z.dtype)  # (B, T, d)
         scores = torch.einsum("pd,btd->bpt", (self.queries * GAIN).to(z.dtype), keys) / math.sqrt(keys.shape[-1])
         scores = scores.masked_fill(~mask.bool()[:, None, :], float("-inf"))  # (B, p, T)
         attn = scores.softmax(-1)
-        return attn @ states, attn  # (B, p, H), (B, p, T)
+        values = states.detach() if self.detach == SelectDetach.ALL else states
+        return attn @ values, attn  # (B, p, H), (B, p, T)
 
 
 def answer_token_index(tokenizer, text: str, answers, limit: int) -> list[int]:

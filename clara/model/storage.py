@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 
 from clara.model.adapters import ADAPTERS
-from clara.config import LoraConfig, to_dict
+from clara.config import LoraConfig, SelectDetach, to_dict
 from clara.errors import CheckpointError
 
 log = logging.getLogger("clara.model.clara_model")  # the model's own logger: these are ClaraModel methods
@@ -117,7 +117,7 @@ class AdapterStorage:
             "memory_norm": self.memory_norm,
             "memory_readout": self.memory_readout.value,
             "memory_select": self.memory_select,
-            "memory_select_detach": bool(self.selector is not None and self.selector.detach_keys),
+            "memory_select_detach": (self.selector.detach if self.selector is not None else SelectDetach.NONE).value,
             "memory_layout": self.memory_layout.value,
             "generator_prompt": self.generator_prompt,
             "lora": to_dict(LoraConfig(r=cfg.r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from clara.config import ClaraConfig, LoraConfig, ModelConfig, ScpConfig, TrainConfig
+from clara.config import ClaraConfig, LoraConfig, ModelConfig, ScpConfig, SelectDetach, TrainConfig, from_dict
 from clara.errors import ConfigError
 from clara.model.memory import init_memory_stats, normalize_memory, unset_memory_stats, update_memory_stats
 from clara.model.select import GAIN, MemorySelector, answer_token_index, span_loss
@@ -91,6 +91,10 @@ def test_config_refuses_a_selector_it_cannot_splice():
         ModelConfig(chunk_len=32, compression_rate=8, memory_select=5, memory_norm="center")  # m = 4
     with pytest.raises(ConfigError, match="scp.select_weight"):
         ScpConfig(select_weight=-1)
+    with pytest.raises(ConfigError, match="memory_select_detach': 'values' is not one of \['none', 'keys', 'all'\]"):
+        from_dict(ModelConfig, {"memory_select_detach": "values"})
+    # a config of a run saved when the option was a bool still loads (true: the keys)
+    assert from_dict(ModelConfig, {"memory_select_detach": True}).memory_select_detach == SelectDetach.KEYS
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +111,8 @@ def trained(tiny_backbone, tmp_path_factory):
     cfg = ClaraConfig(
         out_dir=str(root / "run"),
         model=ModelConfig(backbone=str(tiny_backbone), kind="tiny", chunk_len=32, compression_rate=8,
-                          lora=LoraConfig(r=4, alpha=8), memory_norm="center", memory_select=2),
+                          lora=LoraConfig(r=4, alpha=8), memory_norm="center", memory_select=2,
+                          memory_select_detach="all"),
         train=TrainConfig(lr=3e-3, max_steps=3, batch_size=3, save_every=3, log_every=1, seed=0),
         scp=ScpConfig(max_target_tokens=32, qa_layout="rows"),
     )
@@ -136,6 +141,7 @@ def test_a_saved_selector_compresses_the_same_after_loading(trained, tiny_backbo
     model, _, root, docs = trained
     loaded = load_trained_model(root / "run/adapters", tiny_backbone, precision="fp32")
     assert loaded.memory_select == 2 and loaded.compressor_hash() == model.compressor_hash()
+    assert loaded.selector.detach == SelectDetach.ALL
     model.eval()
     with torch.no_grad():
         mem = model.compress(docs)
@@ -165,12 +171,17 @@ def test_adapters_without_a_selector_load_with_its_positions_stats_unset(tiny_ba
     torch.testing.assert_close(selecting.mem_embed, plain.mem_embed)
 
 
-def test_detached_keys_keep_the_span_term_out_of_the_text_states():
+@pytest.mark.parametrize("detach, span_reaches, values_reach", [
+    ("none", True, True), ("keys", False, True), ("all", False, False), (True, False, True),  # True: an older file
+])
+def test_detach_keeps_the_selector_out_of_the_text_states(detach, span_reaches, values_reach):
     states = torch.randn(1, 5, 8, requires_grad=True)
     mask = torch.ones(1, 5, dtype=torch.bool)
-    for detach, reaches in ((False, True), (True, False)):
-        states.grad = None
-        sel = MemorySelector(8, 2, detach_keys=detach)
-        span_loss(sel(states, mask)[1], [[4]]).backward()
-        assert (states.grad is not None and states.grad.abs().sum() > 0) == reaches
-        assert sel.queries.grad.abs().sum() > 0  # the selector itself still learns
+    sel = MemorySelector(8, 2, detach=SelectDetach(detach))
+    slots, attention = sel(states, mask)
+    span_loss(attention, [[4]]).backward(retain_graph=True)
+    assert (states.grad is not None and states.grad.abs().sum() > 0) == span_reaches
+    assert sel.queries.grad.abs().sum() > 0  # the selector itself still learns
+    states.grad = None
+    slots.square().sum().backward()  # the generator's loss reaches the text states through the selected values
+    assert (states.grad is not None and states.grad.abs().sum() > 0) == values_reach
