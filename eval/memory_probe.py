@@ -115,13 +115,12 @@ def probe_digits(features: torch.Tensor, years: Sequence[str], weight_decays: Se
 def token_at(model, text: str, char: int) -> tuple[int, int]:
     """(index of the token of ``text`` that holds character ``char``, tokens the compressor reads of ``text``),
     tokenised as the compressor reads it."""
-    enc = model.tokenizer(text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
-    for j, (a, b) in enumerate(enc["offset_mapping"]):
-        if a <= char < b:
-            if j >= model.chunk_len:
-                raise ValueError(f"character {char} is in token {j}, past the compressor's {model.chunk_len}")
-            return j, min(len(enc["input_ids"]), model.chunk_len)
-    raise ValueError(f"no token holds character {char} of {text[:40]!r}")
+    (j,), count = model.char_tokens(text, [char])
+    if j is None:
+        raise ValueError(f"no token holds character {char} of {text[:40]!r}")
+    if j >= model.chunk_len:
+        raise ValueError(f"character {char} is in token {j}, past the compressor's {model.chunk_len}")
+    return j, min(count, model.chunk_len)
 
 
 @torch.no_grad()

@@ -281,7 +281,7 @@ def select_span_term(model, batch: Sequence[ScpExample]) -> torch.Tensor:
     for e in batch:
         lines = [r for t in e.targets for r in t.split("\nQuestion: ")]
         answers = [answer for prefix, answer in map(split_reply, lines) if prefix]
-        targets.append(answer_token_index(model.tokenizer, e.doc, answers, model.chunk_len))
+        targets.append(answer_token_index(model, e.doc, answers))
     return span_loss(model.select_attention, targets)
 
 

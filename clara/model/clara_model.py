@@ -222,6 +222,14 @@ class ClaraModel(GeneratorSide, AdapterStorage, nn.Module):
         memory slot, a chat-template marker) is read as plain text, never as that token."""
         return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
+    def char_tokens(self, text: str, chars: Sequence[int]) -> tuple[list[int | None], int]:
+        """(index of the token of ``text`` that holds each character of ``chars``, None for one no token holds;
+        the number of tokens), tokenised as :meth:`_ids` reads user text. Indices are not cut at chunk_len."""
+        enc = self.tokenizer(text, add_special_tokens=False, split_special_tokens=True, return_offsets_mapping=True)
+        spans = enc["offset_mapping"]
+        found = [next((j for j, (a, b) in enumerate(spans) if a <= c < b), None) for c in chars]
+        return found, len(enc["input_ids"])
+
     def token_counter(self) -> Callable[[str], int]:
         """Counts user text's tokens as :meth:`_ids` does, with its own copy of the tokenizer, so it is safe
         in a thread other than the model's: a fast tokenizer switches its special-token splitting per call,

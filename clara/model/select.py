@@ -82,21 +82,13 @@ class MemorySelector(nn.Module):
         return attn @ values, attn  # (B, p, H), (B, p, T)
 
 
-def answer_token_index(tokenizer, text: str, answers, limit: int) -> list[int]:
-    """Token index (as the compressor reads ``text``, below ``limit``) of the last token of each answer's first
-    occurrence in ``text``; answers not found (or cut off) are skipped. ``a; b`` answers count as a and b."""
+def answer_token_index(model, text: str, answers) -> list[int]:
+    """Token index (as the compressor reads ``text``, below its chunk_len) of the last token of each answer's
+    first occurrence in ``text``; answers not found (or cut off) are skipped. ``a; b`` answers count as a and b."""
     parts = [a.strip() for ans in answers for a in ans.split(";") if a.strip()]
     ends = [text.find(a) + len(a) - 1 for a in parts if a in text]
-    if not ends:
-        return []
-    offsets = tokenizer(text, add_special_tokens=False, split_special_tokens=True,
-                        return_offsets_mapping=True)["offset_mapping"][:limit]
-    out = []
-    for end in ends:
-        j = next((j for j, (a, b) in enumerate(offsets) if a <= end < b), None)
-        if j is not None and j not in out:
-            out.append(j)
-    return out
+    tokens, _ = model.char_tokens(text, ends)
+    return list(dict.fromkeys(j for j in tokens if j is not None and j < model.chunk_len))
 
 
 def span_loss(attention: torch.Tensor, targets, eps: float = 1e-6) -> torch.Tensor:

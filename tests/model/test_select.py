@@ -56,17 +56,21 @@ def test_span_loss_rewards_covering_each_target_and_reaches_the_queries():
 
 
 def test_answer_token_index_finds_each_answers_last_token(tiny_backbone):
-    from clara.model.backbone import load_backbone
+    from clara.model.clara_model import ClaraModel
 
-    _, tok = load_backbone(tiny_backbone, "tiny")
+    model = ClaraModel.from_config(ModelConfig(backbone=str(tiny_backbone), kind="tiny", chunk_len=32,
+                                               compression_rate=8, lora=LoraConfig(r=4, alpha=8)))
+    tok = model.tokenizer
     text = "Hyndath was founded in 1683. About 485,800 people live there."
-    ids = answer_token_index(tok, text, ["1683", "485,800; Hyndath", "Nowhere"], limit=128)
+    ids = answer_token_index(model, text, ["1683", "485,800; Hyndath", "Nowhere"])
     offsets = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     for answer, j in zip(["1683", "485,800", "Hyndath"], ids):
         end = text.index(answer) + len(answer) - 1
         assert offsets[j][0] <= end < offsets[j][1]
     assert len(ids) == 3  # "Nowhere" is not in the text
-    assert answer_token_index(tok, text, ["people"], limit=2) == []  # cut off by the compressor's limit
+    far = "word " * 40 + "It was founded in 1683."
+    assert model.char_tokens(far, [far.index("1683") + 3])[0][0] >= 32
+    assert answer_token_index(model, far, ["1683"]) == []  # cut off at the compressor's chunk_len
 
 
 def test_standardize_first_standardises_selected_positions_in_center_mode():
