@@ -66,9 +66,11 @@ class ModelConfig:
     # issue 28 lever (f): the first memory_select memory vectors are attention poolings over the compressor's
     # text states (clara.model.select), spliced standardised; the rest are the memory tokens' states as before
     memory_select: int = 0
-    # which of the selector's reads of the text states are detached (none, keys, all). keys: its span term
+    # which of the selector's reads of the text states are detached (none, keys, all, base). keys: its span term
     # cannot reshape them; measured no better, the digit's state loses the year as much (docs/RESULTS.md §2).
-    # all: the selected values too, so nothing the selector does reaches the text states
+    # all: the selected values too, so nothing the selector does reaches the text states; measured no better (the
+    # selector no longer finds the year). base: the keys train the states, the slots pool the bare backbone's
+    # states (one more forward without gradient; DESIGN §3)
     memory_select_detach: SelectDetach = SelectDetach.NONE
 
     def __post_init__(self):

@@ -59,6 +59,9 @@ class SelectDetach(str, enum.Enum):
     NONE = "none"  # keys and selected values both train the text states
     KEYS = "keys"  # the keys read detached states: the span term cannot reshape them
     ALL = "all"  # keys and values: nothing the selector does reaches the text states
+    # the keys train the text states (so they can be shaped to be found); the values are the bare backbone's
+    # states at those tokens, from one more forward without gradient (so what is selected is never reshaped)
+    BASE = "base"
 
     @classmethod
     def _missing_(cls, value):

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from clara.model.adapters import AdapterSet
-from clara.config import BackboneKind, LoraConfig, MemoryLayout, MemoryReadout, ModelConfig, Precision
+from clara.config import BackboneKind, LoraConfig, MemoryLayout, MemoryReadout, ModelConfig, Precision, SelectDetach
 from clara.devices import precision_autocast
 from clara.model.inference_weights import cast_linears, restore_linears
 from clara.model.generation import new_kv_cache
@@ -283,7 +283,12 @@ class ClaraModel(GeneratorSide, AdapterStorage, nn.Module):
         hidden = self._own_dtype(hidden)
         mem = hidden.gather(1, columns[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, m, H)
         if self.selector is not None and adapter == "compressor":
-            mem = self._select(mem, hidden, mask.bool() & ~is_mem)
+            base = None
+            if self.selector.detach is SelectDetach.BASE:  # the bare backbone's states, never reshaped
+                with torch.no_grad(), self.using(None):
+                    base = self._own_dtype(self.lm.get_decoder()(
+                        inputs_embeds=embeds.detach(), attention_mask=mask, position_ids=positions).last_hidden_state)
+            mem = self._select(mem, hidden, mask.bool() & ~is_mem, base)
         if kv:
             mem = torch.cat([mem, self._own_dtype(pack_kv(cache, columns))], dim=-1)  # (B, m, H + L·2·h_kv·d)
         if not return_text_mean:
@@ -293,10 +298,12 @@ class ClaraModel(GeneratorSide, AdapterStorage, nn.Module):
         text_mean = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, H)
         return mem, text_mean
 
-    def _select(self, mem: torch.Tensor, hidden: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        """Memory (B, m, H) with its first p vectors replaced by the selector's slots over the text states;
-        keeps their attention in token order as :attr:`select_attention` (B, p, chunk_len)."""
-        slots, attn = self.selector(hidden, text_mask)  # (B, p, H), (B, p, T)
+    def _select(self, mem: torch.Tensor, hidden: torch.Tensor, text_mask: torch.Tensor,
+                values: torch.Tensor | None = None) -> torch.Tensor:
+        """Memory (B, m, H) with its first p vectors replaced by the selector's slots over the text states
+        (pooling ``values`` where given); keeps their attention in token order as :attr:`select_attention`
+        (B, p, chunk_len)."""
+        slots, attn = self.selector(hidden, text_mask, values)  # (B, p, H), (B, p, T)
         B, p, T = attn.shape
         token = (text_mask.long().cumsum(-1) - 1).clamp(min=0)[:, None, :].expand(B, p, T)  # column -> token index
         ordered = attn.new_zeros(B, p, self.chunk_len).scatter_add(2, token, attn * text_mask[:, None, :])

@@ -68,17 +68,26 @@ class MemorySelector(nn.Module):
             raise RuntimeError("MemorySelector has no statistics yet: call update_stats on text states first")
         return normalize_memory(states[..., None, :], self.stats[:, None], "standardize")[..., 0, :]
 
-    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, states: torch.Tensor, mask: torch.Tensor,
+                values: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """states (B, T, H), mask (B, T) of text tokens -> slots (B, p, H), attention (B, p, T). In training
-        the text tokens first update the statistics the keys are standardised with."""
+        the text tokens first update the statistics the keys are standardised with. ``values`` (B, T, H), for
+        ``detach="base"``: the states the slots pool instead of ``states`` (never with a gradient)."""
+        if (values is not None) != (self.detach == SelectDetach.BASE):
+            raise ValueError(f"MemorySelector(detach={self.detach.value!r}) "
+                             f"{'needs' if values is None else 'takes no'} separate values")
         if self.training and torch.is_grad_enabled() or not memory_stats_ready(self.stats[:, None]):
             self.update_stats(states, mask)
-        z = self.standardize(states.detach() if self.detach != SelectDetach.NONE else states)  # (B, T, H)
+        keys_detached = self.detach in (SelectDetach.KEYS, SelectDetach.ALL)
+        z = self.standardize(states.detach() if keys_detached else states)  # (B, T, H)
         keys = z @ (self.keys * GAIN).to(z.dtype)  # (B, T, d)
         scores = torch.einsum("pd,btd->bpt", (self.queries * GAIN).to(z.dtype), keys) / math.sqrt(keys.shape[-1])
         scores = scores.masked_fill(~mask.bool()[:, None, :], float("-inf"))  # (B, p, T)
         attn = scores.softmax(-1)
-        values = states.detach() if self.detach == SelectDetach.ALL else states
+        if values is None:
+            values = states.detach() if self.detach == SelectDetach.ALL else states
+        else:
+            values = values.detach().to(attn.dtype)
         return attn @ values, attn  # (B, p, H), (B, p, T)
 
 

@@ -95,7 +95,7 @@ def test_config_refuses_a_selector_it_cannot_splice():
         ModelConfig(chunk_len=32, compression_rate=8, memory_select=5, memory_norm="center")  # m = 4
     with pytest.raises(ConfigError, match="scp.select_weight"):
         ScpConfig(select_weight=-1)
-    with pytest.raises(ConfigError, match="memory_select_detach': 'values' is not one of \['none', 'keys', 'all'\]"):
+    with pytest.raises(ConfigError, match="memory_select_detach': 'values' is not one of \['none', 'keys', 'all', 'base'\]"):
         from_dict(ModelConfig, {"memory_select_detach": "values"})
     # a config of a run saved when the option was a bool still loads (true: the keys)
     assert from_dict(ModelConfig, {"memory_select_detach": True}).memory_select_detach == SelectDetach.KEYS
@@ -177,15 +177,51 @@ def test_adapters_without_a_selector_load_with_its_positions_stats_unset(tiny_ba
 
 @pytest.mark.parametrize("detach, span_reaches, values_reach", [
     ("none", True, True), ("keys", False, True), ("all", False, False), (True, False, True),  # True: an older file
+    ("base", True, True),  # the keys train the states; the values pooled are other states (below)
 ])
 def test_detach_keeps_the_selector_out_of_the_text_states(detach, span_reaches, values_reach):
     states = torch.randn(1, 5, 8, requires_grad=True)
     mask = torch.ones(1, 5, dtype=torch.bool)
     sel = MemorySelector(8, 2, detach=SelectDetach(detach))
-    slots, attention = sel(states, mask)
+    values = torch.randn(1, 5, 8, requires_grad=True) if detach == "base" else None
+    slots, attention = sel(states, mask, values)
     span_loss(attention, [[4]]).backward(retain_graph=True)
     assert (states.grad is not None and states.grad.abs().sum() > 0) == span_reaches
     assert sel.queries.grad.abs().sum() > 0  # the selector itself still learns
     states.grad = None
     slots.square().sum().backward()  # the generator's loss reaches the text states through the selected values
     assert (states.grad is not None and states.grad.abs().sum() > 0) == values_reach
+    if values is not None:
+        assert values.grad is None  # base: the pooled states are never reshaped
+        with pytest.raises(ValueError, match="needs separate values"):
+            sel(states, mask)
+    else:
+        with pytest.raises(ValueError, match="takes no separate values"):
+            sel(states, mask, states)
+
+
+def test_base_values_pool_the_bare_backbones_text_states(tiny_backbone):
+    from clara.model.clara_model import ClaraModel
+
+    torch.manual_seed(0)
+    model = ClaraModel.from_config(ModelConfig(backbone=str(tiny_backbone), kind="tiny", chunk_len=32, compression_rate=8,
+                                               lora=LoraConfig(r=4, alpha=8), memory_norm="center", memory_select=2,
+                                               memory_select_detach="base"))
+    with torch.no_grad():  # a compressor that differs from the bare backbone (LoRA B starts at zero)
+        for p in model.adapters.parameters("compressor"):
+            p.normal_(0, 0.2)
+    model.eval()
+    doc = "Hyndath was founded in 1683. About 485,800 people live there."
+    with torch.no_grad():
+        mem = model.compress([doc])  # (1, m, H)
+        ids = model._ids(doc)[:model.chunk_len]
+        row = torch.tensor([ids + list(model.tokens.mem_ids)])
+        embeds = model._embed(row).index_put((torch.zeros(4, dtype=torch.long), torch.arange(len(ids), len(ids) + 4)),
+                                             model.mem_embed)
+        states = {}
+        for name in (None, "compressor"):
+            with model.using(name):
+                states[name] = model.lm.get_decoder()(inputs_embeds=embeds).last_hidden_state[0, :len(ids)]  # (n, H)
+    attention = model.select_attention[0, :, :len(ids)]  # (p, n)
+    torch.testing.assert_close(mem[0, :2], attention @ states[None], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(mem[0, :2], attention @ states["compressor"], rtol=1e-3, atol=1e-3)
