@@ -223,6 +223,10 @@ class ScpConfig:
     # on the last token of each trained answer found in the document (0: the selector learns from the CE alone,
     # measured not to find the year in 150 steps, docs/RESULTS.md §2)
     select_weight: float = 1.0
+    # true: each answer's last token is to be held by one slot (-log of the largest one slot puts on it) rather
+    # than by the slots together, which lets every slot hold a mixture (session 23: four slots together 0.95 on
+    # the year's last digit, none more than 0.54)
+    select_one_slot: bool = False
     # the control of issue 28's capacity test: the generator LoRA trains on the same rows with each document
     # as text where its memory would go (a plain text LoRA; the compressor, MSE and memory go unused)
     read_text: bool = False

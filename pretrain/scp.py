@@ -211,7 +211,8 @@ class ScpObjective(nn.Module):
         if s.read_text:
             return text_control_loss(self.model, batch, s.max_target_tokens, s.answer_only)
         return scp_loss(self.model, batch, s.mse_weight, s.max_target_tokens, s.contrastive_weight, s.contrastive_temperature,
-                        distill=s if s.distill_weight else None, answer_only=s.answer_only, select_weight=s.select_weight)
+                        distill=s if s.distill_weight else None, answer_only=s.answer_only, select_weight=s.select_weight,
+                        select_one_slot=s.select_one_slot)
 
 
 def split_reply(row: str) -> tuple[str, str]:
@@ -223,11 +224,12 @@ def split_reply(row: str) -> tuple[str, str]:
 
 def scp_loss(model, batch: Sequence[ScpExample], mse_weight: float = 0.1, max_target_tokens: int = 192,
              contrastive_weight: float = 0.0, contrastive_temperature: float = 0.1, distill: ScpConfig | None = None,
-             answer_only: bool = False, select_weight: float = 0.0):
+             answer_only: bool = False, select_weight: float = 0.0, select_one_slot: bool = False):
     """``CE + λ·MSE (+ w·InfoNCE) (+ w·distillation) (+ w·span)`` on one batch -> (loss, metrics: ce, mse, mem_cos,
     tokens[, nce, nce_acc][, distill, teacher_ce][, select]). ``distill``: its distill_* fields (ScpConfig).
     ``select_weight``: with a selector (``model.memory_select``), the weight of its span term
-    (:func:`~clara.model.select.span_loss` over the last tokens of the batch's answers in their documents).
+    (:func:`~clara.model.select.span_loss` over the last tokens of the batch's answers in their documents;
+    ``select_one_slot``: each held by one slot).
     ``answer_only``: each row's reply is given up to ``Answer:`` and only the answer (and its end) is a
     target (:func:`split_reply`); ``tokens`` then counts answer tokens."""
     docs = [e.doc for e in batch]
@@ -245,7 +247,7 @@ def scp_loss(model, batch: Sequence[ScpExample], mse_weight: float = 0.1, max_ta
     loss = ce + mse_weight * mse if mse_weight else ce
     metrics = {"ce": float(ce.detach()), "mse": float(mse.detach())}
     if select_weight and model.selector is not None:
-        term = select_span_term(model, batch)
+        term = select_span_term(model, batch, select_one_slot)
         loss = loss + select_weight * term
         metrics["select"] = float(term.detach())
     if layers:
@@ -272,7 +274,7 @@ def scp_loss(model, batch: Sequence[ScpExample], mse_weight: float = 0.1, max_ta
     return loss, metrics
 
 
-def select_span_term(model, batch: Sequence[ScpExample]) -> torch.Tensor:
+def select_span_term(model, batch: Sequence[ScpExample], one_slot: bool = False) -> torch.Tensor:
     """The selector's span loss on the compression just made of ``batch``'s documents: each example's QA
     answers (its rows' or lines' ``Answer:`` parts; paraphrases have none) located in its document."""
     from clara.model.select import answer_token_index, span_loss
@@ -282,7 +284,7 @@ def select_span_term(model, batch: Sequence[ScpExample]) -> torch.Tensor:
         lines = [r for t in e.targets for r in t.split("\nQuestion: ")]
         answers = [answer for prefix, answer in map(split_reply, lines) if prefix]
         targets.append(answer_token_index(model, e.doc, answers))
-    return span_loss(model.select_attention, targets)
+    return span_loss(model.select_attention, targets, one_slot=one_slot)
 
 
 def _rows(batch: Sequence[ScpExample], answer_only: bool) -> tuple[list[str], list[str] | None]:

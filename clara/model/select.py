@@ -100,10 +100,11 @@ def answer_token_index(model, text: str, answers) -> list[int]:
     return list(dict.fromkeys(j for j in tokens if j is not None and j < model.chunk_len))
 
 
-def span_loss(attention: torch.Tensor, targets, eps: float = 1e-6) -> torch.Tensor:
+def span_loss(attention: torch.Tensor, targets, eps: float = 1e-6, one_slot: bool = False) -> torch.Tensor:
     """attention (B, p, T) over each row's text tokens in order; ``targets[b]``: token indices of row b to
-    cover -> mean over targets of -log(min(1, the attention all p slots put on the target)). 0 with none."""
-    cover = attention.sum(1)  # (B, T)
+    cover -> mean over targets of -log(min(1, the attention all p slots put on the target)), or with
+    ``one_slot`` of the largest attention one slot puts on it. 0 with none."""
+    cover = attention.amax(1) if one_slot else attention.sum(1)  # (B, T)
     picked = [cover[b, j] for b, js in enumerate(targets) for j in js]
     if not picked:
         return attention.sum() * 0.0

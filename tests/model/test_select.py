@@ -48,6 +48,10 @@ def test_span_loss_rewards_covering_each_target_and_reaches_the_queries():
     assert span_loss(attn, [[0, 2]]) < 0.11
     assert span_loss(attn, [[1]]) > 1.5
     assert span_loss(attn, [[]]) == 0
+    split = torch.tensor([[[0.5, 0.5, 0.0], [0.5, 0.5, 0.0]]])  # both slots half on token 0: together they hold it
+    assert span_loss(split, [[0]]) < 1e-4
+    assert span_loss(split, [[0]], one_slot=True) > 0.69  # but no one slot does
+    assert span_loss(attn, [[0, 2]], one_slot=True) < 0.11
     states = torch.randn(1, 5, 8)
     mask = torch.ones(1, 5, dtype=torch.bool)
     sel = MemorySelector(8, 2)
@@ -118,7 +122,7 @@ def trained(tiny_backbone, tmp_path_factory):
                           lora=LoraConfig(r=4, alpha=8), memory_norm="center", memory_select=2,
                           memory_select_detach="all"),
         train=TrainConfig(lr=3e-3, max_steps=3, batch_size=3, save_every=3, log_every=1, seed=0),
-        scp=ScpConfig(max_target_tokens=32, qa_layout="rows"),
+        scp=ScpConfig(max_target_tokens=32, qa_layout="rows", select_one_slot=True),
     )
     model = build_scp_model(cfg)
     before = {k: v.detach().clone() for k, v in model.selector.named_parameters()}
