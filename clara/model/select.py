@@ -35,14 +35,14 @@ GAIN = 30.0
 
 
 class MemorySelector(nn.Module):
-    """``p`` attention-pooling slots over text states (B, T, H) -> (B, p, H) standardised states."""
+    """``p`` attention-pooling slots over text states (B, T, H) -> (B, p, H) pooled states, as they are (the
+    splice standardises them); the keys read the states standardised by the selector's own statistics."""
 
     def __init__(self, hidden: int, slots: int, key_dim: int = KEY_DIM, seed: int = 0,
                  detach: SelectDetach | str = SelectDetach.NONE):
         super().__init__()
-        # detach keys: the keys read the text states without a gradient into them, so the span term (which acts
-        # only through the attention) cannot reshape what the compressor writes at the tokens; all: the selected
-        # values too, so the generator's loss reaches the text states only through the memory tokens
+        # which reads of the text states carry no gradient (clara.modes.SelectDetach): keys, all (keys and values),
+        # or base (the values are the bare backbone's states, given to forward)
         self.detach = SelectDetach(detach)
         gen = torch.Generator().manual_seed(seed)
         self.keys = nn.Parameter(torch.randn(hidden, key_dim, generator=gen) / math.sqrt(hidden) / GAIN)  # (H, d)
