@@ -125,7 +125,7 @@ def token_at(model, text: str, char: int) -> tuple[int, int]:
 
 @torch.no_grad()
 def memory_features(model, texts: Sequence[str], batch_size: int = 16, layers: Sequence[int] = (),
-                    chars: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+                    chars: Sequence[int] | None = None, adapter: str | None = "compressor") -> dict[str, torch.Tensor]:
     """Float32 features per document: ``memory``, as the generator receives it (N, m, H; under kv readout the
     last-layer states, see ``layer_L`` for what the keys and values are made of); ``text_mean``, the
     mean of the compressor's last-layer text states (N, H); ``layer_L`` for each of ``layers``, the
@@ -134,7 +134,10 @@ def memory_features(model, texts: Sequence[str], batch_size: int = 16, layers: S
     chunk_len/m tokens of that character's segment (pooling without training; N, H); ``token_L`` and
     ``token_last``, the compressor's states at that
     character's token after layer L and after the final norm (N, H): the positive control, the fact as the
-    text states hold it before compression."""
+    text states hold it before compression. ``adapter=None``: all of these from the bare backbone instead.
+
+    Each hook keeps the first forward of a batch: with ``memory_select_detach=base`` the compressor's forward
+    is followed by the bare backbone's, whose states must not stand in for the compressor's."""
     from tqdm.auto import tqdm
 
     if model.memory_layout.value != "end":
@@ -147,13 +150,14 @@ def memory_features(model, texts: Sequence[str], batch_size: int = 16, layers: S
     if bad:
         raise ValueError(f"--layers {bad}: this backbone has decoder layers 1..{len(blocks)}")
     caught: dict = {}
-    catch = lambda key: lambda mod, args, out: caught.__setitem__(key, out[0] if isinstance(out, tuple) else out)  # noqa: E731
+    catch = lambda key: lambda mod, args, out: caught.setdefault(key, out[0] if isinstance(out, tuple) else out)  # noqa: E731
     hooks = [blocks[n - 1].register_forward_hook(catch(n)) for n in layers] + [decoder.norm.register_forward_hook(catch("last"))]
     m, feats = model.num_mem, {}
     try:
         for i in tqdm(range(0, len(texts), batch_size), desc="compress", unit="batch"):
             batch = list(texts[i : i + batch_size])
-            mem, text_mean = model.compress(batch, return_text_mean=True)
+            caught.clear()
+            mem, text_mean = model.compress(batch, adapter=adapter, return_text_mean=True)
             # kv readout: the states part (the keys and values at layer L+1 are projections of layer_L's states)
             read = model.memory_states(mem) if model.kv_shape else model.prepare_memory(mem[:, None], update_stats=False)
             feats.setdefault("memory", []).append(read.float())
@@ -190,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int_list, default=[],
                     help="also probe the compressor's states at the memory positions after these decoder layers, "
                          "e.g. 5,10,20 (1 = the first)")
+    ap.add_argument("--states", choices=("compressor", "base"), default="compressor",
+                    help="whose states to probe: the compressor's (default) or the bare backbone's (adapters off)")
     args = ap.parse_args(argv)
     set_threads(args.threads)
     if args.docs < 20:
@@ -198,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     texts, years = year_documents(args.docs, args.seed)
     # the year's last digit (its own token on SmolLM2): where the text states hold the hardest digit
     chars = [t.index(y) + len(y) - 1 for t, y in zip(texts, years)]
-    feats = memory_features(model, texts, args.batch_size, args.layers, chars)
-    stats = {"model": args.model, "docs": len(texts), "seed": args.seed,
+    adapter = "compressor" if args.states == "compressor" else None
+    feats = memory_features(model, texts, args.batch_size, args.layers, chars, adapter=adapter)
+    stats = {"model": args.model, "docs": len(texts), "seed": args.seed, "states": args.states,
              **{name: probe_digits(x, years) for name, x in feats.items()}}  # fmt: skip
     print("| features | digit 1 | digit 2 | digit 3 | digit 4 | all four |\n|---|---|---|---|---|---|")
     for name in feats:

@@ -21,6 +21,10 @@ and on held-out documents, from its own memory and from the next document's (the
   pooling over the compressor's standardised final-norm text states) trained with the generator, told
   nothing of where the year is. Its attention mass on the year's last digit is reported.
 
+The oracle arms' vector can be the bare backbone's state at the digit instead (``--oracle-states base``, what
+``model.memory_select_detach=base`` pools), put in another memory position (``--oracle-slot``), and
+standardised over all the training documents' text tokens instead of their year digits (``--oracle-stats text``).
+
 Mechanics are tested on the tiny backbone; figures need SmolLM2 (docs/RESULTS.md §2).
 """
 
@@ -36,21 +40,26 @@ import torch
 ARMS = ("control", "oracle", "oracle-std", "select")
 
 
-def arm_memory(model, mem: torch.Tensor, token: torch.Tensor, arm: str, n_train: int) -> torch.Tensor:
-    """Memory (N, m, H) as compressed -> the arm's memory. ``oracle-std`` returns it already normalised and
-    switches the model's splice-side normalisation off (the RMS rescale still applies)."""
+def arm_memory(model, mem: torch.Tensor, token: torch.Tensor, arm: str, n_train: int, slot: int = 0,
+               stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Memory (N, m, H) as compressed -> the arm's memory, with the oracle in position ``slot``. ``oracle-std``
+    returns it already normalised (standardised by ``stats``, (mean, std) (H,) each; by default the training
+    documents' own ``token``s) and switches the model's splice-side normalisation off (the RMS rescale still
+    applies)."""
     from clara.model.memory import normalize_memory
 
     if arm not in ARMS or arm == "select":
-        raise ValueError(f"arm must be one of {', '.join(ARMS[:-1])}, got {arm!r}")
+        raise ValueError(f"arm must be one of {', '.join(a for a in ARMS if a != 'select')}, got {arm!r}")
+    if not 0 <= slot < mem.shape[1]:
+        raise ValueError(f"oracle slot {slot} is not one of the memory's {mem.shape[1]} positions")
     mem = mem.clone()
     if arm == "oracle":
-        mem[:, 0] = token.to(mem.dtype)
+        mem[:, slot] = token.to(mem.dtype)
     elif arm == "oracle-std":
-        mem = normalize_memory(mem, model.mem_stats, model.memory_norm)
+        mem = normalize_memory(mem, model.mem_stats, model.memory_norm, standardize_first=model.memory_select)
         token = token.to(mem.dtype)
-        mean, std = token[:n_train].mean(0), token[:n_train].std(0) + 1e-4  # (H,) each
-        mem[:, 0] = (token - mean) / std
+        mean, std = stats if stats is not None else (token[:n_train].mean(0), token[:n_train].std(0))
+        mem[:, slot] = (token - mean.to(mem.dtype)) / (std.to(mem.dtype) + 1e-4)
         model._set_memory_norm("none")
     return mem
 
@@ -98,18 +107,20 @@ def year_em(model, mem: torch.Tensor, questions: Sequence[str], years: Sequence[
 
 
 @torch.no_grad()
-def text_states(model, texts: Sequence[str], chars: Sequence[int], batch_size: int):
-    """The compressor's final-norm text states, right-aligned: states (N, chunk_len, H) float32, mask (N, chunk_len),
-    and the column of each text's character ``chars[i]`` (N,)."""
+def text_states(model, texts: Sequence[str], chars: Sequence[int], batch_size: int, adapter: str | None = "compressor"):
+    """The final-norm text states of the compressor (``adapter=None``: of the bare backbone), right-aligned:
+    states (N, chunk_len, H) float32, mask (N, chunk_len), and the column of each text's character ``chars[i]``
+    (N,). The hook keeps a batch's first forward (under ``memory_select_detach=base`` the bare backbone's follows)."""
     from clara.eval.memory_probe import token_at
 
     decoder, m, T = model.lm.get_decoder(), model.num_mem, model.chunk_len
     caught = {}
-    hook = decoder.norm.register_forward_hook(lambda mod, a, out: caught.__setitem__("last", out))
+    hook = decoder.norm.register_forward_hook(lambda mod, a, out: caught.setdefault("last", out))
     states, mask, cols = torch.zeros(len(texts), T, model.hidden_size), torch.zeros(len(texts), T, dtype=torch.bool), []
     try:
         for i in range(0, len(texts), batch_size):
-            model.compress(list(texts[i : i + batch_size]))
+            caught.clear()
+            model.compress(list(texts[i : i + batch_size]), adapter=adapter)
             width = caught["last"].shape[1]
             for b, k in enumerate(range(i, min(i + batch_size, len(texts)))):
                 j, n_tok = token_at(model, texts[k], chars[k])
@@ -123,7 +134,6 @@ def text_states(model, texts: Sequence[str], chars: Sequence[int], batch_size: i
 
 def run_arm(args, arm: str, rows: Sequence[tuple[str, str, str]]) -> dict[str, Any]:
     from clara.eval.compression import compress_all
-    from clara.eval.memory_probe import memory_features
     from clara.model.kv_memory import require_states_readout
     from clara.model.loading import load_trained_model
     from clara.model.memory import normalize_memory
@@ -149,9 +159,16 @@ def run_arm(args, arm: str, rows: Sequence[tuple[str, str, str]]) -> dict[str, A
             slots = selector.standardize(selector(states[idx], mask[idx])[0])  # over the text tokens' statistics
             return torch.cat([slots, base[idx, slots.shape[1] :]], dim=1)  # (b, m, H)
     else:
-        token = memory_features(model, texts, args.batch_size, chars=chars)["token_last"]  # (N, H)
+        adapter = "compressor" if args.oracle_states == "compressor" else None
+        states, mask, digit = text_states(model, texts, chars, args.batch_size, adapter)
+        token = states[torch.arange(len(rows)), digit]  # (N, H): the state at the year's last digit
+        stats = None
+        if args.oracle_stats == "text":  # every text token of the training documents, not only the year digits
+            seen = states[:n_train][mask[:n_train]]
+            stats = (seen.mean(0), seen.std(0))
         with torch.no_grad():
-            mem = arm_memory(model, compress_all(model, texts, args.batch_size), token, arm, n_train)  # (N, m, H)
+            mem = arm_memory(model, compress_all(model, texts, args.batch_size), token, arm, n_train,
+                             args.oracle_slot, stats)  # (N, m, H)
     start = time.time()
     losses = train_generator(model, mem, questions, years, n_train, args.steps, args.train_batch, args.lr, extra=extra)
     out["train_seconds"] = time.time() - start
@@ -185,6 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--select-lr", type=float, default=3e-3, help="learning rate of the select arm's selector")
     ap.add_argument("--arms", default="control,oracle", help=f"comma-separated, of {', '.join(ARMS)}")
+    ap.add_argument("--oracle-states", choices=("compressor", "base"), default="compressor",
+                    help="the oracle arms' state at the digit: the compressor's (default) or the bare backbone's")
+    ap.add_argument("--oracle-slot", type=int, default=0, help="the memory position the oracle arms replace")
+    ap.add_argument("--oracle-stats", choices=("year", "text"), default="year",
+                    help="oracle-std standardises over the training documents' year digits (default) or all their "
+                         "text tokens")
     ap.add_argument("--precision", default="fp32", help="fp32 (default), bf16 or auto")
     args = ap.parse_args(argv)
     set_threads(args.threads)
@@ -196,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--test-docs must leave at least 2 documents on each side")
     rows = year_questions(args.docs, args.seed)
     stats: dict[str, Any] = {"model": args.model, "docs": len(rows), "test_docs": args.test_docs, "seed": args.seed,
-                             "steps": args.steps, "lr": args.lr, "arms": {}}  # fmt: skip
+                             "steps": args.steps, "lr": args.lr, "oracle_states": args.oracle_states,
+                             "oracle_slot": args.oracle_slot, "oracle_stats": args.oracle_stats, "arms": {}}  # fmt: skip
     for arm in arms:
         stats["arms"][arm] = run_arm(args, arm, rows)
     print("| arm | loss first / last tenth | train EM right / wrong | held-out EM right / wrong |\n|---|---|---|---|")

@@ -73,3 +73,36 @@ def test_layer_states_are_the_decoder_outputs_at_the_memory_positions(tiny_backb
             assert torch.allclose(single["token_last"][0], feats["token_last"][i], atol=1e-4)
             assert torch.allclose(single["segment_last"][0], feats["segment_last"][i], atol=1e-4)
             assert t[c] == model.tokenizer.decode(model._ids(t)[token_at(model, t, c)[0]]).strip()[-1]
+
+
+def test_token_states_are_the_compressors_under_base_values_and_the_bare_backbones_on_request(tiny_backbone):
+    """With memory_select_detach=base, compress runs the bare backbone after the compressor; the probe's token
+    states must still be the compressor's (they were the bare backbone's before), and adapter=None gives those."""
+    from clara.config import LoraConfig, ModelConfig
+    from clara.eval.memory_probe import memory_features
+    from clara.eval.oracle_slot import text_states
+    from clara.model.clara_model import ClaraModel
+
+    model = ClaraModel.from_config(ModelConfig(backbone=str(tiny_backbone), kind="tiny", chunk_len=256,
+                                               compression_rate=16, lora=LoraConfig(r=4, alpha=8), memory_norm="center",
+                                               memory_select=2, memory_select_detach="base"))
+    with torch.no_grad():  # B starts at zero: give the compressor states of its own
+        for n, p in model.adapters.peft.named_parameters():
+            if ".compressor." in n and "lora_B" in n:
+                p.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(len(n)))
+    texts, years = year_documents(3, 5)
+    chars = [t.index(y) + 3 for t, y in zip(texts, years)]
+    feats = {a: memory_features(model, texts, 2, [1], chars, adapter=a) for a in ("compressor", None)}
+    states = {a: text_states(model, texts, chars, 2, a) for a in ("compressor", None)}
+    selector, model.selector = model.selector, None  # one forward per compress: the reference
+    try:
+        want = {a: memory_features(model, texts, 2, [1], chars, adapter=a) for a in ("compressor", None)}
+    finally:
+        model.selector = selector
+    rows = torch.arange(3)
+    for a in ("compressor", None):
+        for key in ("token_last", "token_1", "text_mean"):
+            torch.testing.assert_close(feats[a][key], want[a][key])
+        s, _, col = states[a]
+        torch.testing.assert_close(s[rows, col], want[a]["token_last"])
+    assert not torch.allclose(want["compressor"]["token_last"], want[None]["token_last"], atol=1e-3)

@@ -64,3 +64,43 @@ def test_train_generator_moves_the_generator_and_nothing_else(model):
     losses = train_generator(model, mem, ["When was A born?"] * 4, ["1901", "1902", "1903", "1904"], 4, 2, 2, 1e-2)
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
     assert len(losses) == 2 and changed and all(".generator." in n for n in changed), sorted(changed)[:3]
+
+
+def test_the_oracle_goes_where_it_is_told_standardised_by_the_statistics_given(model):
+    g = torch.Generator().manual_seed(1)
+    mem = torch.randn(6, model.num_mem, model.hidden_size, generator=g)
+    token = 3.0 + torch.randn(6, model.hidden_size, generator=g)
+    oracle = arm_memory(model, mem, token, "oracle", 4, slot=2)
+    assert torch.equal(oracle[:, 2], token) and torch.equal(oracle[:, :2], mem[:, :2])
+    assert torch.equal(oracle[:, 3:], mem[:, 3:])
+    mean, std = torch.full((model.hidden_size,), 2.0), torch.full((model.hidden_size,), 4.0)
+    std_arm = arm_memory(model, mem, token, "oracle-std", 4, slot=1, stats=(mean, std))
+    torch.testing.assert_close(std_arm[:, 1], (token - 2.0) / (4.0 + 1e-4))
+    with pytest.raises(ValueError, match=f"oracle slot {model.num_mem} is not one of"):
+        arm_memory(model, mem, token, "oracle", 4, slot=model.num_mem)
+
+
+def test_oracle_std_standardises_a_selector_models_selected_slots_as_its_splice_does(tiny_backbone):
+    from clara.config import LoraConfig, ModelConfig
+    from clara.model.clara_model import ClaraModel
+
+    m = ClaraModel.from_config(ModelConfig(backbone=str(tiny_backbone), kind="tiny", chunk_len=256, compression_rate=16,
+                                           lora=LoraConfig(r=4, alpha=8), memory_norm="center", memory_select=2))
+    with torch.no_grad():
+        m.mem_stats[0].normal_()
+        m.mem_stats[1].uniform_(0.5, 2.0)
+    mem = torch.randn(5, m.num_mem, m.hidden_size)
+    spliced = m.prepare_memory(mem[:, None], update_stats=False)  # as the generator would receive it (RMS rescaled)
+    got = arm_memory(m, mem, torch.randn(5, m.hidden_size), "oracle-std", 3, slot=m.num_mem - 1)
+    m._set_memory_norm("none")
+    torch.testing.assert_close(m.prepare_memory(got[:, None, :-1], update_stats=False), spliced[:, :-1])
+
+
+def test_runs_with_the_bare_backbones_state_in_another_slot_over_text_statistics(model, tmp_path):
+    adapters = model.save_adapters(tmp_path / "adapters")
+    out = tmp_path / "o.json"
+    assert main(["--model", str(adapters), "--docs", "6", "--test-docs", "2", "--steps", "1", "--train-batch", "2",
+                 "--batch-size", "4", "--arms", "oracle-std", "--oracle-states", "base", "--oracle-slot", "3",
+                 "--oracle-stats", "text", "--out", str(out)]) == 0
+    stats = json.loads(out.read_text())
+    assert (stats["oracle_states"], stats["oracle_slot"], stats["oracle_stats"]) == ("base", 3, "text")
