@@ -62,6 +62,9 @@ class SelectDetach(str, enum.Enum):
     # the keys train the text states (so they can be shaped to be found); the values are the bare backbone's
     # states at those tokens, from one more forward without gradient (so what is selected is never reshaped)
     BASE = "base"
+    # the keys train the text states; the values are the same states detached (the generator's loss cannot
+    # reshape what is selected, and no second forward is needed)
+    VALUES = "values"
 
     @classmethod
     def _missing_(cls, value):

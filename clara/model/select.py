@@ -85,7 +85,7 @@ class MemorySelector(nn.Module):
         scores = scores.masked_fill(~mask.bool()[:, None, :], float("-inf"))  # (B, p, T)
         attn = scores.softmax(-1)
         if values is None:
-            values = states.detach() if self.detach == SelectDetach.ALL else states
+            values = states.detach() if self.detach in (SelectDetach.ALL, SelectDetach.VALUES) else states
         else:
             values = values.detach().to(attn.dtype)
         return attn @ values, attn  # (B, p, H), (B, p, T)

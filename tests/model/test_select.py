@@ -99,8 +99,8 @@ def test_config_refuses_a_selector_it_cannot_splice():
         ModelConfig(chunk_len=32, compression_rate=8, memory_select=5, memory_norm="center")  # m = 4
     with pytest.raises(ConfigError, match="scp.select_weight"):
         ScpConfig(select_weight=-1)
-    with pytest.raises(ConfigError, match="memory_select_detach': 'values' is not one of \['none', 'keys', 'all', 'base'\]"):
-        from_dict(ModelConfig, {"memory_select_detach": "values"})
+    with pytest.raises(ConfigError, match="memory_select_detach': 'value' is not one of \['none', 'keys', 'all', 'base', 'values'\]"):
+        from_dict(ModelConfig, {"memory_select_detach": "value"})
     # a config of a run saved when the option was a bool still loads (true: the keys)
     assert from_dict(ModelConfig, {"memory_select_detach": True}).memory_select_detach == SelectDetach.KEYS
 
@@ -182,6 +182,7 @@ def test_adapters_without_a_selector_load_with_its_positions_stats_unset(tiny_ba
 @pytest.mark.parametrize("detach, span_reaches, values_reach", [
     ("none", True, True), ("keys", False, True), ("all", False, False), (True, False, True),  # True: an older file
     ("base", True, True),  # the keys train the states; the values pooled are other states (below)
+    ("values", True, True),  # the keys train the states; the values reach them only through the attention (below)
 ])
 def test_detach_keeps_the_selector_out_of_the_text_states(detach, span_reaches, values_reach):
     states = torch.randn(1, 5, 8, requires_grad=True)
@@ -195,6 +196,15 @@ def test_detach_keeps_the_selector_out_of_the_text_states(detach, span_reaches, 
     states.grad = None
     slots.square().sum().backward()  # the generator's loss reaches the text states through the selected values
     assert (states.grad is not None and states.grad.abs().sum() > 0) == values_reach
+    if detach == "values":  # the gradient the slots send is the attention's alone, none through the values pooled
+        states.grad = None
+        slots, attention = sel(states, mask)
+        weights = torch.randn_like(slots)
+        (slots * weights).sum().backward(retain_graph=True)
+        through_attention = states.grad.clone()
+        states.grad = None
+        ((attention @ states.detach()) * weights).sum().backward()
+        torch.testing.assert_close(through_attention, states.grad)
     if values is not None:
         assert values.grad is None  # base: the pooled states are never reshaped
         with pytest.raises(ValueError, match="needs separate values"):
