@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from clara.cli.args import add_out_file_arguments, claim_out_file, csv_list, int_list
+from clara.cli.args import add_out_file_arguments, add_precision_argument, claim_out_file, csv_list, int_list
 
 
 def register(subparsers) -> None:
@@ -85,6 +85,7 @@ def register_compression(sub) -> None:
     p.add_argument("--limit", type=int, default=100, help="at most this many questions (0 = all)")
     add_answer_options(p)
     p.add_argument("--batch-size", type=int, default=8, help="questions per batch")
+    add_precision_argument(p, "the model's forwards")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     add_out_file_arguments(p, "write full results (scores + every reply) to this JSON file")
     p.set_defaults(func=run_compression)
@@ -105,7 +106,7 @@ def run_compression(args: argparse.Namespace) -> int:
     results = run_compression_eval(
         args.model, args.world, data=args.data or (), crs=args.cr, backbone=args.backbone, splits=args.split,
         types=args.types, limit=args.limit or None, settings=args.settings, prompt=args.prompt, style=args.style,
-        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, precision=args.precision,
     )
     first = results["runs"][0]
     if args.data:

@@ -305,10 +305,11 @@ def load_data_questions(paths: Sequence[str], limit: int | None) -> tuple[list[d
 def run_compression_eval(
     models: Sequence[str], world_dir: str | None = None, *, data: Sequence[str] = (), crs: Sequence[int] = (),
     backbone: str | None = None, splits: Sequence[str] = ("test_unseen",), types: Sequence[str] = ("single_hop",),
-    limit: int | None = 100, **kw,
+    limit: int | None = 100, precision: str = "auto", **kw,
 ) -> dict[str, Any]:  # fmt: skip
     """Evaluate each checkpoint on the same questions — the world's, or with ``data`` those of
-    pretraining record files — and with ``crs``, only (and all of) those rates."""
+    pretraining record files — and with ``crs``, only (and all of) those rates; the models run in
+    ``precision`` (auto: bf16 where the CPU runs it natively)."""
     if data:
         questions, documents, skipped = load_data_questions(data, limit)
         evaluated: dict[str, Any] = {"data": [str(p) for p in data], "skipped_paraphrase": skipped}
@@ -326,8 +327,9 @@ def run_compression_eval(
         if crs and cr not in crs:
             log.info("%s: CR %d not in --cr, skipped", adapters, cr)
             continue
-        model = load_trained_model(adapters, backbone)
+        model = load_trained_model(adapters, backbone, precision=precision)
         res = evaluate_compression(model, questions, documents, **kw)
+        res["precision"] = model.inference_precision.value
         res.update({"model": str(adapters), "cr": cr, "backbone": str(backbone or info["backbone"]),
                     "backbone_hash": model.backbone_hash})  # fmt: skip
         runs.append(res)

@@ -80,9 +80,14 @@ def test_scores_by_group_hand_values():
 def test_cli_run_with_cr_filter(world_and_adapters, tmp_path):
     root, world, _, adapters = world_and_adapters
     res = run_compression_eval([str(root / "run")], str(world), crs=[8], limit=4,
-                               settings=["memory", "wrong_memory"], batch_size=4, max_new_tokens=2)  # fmt: skip
+                               settings=["memory", "wrong_memory"], batch_size=4, max_new_tokens=2,
+                               precision="fp32")  # fmt: skip
     (run,) = res["runs"]
     assert run["cr"] == 8 and run["model"] == str(adapters) and set(run["settings"]) == {"memory", "wrong_memory"}
+    assert run["precision"] == "fp32"  # as asked, not the machine's auto choice
+    res = run_compression_eval([str(adapters)], str(world), limit=2, settings=["memory"], batch_size=2,
+                               max_new_tokens=1, precision="bf16")
+    assert res["runs"][0]["precision"] == "bf16"
     with pytest.raises(CheckpointError, match="--cr 16"):
         run_compression_eval([str(adapters)], str(world), crs=[8, 16], limit=4, settings=["memory"])
     with pytest.raises(CheckpointError, match="no clara_model.json"):
