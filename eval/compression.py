@@ -329,9 +329,8 @@ def run_compression_eval(
             continue
         model = load_trained_model(adapters, backbone, precision=precision)
         res = evaluate_compression(model, questions, documents, **kw)
-        res["precision"] = model.inference_precision.value
         res.update({"model": str(adapters), "cr": cr, "backbone": str(backbone or info["backbone"]),
-                    "backbone_hash": model.backbone_hash})  # fmt: skip
+                    "backbone_hash": model.backbone_hash, "precision": model.inference_precision.value})  # fmt: skip
         runs.append(res)
         seen_crs.add(cr)
         # the text baselines do not depend on the adapters: evaluate them once

@@ -40,9 +40,10 @@ import torch
 ARMS = ("control", "oracle", "oracle-std", "select")
 
 
-def arm_memory(model, mem: torch.Tensor, token: torch.Tensor, arm: str, n_train: int, slot: int = 0,
+def arm_memory(model, mem: torch.Tensor, token: torch.Tensor | None, arm: str, n_train: int, slot: int = 0,
                stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """Memory (N, m, H) as compressed -> the arm's memory, with the oracle in position ``slot``. ``oracle-std``
+    """Memory (N, m, H) as compressed -> the arm's memory, with the oracle ``token`` (N, H; None for ``control``)
+    in position ``slot``. ``oracle-std``
     returns it already normalised (standardised by ``stats``, (mean, std) (H,) each; by default the training
     documents' own ``token``s) and switches the model's splice-side normalisation off (the RMS rescale still
     applies)."""
@@ -159,13 +160,14 @@ def run_arm(args, arm: str, rows: Sequence[tuple[str, str, str]]) -> dict[str, A
             slots = selector.standardize(selector(states[idx], mask[idx])[0])  # over the text tokens' statistics
             return torch.cat([slots, base[idx, slots.shape[1] :]], dim=1)  # (b, m, H)
     else:
-        adapter = "compressor" if args.oracle_states == "compressor" else None
-        states, mask, digit = text_states(model, texts, chars, args.batch_size, adapter)
-        token = states[torch.arange(len(rows)), digit]  # (N, H): the state at the year's last digit
-        stats = None
-        if args.oracle_stats == "text":  # every text token of the training documents, not only the year digits
-            seen = states[:n_train][mask[:n_train]]
-            stats = (seen.mean(0), seen.std(0))
+        token = stats = None  # the control arm uses neither: no pass over the text states for it
+        if arm != "control":
+            adapter = "compressor" if args.oracle_states == "compressor" else None
+            states, mask, digit = text_states(model, texts, chars, args.batch_size, adapter)
+            token = states[torch.arange(len(rows)), digit]  # (N, H): the state at the year's last digit
+            if args.oracle_stats == "text":  # every text token of the training documents, not only the year digits
+                seen = states[:n_train][mask[:n_train]]
+                stats = (seen.mean(0), seen.std(0))
         with torch.no_grad():
             mem = arm_memory(model, compress_all(model, texts, args.batch_size), token, arm, n_train,
                              args.oracle_slot, stats)  # (N, m, H)

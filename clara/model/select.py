@@ -41,8 +41,8 @@ class MemorySelector(nn.Module):
     def __init__(self, hidden: int, slots: int, key_dim: int = KEY_DIM, seed: int = 0,
                  detach: SelectDetach | str = SelectDetach.NONE):
         super().__init__()
-        # which reads of the text states carry no gradient (clara.modes.SelectDetach): keys, all (keys and values),
-        # or base (the values are the bare backbone's states, given to forward)
+        # which reads of the text states carry no gradient (clara.modes.SelectDetach): keys, values, all (keys and
+        # values), or base (the values are the bare backbone's states, given to forward)
         self.detach = SelectDetach(detach)
         gen = torch.Generator().manual_seed(seed)
         self.keys = nn.Parameter(torch.randn(hidden, key_dim, generator=gen) / math.sqrt(hidden) / GAIN)  # (H, d)
