@@ -187,6 +187,10 @@ class ScpConfig:
     data_types: tuple[str, ...] = ("qa", "paraphrase")
     max_target_tokens: int = 192  # target tokens per example (longer targets are cut)
     fresh_seed: int = 1  # --world-fresh: seed of the fresh-document stream (not the eval world's)
+    # --world-fresh: the value ranges of a world of this many entities (300: a default world's, birth years
+    # 1935-1999 with mentors, 16 occupations, 10 industries); 0: each 40-entity batch's own, as the stream
+    # always had (birth years 1990-1999, no mentor, 4 occupations, 3 industries; issue 28, docs/RESULTS.md §2)
+    fresh_world_ranges: int = 0
     instruct_k: int = 1  # `clara pretrain instruct`: gold + first non-gold candidates; gold slot by id hash
     init_adapters: str = ""  # adapters to start from (train an SCP run further, fresh optimizer); "" = fresh LoRA
     init_other_cr: bool = False  # init_adapters may be of another CR: LoRA kept, memory-token embeddings resampled
@@ -251,6 +255,8 @@ class ScpConfig:
                f"must be a non-empty subset of qa,paraphrase,reconstruction; got {list(self.data_types)}")
         _check(self.max_target_tokens >= 1, "scp.max_target_tokens", "must be >= 1")
         _check(self.instruct_k >= 1, "scp.instruct_k", "must be >= 1")
+        _check(self.fresh_world_ranges == 0 or self.fresh_world_ranges >= 40, "scp.fresh_world_ranges",
+               f"must be 0 (each batch's own ranges) or at least the stream's 40 entities a batch, got {self.fresh_world_ranges}")
         _check(self.rows_per_document >= 0, "scp.rows_per_document", f"must be >= 0, got {self.rows_per_document}")
         _check(not self.rows_per_document or QaLayout(self.qa_layout) is QaLayout.ROWS, "scp.rows_per_document",
                f"applies to scp.qa_layout rows only, not {QaLayout(self.qa_layout).value}")

@@ -108,6 +108,8 @@ def add_probe_arguments(ap: argparse.ArgumentParser, docs: int, docs_help: str, 
     ap.add_argument("--backbone", default=None, help="backbone directory, if not where the adapters were trained")
     ap.add_argument("--docs", type=int, default=docs, help=docs_help)
     ap.add_argument("--seed", type=int, default=FRESH_SEED, help="fresh-document stream (not one SCP trained on)")
+    ap.add_argument("--world-ranges", type=int, default=0, metavar="N",
+                    help="the stream with the value ranges of a world of N entities (scp.fresh_world_ranges; 0: its own)")
     ap.add_argument("--batch-size", type=int, default=batch_size)
     add_threads_argument(ap)
     ap.add_argument("--out", default=None, help="also write the figures to this JSON file")
@@ -130,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     set_threads(args.threads)
     model = load_trained_model(args.model, args.backbone)
-    docs = list(fresh_world_documents(args.docs, args.seed))
+    docs = list(fresh_world_documents(args.docs, args.seed, args.world_ranges))
     teacher = WorldTeacher()
     texts = [d.as_text() for d in docs]
     scp = None
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     read_text = bool(scp and scp.read_text)  # a text-LoRA control run: its generator reads documents as text
     mem = None if read_text else compress_all(model, texts, args.batch_size)
     trained = trained_rows(args.trained_data, scp) if args.trained_data else None
-    stats = {"model": args.model, "docs": len(docs), "seed": args.seed, "read_text": read_text,
+    stats = {"model": args.model, "docs": len(docs), "seed": args.seed, "world_ranges": args.world_ranges, "read_text": read_text,
              **position_em(model, mem, fact_rows(docs, teacher, trained), args.batch_size,
                            texts if read_text else None)}  # fmt: skip
     print("| position | n | EM alone | EM in place | EM wrong memory |\n|---|---|---|---|---|")

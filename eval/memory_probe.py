@@ -38,13 +38,13 @@ DIGITS = 4
 WEIGHT_DECAYS = (1e-4, 1e-3, 1e-2, 1e-1)
 
 
-def year_documents(n: int, seed: int) -> tuple[list[str], list[str]]:
+def year_documents(n: int, seed: int, world_ranges: int = 0) -> tuple[list[str], list[str]]:
     """(texts, years) of the first ``n`` fresh world documents that state a four-digit year fact."""
-    rows = year_questions(n, seed)
+    rows = year_questions(n, seed, world_ranges)
     return [r[0] for r in rows], [r[2] for r in rows]
 
 
-def year_questions(n: int, seed: int) -> list[tuple[str, str, str]]:
+def year_questions(n: int, seed: int, world_ranges: int = 0) -> list[tuple[str, str, str]]:
     """(text, question, year) of the first ``n`` fresh world documents that state a four-digit year fact:
     its simple question as the world teacher asks it (as `fact_position` and SCP's rows do)."""
     from clara.pretrain.synth import fresh_world_documents
@@ -52,7 +52,7 @@ def year_questions(n: int, seed: int) -> list[tuple[str, str, str]]:
 
     teacher = WorldTeacher()
     rows = []
-    for doc in fresh_world_documents(1 << 40, seed):
+    for doc in fresh_world_documents(1 << 40, seed, world_ranges):
         facts = teacher.facts(doc)
         year = next((f.value for f in facts if f.relation in YEAR_RELATIONS), None)
         if year is None or not re.fullmatch(r"\d{4}", year):
@@ -201,12 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.docs < 20:
         ap.error("--docs must be at least 20 (a 60/20/20 split)")
     model = load_trained_model(args.model, args.backbone)
-    texts, years = year_documents(args.docs, args.seed)
+    texts, years = year_documents(args.docs, args.seed, args.world_ranges)
     # the year's last digit (its own token on SmolLM2): where the text states hold the hardest digit
     chars = [t.index(y) + len(y) - 1 for t, y in zip(texts, years)]
     adapter = "compressor" if args.states == "compressor" else None
     feats = memory_features(model, texts, args.batch_size, args.layers, chars, adapter=adapter)
-    stats = {"model": args.model, "docs": len(texts), "seed": args.seed, "states": args.states,
+    stats = {"model": args.model, "docs": len(texts), "seed": args.seed, "world_ranges": args.world_ranges,
+             "states": args.states,
              **{name: probe_digits(x, years) for name, x in feats.items()}}  # fmt: skip
     print("| features | digit 1 | digit 2 | digit 3 | digit 4 | all four |\n|---|---|---|---|---|---|")
     for name in feats:

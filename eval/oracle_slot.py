@@ -219,8 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--arms: {', '.join(bad) or 'none given'}; choose from {', '.join(ARMS)}")
     if not 2 <= args.test_docs <= args.docs - 2:
         ap.error("--test-docs must leave at least 2 documents on each side")
-    rows = year_questions(args.docs, args.seed)
+    rows = year_questions(args.docs, args.seed, args.world_ranges)
     stats: dict[str, Any] = {"model": args.model, "docs": len(rows), "test_docs": args.test_docs, "seed": args.seed,
+                             "world_ranges": args.world_ranges,
                              "steps": args.steps, "lr": args.lr, "oracle_states": args.oracle_states,
                              "oracle_slot": args.oracle_slot, "oracle_stats": args.oracle_stats, "arms": {}}  # fmt: skip
     for arm in arms:

@@ -43,6 +43,9 @@ def register_synth(sub) -> None:
     src.add_argument("--world-fresh", type=int, metavar="N", help="synthesise from N fresh world documents (never repeat)")
     s.add_argument("--world-seed", type=int, default=1,
                    help="seed of the fresh-document stream (use another seed than the evaluation world)")
+    s.add_argument("--world-ranges", type=int, default=0, metavar="N",
+                   help="fresh documents with the value ranges (birth years, occupations, industries) of a world of N "
+                   "entities, e.g. 300 as `clara world` makes; 0 (default): each small batch's own, as scp.fresh_world_ranges")
     s.add_argument("--teacher", default="world", choices=("world", "cloze", "hf", "openai"),
                    help="world: exact from structured facts; cloze: any text, no model (cloze QA of salient spans, "
                    "reconstruction, continuation of the next passage); hf: local transformers model; openai: HTTP endpoint")
@@ -84,7 +87,7 @@ def run_synth(args) -> int:
 
     claim_output(args.out, APPENDED_FILE)
     if args.world_fresh is not None:
-        docs, total = fresh_world_documents(args.world_fresh, args.world_seed), args.world_fresh
+        docs, total = fresh_world_documents(args.world_fresh, args.world_seed, args.world_ranges), args.world_fresh
     else:
         docs, total = read_documents(args.docs), None
     if args.limit is not None:

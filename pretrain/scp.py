@@ -152,7 +152,7 @@ def _fresh_examples(seed: int, data_types: Sequence[str], scp: ScpConfig | None 
     from clara.pretrain.teacher_factory import make_teacher
 
     teacher = make_teacher("world")
-    for doc in fresh_world_documents(1 << 62, seed):
+    for doc in fresh_world_documents(1 << 62, seed, scp.fresh_world_ranges if scp is not None else 0):
         result = synthesize_document(doc, teacher)
         if not result.kept:
             continue
@@ -353,8 +353,8 @@ def mean_pairwise_cosine(mem: torch.Tensor) -> float:
 
 
 def build_scp_model(cfg: ClaraConfig):
-    """ClaraModel with compressor + generator (``scp.train_adapters``) and the memory-token embeddings
-    trainable, the rest frozen.
+    """ClaraModel with compressor + generator (``scp.train_adapters``) trainable (see :func:`set_scp_trainable`),
+    the rest frozen.
 
     Starts from ``scp.init_adapters`` when set (e.g. to train the release further), else fresh LoRA.
     """
@@ -367,8 +367,10 @@ def build_scp_model(cfg: ClaraConfig):
 
 
 def set_scp_trainable(model, scp: ScpConfig) -> None:
-    """Train ``scp.train_adapters`` (both of stage 1's by default) and the memory-token embeddings."""
-    model.set_trainable([name for name in SCP_ADAPTERS if name in scp.train_adapters], mem_embed=True)
+    """Train ``scp.train_adapters`` (both of stage 1's by default), and the memory-token embeddings with the
+    compressor: they are its input and are saved with it, so a generator-alone phase leaves the memory as loaded."""
+    model.set_trainable([name for name in SCP_ADAPTERS if name in scp.train_adapters],
+                        mem_embed="compressor" in scp.train_adapters)
 
 
 def scp_dataset(cfg: ClaraConfig, data: str | Path | None, fresh: bool, skip_bad: bool = False) -> Sequence[ScpExample]:

@@ -229,12 +229,13 @@ def follows(first: str, second: str) -> bool:
     return bool(sep_a and sep_b) and a == b and n.isdigit() and m.isdigit() and int(m) == int(n) + 1
 
 
-def fresh_world_documents(n: int, seed: int) -> Iterator[SynthDoc]:
+def fresh_world_documents(n: int, seed: int, world_ranges: int = 0) -> Iterator[SynthDoc]:
+    """The first ``n`` documents of the fresh stream ``seed`` (``world_ranges``: see ``iter_fresh_documents``)."""
     from itertools import islice
 
     from clara.world import iter_fresh_documents
 
-    for d in islice(iter_fresh_documents(seed), n):
+    for d in islice(iter_fresh_documents(seed, world_ranges=world_ranges), n):
         yield SynthDoc(d["id"], d["title"], d["text"], d["entity_type"], tuple(d["facts"]))
 
 

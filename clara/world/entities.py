@@ -3,6 +3,9 @@
 Relations point by entity id (a person's employer is an organisation id). Value ranges
 shrink with the world so that every cue (occupation, birth city, birth year) is shared by
 several entities even in small worlds: descriptions need each cue to have hard negatives.
+``ranges_of`` gives a small knowledge base the ranges of a larger world instead (the fresh
+stream's 40-entity batches: with their own, every birth year is in the 1990s, no one has a
+mentor, and 4 occupations and 3 industries occur).
 """
 
 from __future__ import annotations
@@ -74,8 +77,9 @@ def _maybe_variant(names: NameGenerator, rng: random.Random, earlier: list[Entit
     return make()
 
 
-def _make_cities(kb: KnowledgeBase, rng: random.Random, names: NameGenerator, n: int, prefix: str) -> None:
-    countries = [names.country() for _ in range(max(2, min(8, n // 4)))]
+def _make_cities(kb: KnowledgeBase, rng: random.Random, names: NameGenerator, n: int, prefix: str,
+                 scale: int) -> None:
+    countries = [names.country() for _ in range(max(2, min(8, scale // 4)))]
     made: list[Entity] = []
     for i in range(n):
         name = _maybe_variant(names, rng, made, 0.2, names.city)
@@ -88,10 +92,11 @@ def _make_cities(kb: KnowledgeBase, rng: random.Random, names: NameGenerator, n:
         made.append(kb.add(Entity(f"{prefix}city-{i:05d}", CITY, name, attrs)))
 
 
-def _make_people(kb: KnowledgeBase, rng: random.Random, names: NameGenerator, n: int, prefix: str) -> None:
+def _make_people(kb: KnowledgeBase, rng: random.Random, names: NameGenerator, n: int, prefix: str,
+                 scale: int) -> None:
     cities = [c.id for c in kb.of_type(CITY)]
-    occupations = OCCUPATIONS[: max(4, min(len(OCCUPATIONS), n // 8))]
-    span = max(10, min(70, n // 3))
+    occupations = OCCUPATIONS[: max(4, min(len(OCCUPATIONS), scale // 8))]
+    span = max(10, min(70, scale // 3))
     made: list[Entity] = []
     for i in range(n):
         r = rng.random()
@@ -118,10 +123,11 @@ def _make_people(kb: KnowledgeBase, rng: random.Random, names: NameGenerator, n:
             p.attrs["mentor"] = by_age[rng.randrange(n_older)].id
 
 
-def _make_orgs(kb: KnowledgeBase, rng: random.Random, names: NameGenerator, n: int, prefix: str) -> None:
+def _make_orgs(kb: KnowledgeBase, rng: random.Random, names: NameGenerator, n: int, prefix: str,
+               scale: int) -> None:
     people = kb.of_type(PERSON)
     cities = [c.id for c in kb.of_type(CITY)]
-    industries = INDUSTRIES[: max(3, min(len(INDUSTRIES), n // 4))]
+    industries = INDUSTRIES[: max(3, min(len(INDUSTRIES), scale // 4))]
     founders = rng.sample(people, min(n, len(people)))
     made: list[Entity] = []
     for i in range(n):
@@ -172,15 +178,18 @@ def _plant_decoys(kb: KnowledgeBase, rng: random.Random) -> None:
 
 
 def build_knowledge_base(
-    rng: random.Random, n_entities: int, names: NameGenerator, prefix: str = ""
+    rng: random.Random, n_entities: int, names: NameGenerator, prefix: str = "", ranges_of: int | None = None
 ) -> KnowledgeBase:
-    """People, organisations and cities, related to each other, all named freshly."""
+    """People, organisations and cities, related to each other, all named freshly, with the value
+    ranges (birth years, occupations, industries, countries) of a world of ``ranges_of`` entities
+    (default: ``n_entities``)."""
     people, orgs, cities = _counts(n_entities)
+    scale_people, scale_orgs, scale_cities = _counts(ranges_of or n_entities)
     kb = KnowledgeBase()
-    _make_cities(kb, rng, names, cities, prefix)
-    _make_people(kb, rng, names, people, prefix)
+    _make_cities(kb, rng, names, cities, prefix, scale_cities)
+    _make_people(kb, rng, names, people, prefix, scale_people)
     _plant_decoys(kb, rng)
-    _make_orgs(kb, rng, names, orgs, prefix)
+    _make_orgs(kb, rng, names, orgs, prefix, scale_orgs)
     return kb
 
 

@@ -126,9 +126,14 @@ def _fresh_record(entity, kb, text: str, rng: random.Random, doc_id: str) -> dic
 
 
 def iter_fresh_documents(
-    seed: int, max_words: int = 180, batch_entities: int = 40, exclude_names: set[str] | None = None
+    seed: int, max_words: int = 180, batch_entities: int = 40, exclude_names: set[str] | None = None,
+    world_ranges: int = 0,
 ) -> Iterator[dict]:
     """Endless documents about entities never seen before in this stream (nor in ``exclude_names``).
+
+    ``world_ranges``: the value ranges (birth years, occupations, industries, countries) of a world of
+    that many entities; 0 keeps each batch's own, as the stream always had (every birth year then in
+    the 1990s, no mentors, 4 occupations, 3 industries; issue 28). Anything else changes the stream.
 
     Each record: ``{"id","title","text","entity_type","facts":[{"subject","relation","value"}],
     "qa":[{"question","answer"}]}`` — one QA pair per stated fact. Entities come in small
@@ -136,13 +141,17 @@ def iter_fresh_documents(
     (about 100 bytes each) to guarantee no repeats.
     """
     _check(seed, batch_entities, 2, max_words)
+    if world_ranges and world_ranges < batch_entities:
+        raise ConfigError(f"world_ranges: {world_ranges} must be 0 (each batch's own) or at least the batch's "
+                          f"{batch_entities} entities")
     used = set(exclude_names or ())
     reserved = reserved_words()
     count = 0
     for batch in range(1 << 62):
         rng = random.Random(f"clara-fresh/{seed}/{batch}")
         names = NameGenerator(random.Random(f"clara-fresh-names/{seed}/{batch}"), used=used, reserved=reserved)
-        kb = build_knowledge_base(rng, batch_entities, names, prefix=f"fresh{seed}.{batch}.")
+        kb = build_knowledge_base(rng, batch_entities, names, prefix=f"fresh{seed}.{batch}.",
+                                  ranges_of=world_ranges or None)
         order = list(kb.entities)
         rng.shuffle(order)
         for eid in order:

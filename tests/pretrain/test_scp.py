@@ -1,6 +1,7 @@
 """SCP objective and recipe on the tiny backbone: mechanics only (never quality, DESIGN §2)."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -97,6 +98,29 @@ def test_train_adapters_compressor_keeps_the_generator_as_loaded(tiny_backbone, 
         ScpConfig(train_adapters=("compressor",), read_text=True)
 
 
+def test_train_adapters_generator_leaves_the_memory_as_loaded(tiny_backbone, tmp_path, fresh_docs):
+    """scp.train_adapters=[generator]: neither the compressor nor the memory-token embeddings (its input, saved
+    with it) move, so every document's memory is what it was (issue 28: they used to train under the MSE term)."""
+    import dataclasses
+
+    data = tmp_path / "synth.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in fresh_docs))
+    cfg = make_cfg(tiny_backbone, tmp_path / "run")
+    cfg = dataclasses.replace(cfg, scp=dataclasses.replace(cfg.scp, train_adapters=("generator",)))
+    model = build_scp_model(cfg)
+    assert not model.mem_embed.requires_grad
+    docs = list(dict.fromkeys(r["doc"] for r in fresh_docs))
+    with torch.no_grad():
+        memory = model.compress(docs)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train_scp(cfg, data, model=model)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+    assert any(".generator." in n for n in changed)
+    assert not any(".compressor." in n or ".query." in n or n == "mem_embed" for n in changed), sorted(changed)[:3]
+    with torch.no_grad():
+        torch.testing.assert_close(model.compress(docs), memory, rtol=0, atol=0)
+
+
 def test_reference_format_records_become_examples(tmp_path):
     path = tmp_path / "ref.jsonl"
     lines = [
@@ -120,6 +144,22 @@ def test_fresh_stream_is_deterministic_and_never_repeats():
     assert [a[i] for i in (5, 0, 39)] == [b[i] for i in (5, 0, 39)]
     qa_docs = [a[i].doc for i in range(40) if a[i].instruction == QA_INSTRUCTION]
     assert len(qa_docs) == len(set(qa_docs)) >= 15
+
+
+def test_fresh_world_ranges_reach_the_examples():
+    """scp.fresh_world_ranges=300: --world-fresh examples come from the stream with a world's ranges (mentors,
+    pre-1990 birth years); 0 keeps the old stream; a value below a batch's 40 entities is refused."""
+    from clara.errors import ConfigError
+    from clara.pretrain.scp import FreshExamples
+
+    old, wide = (FreshExamples(3, 60, ("qa",), ScpConfig(fresh_world_ranges=n)) for n in (0, 300))
+    old_targets = " ".join(old[i].target for i in range(60))
+    wide_targets = " ".join(wide[i].target for i in range(60))
+    assert [old[i] for i in range(5)] == [FreshExamples(3, 5, ("qa",))[i] for i in range(5)]
+    assert "mentor" not in old_targets and "mentor" in wide_targets
+    assert re.search(r"\b19[3-8]\d\b", wide_targets) and not re.search(r"\b19[3-8]\d\b", old_targets)
+    with pytest.raises(ConfigError, match="scp.fresh_world_ranges"):
+        ScpConfig(fresh_world_ranges=10)
 
 
 def test_shuffled_pairs_keep_every_pair_in_a_stable_order_per_document():

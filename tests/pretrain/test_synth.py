@@ -139,5 +139,16 @@ def test_cli_synth_world_and_help(tmp_path, capsys):
     with pytest.raises(SystemExit):
         _cli(["pretrain", "synth", "--help"])
     help_text = capsys.readouterr().out
-    for flag in ("--docs", "--world-fresh", "--teacher", "--threshold", "--max-rounds", "--workers", "--base-url"):
+    for flag in ("--docs", "--world-fresh", "--world-ranges", "--teacher", "--threshold", "--max-rounds", "--workers",
+                 "--base-url"):
         assert flag in help_text
+
+
+def test_cli_synth_world_ranges_reach_the_stream(tmp_path):
+    """--world-ranges 300: the fresh documents have a world's birth years (not only the 1990s) and mentors."""
+    out = tmp_path / "wide.jsonl"
+    assert _cli(["pretrain", "synth", "--world-fresh", "80", "--world-ranges", "300", "--out", str(out)]) == 0
+    pairs = [p for r in _lines(out) if r["data_type"] == "qa" for p in r["pairs"]]
+    assert any("mentor" in p["question"] for p in pairs)
+    years = {p["answer"][:3] for p in pairs if "born" in p["question"] and p["answer"].isdigit()}
+    assert len(years) >= 4, years
