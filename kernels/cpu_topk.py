@@ -75,9 +75,10 @@ def native_product_dtypes() -> frozenset:
         return frozenset()
     for dtype, native in checks.items():
         if native and torch.backends.mkldnn.is_available():
-            # a vector-matrix and a matrix product, as the search calls them; 4097 rounds to 4096
+            # a vector-matrix, a matrix and a matrix-vector product, as the search calls them; 4097 rounds to 4096
             ones = torch.ones(16, 4097, dtype=dtype)
-            if all(bool(((a @ ones[:3].T).float() == 4096.0).all()) for a in (ones[:1], ones)):
+            if all(bool(((a @ ones[:3].T).float() == 4096.0).all()) for a in (ones[:1], ones)) \
+                    and bool((torch.mv(ones, ones[0]).float() == 4096.0).all()):
                 found.add(dtype)
     return frozenset(found)
 
@@ -158,7 +159,10 @@ class _ChunkScorer:
         if self.cast is not None:
             chunk = self.cast[:r].copy_(chunk)  # (r, D) in the product dtype, in cache
         out = self.out[:, :r] if r == self.out.shape[1] or self.out.shape[0] == 1 else None
-        scores = torch.mm(self.q_product, chunk.T, out=out) if out is not None else self.q_product @ chunk.T
+        if self.out.shape[0] == 1:  # one query: a matrix-vector product (oneDNN's bf16 GEMV is the slower path)
+            scores = torch.mv(chunk, self.q_product[0], out=out[0])[None]
+        else:
+            scores = torch.mm(self.q_product, chunk.T, out=out) if out is not None else self.q_product @ chunk.T
         if self.plan.unit_rows:
             return scores  # (B, r)
         if self.inv_norms is not None:

@@ -44,7 +44,7 @@ def _data(b, n, d, dtype, seed, unit=False):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("unit", [False, True])
 @pytest.mark.parametrize("b,n,d,k,chunk", [(3, 1001, 50, 5, 160), (17, 4099, 70, 1, 512), (2, 300, 8, 300, None),
-                                           (9, 2500, 33, 12, 1024)])
+                                           (9, 2500, 33, 12, 1024), (1, 3001, 40, 6, 512)])  # one query: torch.mv
 def test_matches_reference_on_irregular_shapes(kc, path, dtype, unit, b, n, d, k, chunk):
     q, bank = _data(b, n, d, dtype, seed=n + k, unit=unit)
     inv = inverse_norms(bank)
