@@ -255,6 +255,7 @@ class ScpConfig:
                f"must be a non-empty subset of qa,paraphrase,reconstruction; got {list(self.data_types)}")
         _check(self.max_target_tokens >= 1, "scp.max_target_tokens", "must be >= 1")
         _check(self.instruct_k >= 1, "scp.instruct_k", "must be >= 1")
+        # 40: clara.world.generate.FRESH_BATCH_ENTITIES (the world imports this module, so not from there)
         _check(self.fresh_world_ranges == 0 or self.fresh_world_ranges >= 40, "scp.fresh_world_ranges",
                f"must be 0 (each batch's own ranges) or at least the stream's 40 entities a batch, got {self.fresh_world_ranges}")
         _check(self.rows_per_document >= 0, "scp.rows_per_document", f"must be >= 0, got {self.rows_per_document}")

@@ -158,11 +158,12 @@ class _ChunkScorer:
         r = stop - start
         if self.cast is not None:
             chunk = self.cast[:r].copy_(chunk)  # (r, D) in the product dtype, in cache
-        out = self.out[:, :r] if r == self.out.shape[1] or self.out.shape[0] == 1 else None
-        if self.out.shape[0] == 1:  # one query: a matrix-vector product (oneDNN's bf16 GEMV is the slower path)
-            scores = torch.mv(chunk, self.q_product[0], out=out[0])[None]
-        else:
-            scores = torch.mm(self.q_product, chunk.T, out=out) if out is not None else self.q_product @ chunk.T
+        if self.out.shape[0] == 1:  # one query: a matrix-vector product (oneDNN's one-row bf16 product is slower)
+            scores = torch.mv(chunk, self.q_product[0], out=self.out[0, :r])[None]  # (1, r)
+        elif r == self.out.shape[1]:
+            scores = torch.mm(self.q_product, chunk.T, out=self.out)
+        else:  # the last, shorter chunk: a (B, r) slice of the buffer is not contiguous
+            scores = self.q_product @ chunk.T
         if self.plan.unit_rows:
             return scores  # (B, r)
         if self.inv_norms is not None:

@@ -3,7 +3,7 @@
 Relations point by entity id (a person's employer is an organisation id). Value ranges
 shrink with the world so that every cue (occupation, birth city, birth year) is shared by
 several entities even in small worlds: descriptions need each cue to have hard negatives.
-``ranges_of`` gives a small knowledge base the ranges of a larger world instead (the fresh
+``world_ranges`` gives a small knowledge base the ranges of a larger world instead (the fresh
 stream's 40-entity batches: with their own, every birth year is in the 1990s, no one has a
 mentor, and 4 occupations and 3 industries occur).
 """
@@ -178,13 +178,13 @@ def _plant_decoys(kb: KnowledgeBase, rng: random.Random) -> None:
 
 
 def build_knowledge_base(
-    rng: random.Random, n_entities: int, names: NameGenerator, prefix: str = "", ranges_of: int | None = None
+    rng: random.Random, n_entities: int, names: NameGenerator, prefix: str = "", world_ranges: int = 0
 ) -> KnowledgeBase:
     """People, organisations and cities, related to each other, all named freshly, with the value
-    ranges (birth years, occupations, industries, countries) of a world of ``ranges_of`` entities
-    (default: ``n_entities``)."""
+    ranges (birth years, occupations, industries, countries) of a world of ``world_ranges`` entities
+    (0: ``n_entities``)."""
     people, orgs, cities = _counts(n_entities)
-    scale_people, scale_orgs, scale_cities = _counts(ranges_of or n_entities)
+    scale_people, scale_orgs, scale_cities = _counts(world_ranges or n_entities)
     kb = KnowledgeBase()
     _make_cities(kb, rng, names, cities, prefix, scale_cities)
     _make_people(kb, rng, names, people, prefix, scale_people)

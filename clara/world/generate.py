@@ -125,8 +125,12 @@ def _fresh_record(entity, kb, text: str, rng: random.Random, doc_id: str) -> dic
             "facts": facts, "qa": qa}  # fmt: skip
 
 
+# Entities in each knowledge base of the fresh stream (small, so that articles name each other).
+FRESH_BATCH_ENTITIES = 40
+
+
 def iter_fresh_documents(
-    seed: int, max_words: int = 180, batch_entities: int = 40, exclude_names: set[str] | None = None,
+    seed: int, max_words: int = 180, batch_entities: int = FRESH_BATCH_ENTITIES, exclude_names: set[str] | None = None,
     world_ranges: int = 0,
 ) -> Iterator[dict]:
     """Endless documents about entities never seen before in this stream (nor in ``exclude_names``).
@@ -150,8 +154,7 @@ def iter_fresh_documents(
     for batch in range(1 << 62):
         rng = random.Random(f"clara-fresh/{seed}/{batch}")
         names = NameGenerator(random.Random(f"clara-fresh-names/{seed}/{batch}"), used=used, reserved=reserved)
-        kb = build_knowledge_base(rng, batch_entities, names, prefix=f"fresh{seed}.{batch}.",
-                                  ranges_of=world_ranges or None)
+        kb = build_knowledge_base(rng, batch_entities, names, prefix=f"fresh{seed}.{batch}.", world_ranges=world_ranges)
         order = list(kb.entities)
         rng.shuffle(order)
         for eid in order:
