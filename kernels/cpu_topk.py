@@ -83,6 +83,28 @@ def native_product_dtypes() -> frozenset:
     return frozenset(found)
 
 
+@functools.cache
+def one_query_uses_mv(dtype: torch.dtype) -> bool:
+    """Whether one query scores a chunk faster as ``torch.mv`` than as a one-row ``torch.mm`` on this CPU,
+    timed once per dtype on a bank larger than the caches (best of 3 each, interleaved). Both accumulate in
+    float32 (the probe above) and pass 2 rescores either exactly, so only the speed differs: a bf16 mv read
+    1.4x faster than mm on a Xeon with AMX, 0.6x as fast on an AMD EPYC without it (docs/RESULTS.md §7)."""
+    import time
+
+    rows = torch.ones(1 << 16, 512, dtype=dtype)
+    q, out = rows[0].clone(), torch.empty(rows.shape[0], dtype=dtype)
+    best = {"mv": math.inf, "mm": math.inf}
+    for _ in range(3):
+        for way in best:
+            t = time.perf_counter()
+            if way == "mv":
+                torch.mv(rows, q, out=out)
+            else:
+                torch.mm(q[None], rows.T, out=out[None])
+            best[way] = min(best[way], time.perf_counter() - t)
+    return best["mv"] <= best["mm"]
+
+
 @dataclass(frozen=True)
 class Plan:
     """How pass 1 scores a bank: the product's dtype, the chunk size, and whether the rows are
@@ -150,6 +172,7 @@ class _ChunkScorer:
         rows = plan.chunk_rows
         self.cast = None if plan.product_dtype == bank.dtype else torch.empty(rows, bank.shape[1], dtype=plan.product_dtype)
         self.out = torch.empty(qn.shape[0], rows, dtype=plan.product_dtype)  # (B, C)
+        self.one_mv = qn.shape[0] == 1 and one_query_uses_mv(plan.product_dtype)
 
     def __call__(self, start: int, stop: int) -> torch.Tensor:
         """Scores (B, stop - start) of bank rows start..stop: cosines, or plain dot products
@@ -158,8 +181,10 @@ class _ChunkScorer:
         r = stop - start
         if self.cast is not None:
             chunk = self.cast[:r].copy_(chunk)  # (r, D) in the product dtype, in cache
-        if self.out.shape[0] == 1:  # one query: a matrix-vector product (oneDNN's one-row bf16 product is slower)
+        if self.one_mv:  # one query: whichever of mv and a one-row mm this CPU runs faster
             scores = torch.mv(chunk, self.q_product[0], out=self.out[0, :r])[None]  # (1, r)
+        elif self.out.shape[0] == 1:
+            scores = torch.mm(self.q_product, chunk.T, out=self.out[:, :r])  # (1, r): one row is contiguous
         elif r == self.out.shape[1]:
             scores = torch.mm(self.q_product, chunk.T, out=self.out)
         else:  # the last, shorter chunk: a (B, r) slice of the buffer is not contiguous

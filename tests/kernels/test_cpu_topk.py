@@ -44,7 +44,7 @@ def _data(b, n, d, dtype, seed, unit=False):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("unit", [False, True])
 @pytest.mark.parametrize("b,n,d,k,chunk", [(3, 1001, 50, 5, 160), (17, 4099, 70, 1, 512), (2, 300, 8, 300, None),
-                                           (9, 2500, 33, 12, 1024), (1, 3001, 40, 6, 512)])  # one query: torch.mv
+                                           (9, 2500, 33, 12, 1024), (1, 3001, 40, 6, 512)])  # one query
 def test_matches_reference_on_irregular_shapes(kc, path, dtype, unit, b, n, d, k, chunk):
     q, bank = _data(b, n, d, dtype, seed=n + k, unit=unit)
     inv = inverse_norms(bank)
@@ -53,6 +53,32 @@ def test_matches_reference_on_irregular_shapes(kc, path, dtype, unit, b, n, d, k
         ref_v, ref_i = cosine_topk_reference(q, bank, k)
         assert values.dtype == torch.float32 and indices.dtype == torch.int64
         kc.assert_topk_matches(values, indices, ref_v, ref_i, _all_scores(q, bank))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mv", [True, False])
+def test_one_query_is_exact_through_either_product(kc, monkeypatch, dtype, mv):
+    # one query scores a chunk by mv or by a one-row mm, whichever this CPU times faster; both must be exact,
+    # the short last chunk (3001 = 5 x 512 + 441) included
+    monkeypatch.setattr(cpu_topk, "SMALL_BANK_ROWS", 0)
+    monkeypatch.setattr(cpu_topk, "one_query_uses_mv", lambda product: mv)
+    calls = []
+    real_mv = torch.mv
+    monkeypatch.setattr(torch, "mv", lambda *a, **kw: calls.append(1) or real_mv(*a, **kw))
+    for unit in (False, True):
+        q, bank = _data(1, 3001, 40, dtype, seed=11, unit=unit)
+        values, indices = topk_cpu(q, bank, 6, inv_norms=inverse_norms(bank), chunk_rows=512)
+        ref_v, ref_i = cosine_topk_reference(q, bank, 6)
+        kc.assert_topk_matches(values, indices, ref_v, ref_i, _all_scores(q, bank))
+    assert bool(calls) == mv
+
+
+def test_the_one_query_product_is_timed_once_per_dtype():
+    assert isinstance(cpu_topk.one_query_uses_mv(torch.float32), bool)
+    assert cpu_topk.one_query_uses_mv.cache_info().currsize >= 1
+    hits = cpu_topk.one_query_uses_mv.cache_info().hits
+    cpu_topk.one_query_uses_mv(torch.float32)
+    assert cpu_topk.one_query_uses_mv.cache_info().hits == hits + 1
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
