@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -89,8 +90,6 @@ def one_query_uses_mv(dtype: torch.dtype) -> bool:
     timed once per dtype on a bank larger than the caches (best of 3 each, interleaved). Both accumulate in
     float32 (the probe above) and pass 2 rescores either exactly, so only the speed differs: a bf16 mv read
     1.4x faster than mm on a Xeon with AMX, 0.6x as fast on an AMD EPYC without it (docs/RESULTS.md §7)."""
-    import time
-
     rows = torch.ones(1 << 16, 512, dtype=dtype)
     q, out = rows[0].clone(), torch.empty(rows.shape[0], dtype=dtype)
     best = {"mv": math.inf, "mm": math.inf}
