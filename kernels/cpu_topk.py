@@ -182,10 +182,8 @@ class _ChunkScorer:
             chunk = self.cast[:r].copy_(chunk)  # (r, D) in the product dtype, in cache
         if self.one_mv:  # one query: whichever of mv and a one-row mm this CPU runs faster
             scores = torch.mv(chunk, self.q_product[0], out=self.out[0, :r])[None]  # (1, r)
-        elif self.out.shape[0] == 1:
-            scores = torch.mm(self.q_product, chunk.T, out=self.out[:, :r])  # (1, r): one row is contiguous
-        elif r == self.out.shape[1]:
-            scores = torch.mm(self.q_product, chunk.T, out=self.out)
+        elif self.out.shape[0] == 1 or r == self.out.shape[1]:  # (B, r) of the buffer is contiguous
+            scores = torch.mm(self.q_product, chunk.T, out=self.out[:, :r])
         else:  # the last, shorter chunk: a (B, r) slice of the buffer is not contiguous
             scores = self.q_product @ chunk.T
         if self.plan.unit_rows:
