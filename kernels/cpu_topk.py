@@ -104,6 +104,13 @@ def one_query_uses_mv(dtype: torch.dtype) -> bool:
     return best["mv"] <= best["mm"]
 
 
+def warm_up(bank: torch.Tensor, inv_norms: torch.Tensor | None = None) -> None:
+    """Run now the one-time probes that a first one-query search of ``bank`` would run (a server calls
+    this when it opens a bank, so that its first request does not pay for them)."""
+    if bank.shape[0] > SMALL_BANK_ROWS:
+        one_query_uses_mv(plan_search(bank, 1, inv_norms).product_dtype)
+
+
 @dataclass(frozen=True)
 class Plan:
     """How pass 1 scores a bank: the product's dtype, the chunk size, and whether the rows are

@@ -97,6 +97,20 @@ def test_search_reuses_the_inverse_norms_computed_at_open(tmp_path, model, monke
     assert len(seen) == 1 and seen[0] is bank._inv_norms
 
 
+def test_opening_a_bank_runs_the_search_probes_before_the_first_query(tmp_path, model, monkeypatch):
+    # the timing probe of a one-query search runs when the bank opens, so no request pays for it
+    from clara.kernels import cpu_topk
+
+    build(tmp_path, model, "kern", kind="kernel", vectors="bf16")
+    monkeypatch.setattr(cpu_topk, "SMALL_BANK_ROWS", 0)  # a bank this small is otherwise scored in one product
+    probed = []
+    monkeypatch.setattr(cpu_topk, "one_query_uses_mv", lambda dtype: probed.append(dtype) or True)
+    bank = MemoryBank.open(tmp_path / "kern")
+    assert probed == [cpu_topk.plan_search(bank._vectors, 1, bank._inv_norms).product_dtype]
+    bank.search(model.encode_query(["salt3 1203"]), 2)
+    assert len(probed) == 2  # the search asks again (a cache hit in the real probe)
+
+
 def test_old_banks_open_and_a_bad_vector_file_is_refused(tmp_path, model):
     build(tmp_path, model, "kern", kind="kernel")
     manifest = json.loads((tmp_path / "kern" / "manifest.json").read_text())
