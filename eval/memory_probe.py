@@ -25,6 +25,7 @@ figures need SmolLM2 (docs/RESULTS.md §2).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import re
 from typing import Any, Sequence
@@ -123,6 +124,27 @@ def token_at(model, text: str, char: int) -> tuple[int, int]:
     return j, min(count, model.chunk_len)
 
 
+@contextlib.contextmanager
+def caught_states(model, layers: Sequence[int] = ()):
+    """Yield a dict that each forward of ``model.lm`` fills, while the block is open: ``L`` for each of ``layers``,
+    the states after decoder layer L (1 = the first), and ``"last"``, after the final norm (B, T, H). It keeps
+    a batch's first forward; clear it before the next batch. With ``memory_select_detach=base`` the compressor's
+    forward is followed by the bare backbone's, whose states must not stand in for the compressor's."""
+    decoder = model.lm.get_decoder()
+    blocks = decoder.layers
+    bad = [n for n in layers if not 1 <= n <= len(blocks)]
+    if bad:
+        raise ValueError(f"--layers {bad}: this backbone has decoder layers 1..{len(blocks)}")
+    caught: dict = {}
+    catch = lambda key: lambda mod, args, out: caught.setdefault(key, out[0] if isinstance(out, tuple) else out)  # noqa: E731
+    hooks = [blocks[n - 1].register_forward_hook(catch(n)) for n in layers] + [decoder.norm.register_forward_hook(catch("last"))]
+    try:
+        yield caught
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 @torch.no_grad()
 def memory_features(model, texts: Sequence[str], batch_size: int = 16, layers: Sequence[int] = (),
                     chars: Sequence[int] | None = None, adapter: str | None = "compressor") -> dict[str, torch.Tensor]:
@@ -134,26 +156,16 @@ def memory_features(model, texts: Sequence[str], batch_size: int = 16, layers: S
     chunk_len/m tokens of that character's segment (pooling without training; N, H); ``token_L`` and
     ``token_last``, the compressor's states at that
     character's token after layer L and after the final norm (N, H): the positive control, the fact as the
-    text states hold it before compression. ``adapter=None``: all of these from the bare backbone instead.
-
-    Each hook keeps the first forward of a batch: with ``memory_select_detach=base`` the compressor's forward
-    is followed by the bare backbone's, whose states must not stand in for the compressor's."""
+    text states hold it before compression. ``adapter=None``: all of these from the bare backbone instead
+    (the states of each batch's first forward: ``caught_states``)."""
     from tqdm.auto import tqdm
 
     if model.memory_layout.value != "end":
         raise ValueError(f"memory_probe reads the memory tokens as the last m columns; this model's memory_layout is "
                          f"{model.memory_layout.value}")
     model.eval()
-    decoder = model.lm.get_decoder()
-    blocks = decoder.layers
-    bad = [n for n in layers if not 1 <= n <= len(blocks)]
-    if bad:
-        raise ValueError(f"--layers {bad}: this backbone has decoder layers 1..{len(blocks)}")
-    caught: dict = {}
-    catch = lambda key: lambda mod, args, out: caught.setdefault(key, out[0] if isinstance(out, tuple) else out)  # noqa: E731
-    hooks = [blocks[n - 1].register_forward_hook(catch(n)) for n in layers] + [decoder.norm.register_forward_hook(catch("last"))]
     m, feats = model.num_mem, {}
-    try:
+    with caught_states(model, layers) as caught:
         for i in tqdm(range(0, len(texts), batch_size), desc="compress", unit="batch"):
             batch = list(texts[i : i + batch_size])
             caught.clear()
@@ -178,9 +190,6 @@ def memory_features(model, texts: Sequence[str], batch_size: int = 16, layers: S
                 for key in [*layers, "last"]:
                     feats.setdefault(f"token_{key}", []).append(caught[key][rows, torch.tensor(cols)].float())
                 feats.setdefault("segment_last", []).append(torch.stack(pooled))
-    finally:
-        for h in hooks:
-            h.remove()
     return {k: torch.cat(v) for k, v in feats.items()}
 
 

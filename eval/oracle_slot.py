@@ -111,14 +111,12 @@ def year_em(model, mem: torch.Tensor, questions: Sequence[str], years: Sequence[
 def text_states(model, texts: Sequence[str], chars: Sequence[int], batch_size: int, adapter: str | None = "compressor"):
     """The final-norm text states of the compressor (``adapter=None``: of the bare backbone), right-aligned:
     states (N, chunk_len, H) float32, mask (N, chunk_len), and the column of each text's character ``chars[i]``
-    (N,). The hook keeps a batch's first forward (under ``memory_select_detach=base`` the bare backbone's follows)."""
-    from clara.eval.memory_probe import token_at
+    (N,), from each batch's first forward (``memory_probe.caught_states``)."""
+    from clara.eval.memory_probe import caught_states, token_at
 
-    decoder, m, T = model.lm.get_decoder(), model.num_mem, model.chunk_len
-    caught = {}
-    hook = decoder.norm.register_forward_hook(lambda mod, a, out: caught.setdefault("last", out))
+    m, T = model.num_mem, model.chunk_len
     states, mask, cols = torch.zeros(len(texts), T, model.hidden_size), torch.zeros(len(texts), T, dtype=torch.bool), []
-    try:
+    with caught_states(model) as caught:
         for i in range(0, len(texts), batch_size):
             caught.clear()
             model.compress(list(texts[i : i + batch_size]), adapter=adapter)
@@ -128,8 +126,6 @@ def text_states(model, texts: Sequence[str], chars: Sequence[int], batch_size: i
                 states[k, T - n_tok :] = caught["last"][b, width - m - n_tok : width - m].float()
                 mask[k, T - n_tok :] = True
                 cols.append(T - n_tok + j)
-    finally:
-        hook.remove()
     return states, mask, torch.tensor(cols)
 
 

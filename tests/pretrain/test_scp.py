@@ -158,8 +158,12 @@ def test_fresh_world_ranges_reach_the_examples():
     assert [old[i] for i in range(5)] == [FreshExamples(3, 5, ("qa",))[i] for i in range(5)]
     assert "mentor" not in old_targets and "mentor" in wide_targets
     assert re.search(r"\b19[3-8]\d\b", wide_targets) and not re.search(r"\b19[3-8]\d\b", old_targets)
+    # the config's bound is the stream's batch (a literal there: the world imports clara.config)
+    from clara.world.generate import FRESH_BATCH_ENTITIES
+
+    ScpConfig(fresh_world_ranges=FRESH_BATCH_ENTITIES)
     with pytest.raises(ConfigError, match="scp.fresh_world_ranges"):
-        ScpConfig(fresh_world_ranges=10)
+        ScpConfig(fresh_world_ranges=FRESH_BATCH_ENTITIES - 1)
 
 
 def test_shuffled_pairs_keep_every_pair_in_a_stable_order_per_document():
