@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -85,30 +86,45 @@ def native_product_dtypes() -> frozenset:
 
 
 @functools.cache
-def one_query_uses_mv(dtype: torch.dtype) -> bool:
-    """Whether one query scores a chunk faster as ``torch.mv`` than as a one-row ``torch.mm`` on this CPU,
-    timed once per dtype on a bank larger than the caches (best of 3 each, interleaved). Both accumulate in
-    float32 (the probe above) and pass 2 rescores either exactly, so only the speed differs: a bf16 mv read
-    1.4x faster than mm on a Xeon with AMX, 0.6x as fast on an AMD EPYC without it (docs/RESULTS.md §7)."""
+def _row_pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(workers, thread_name_prefix="clara-topk")
+
+
+def split_mv(rows: torch.Tensor, q: torch.Tensor, out: torch.Tensor, parts: int) -> torch.Tensor:
+    """``out = rows @ q`` with the rows in ``parts`` ranges, each product on its own thread: torch's float32 mv
+    runs on one core, and one core of an AMD EPYC reads at about half the machine's copy rate."""
+    bounds = [rows.shape[0] * i // parts for i in range(parts + 1)]
+    part = lambda i: torch.mv(rows[bounds[i] : bounds[i + 1]], q, out=out[bounds[i] : bounds[i + 1]])  # noqa: E731
+    list(_row_pool(parts).map(part, range(parts)))
+    return out
+
+
+@functools.cache
+def one_query_way(dtype: torch.dtype, threads: int) -> str:
+    """How one query scores a chunk fastest on this CPU: ``"mv"``, a one-row ``"mm"``, or ``"split"`` (``split_mv``
+    over ``threads`` row ranges), timed once per dtype and thread count on a bank larger than the caches (best
+    of 3 each, interleaved). All accumulate in float32 (the probe above) and pass 2 rescores each exactly, so
+    only the speed differs: a bf16 mv read 1.4x faster than mm on a Xeon with AMX and 0.6x as fast on an AMD
+    EPYC without it; there an fp32 mv ran on one core (docs/RESULTS.md §7)."""
     rows = torch.ones(1 << 16, 512, dtype=dtype)
     q, out = rows[0].clone(), torch.empty(rows.shape[0], dtype=dtype)
-    best = {"mv": math.inf, "mm": math.inf}
+    ways = {"mv": lambda: torch.mv(rows, q, out=out), "mm": lambda: torch.mm(q[None], rows.T, out=out[None])}
+    if threads > 1:
+        ways["split"] = lambda: split_mv(rows, q, out, threads)
+    best = dict.fromkeys(ways, math.inf)
     for _ in range(3):
-        for way in best:
+        for way, run in ways.items():
             t = time.perf_counter()
-            if way == "mv":
-                torch.mv(rows, q, out=out)
-            else:
-                torch.mm(q[None], rows.T, out=out[None])
+            run()
             best[way] = min(best[way], time.perf_counter() - t)
-    return best["mv"] <= best["mm"]
+    return min(best, key=best.get)
 
 
 def warm_up(bank: torch.Tensor, inv_norms: torch.Tensor | None = None) -> None:
     """Run now the one-time probes that a first one-query search of ``bank`` would run (a server calls
     this when it opens a bank, so that its first request does not pay for them)."""
     if bank.shape[0] > SMALL_BANK_ROWS:
-        one_query_uses_mv(plan_search(bank, 1, inv_norms).product_dtype)
+        one_query_way(plan_search(bank, 1, inv_norms).product_dtype, torch.get_num_threads())
 
 
 @dataclass(frozen=True)
@@ -178,7 +194,8 @@ class _ChunkScorer:
         rows = plan.chunk_rows
         self.cast = None if plan.product_dtype == bank.dtype else torch.empty(rows, bank.shape[1], dtype=plan.product_dtype)
         self.out = torch.empty(qn.shape[0], rows, dtype=plan.product_dtype)  # (B, C)
-        self.one_mv = qn.shape[0] == 1 and one_query_uses_mv(plan.product_dtype)
+        self.threads = torch.get_num_threads()
+        self.one_way = one_query_way(plan.product_dtype, self.threads) if qn.shape[0] == 1 else None
 
     def __call__(self, start: int, stop: int) -> torch.Tensor:
         """Scores (B, stop - start) of bank rows start..stop: cosines, or plain dot products
@@ -187,8 +204,10 @@ class _ChunkScorer:
         r = stop - start
         if self.cast is not None:
             chunk = self.cast[:r].copy_(chunk)  # (r, D) in the product dtype, in cache
-        if self.one_mv:  # one query: whichever of mv and a one-row mm this CPU runs faster
+        if self.one_way == "mv":  # one query: whichever of mv, a split mv and a one-row mm this CPU runs fastest
             scores = torch.mv(chunk, self.q_product[0], out=self.out[0, :r])[None]  # (1, r)
+        elif self.one_way == "split":
+            scores = split_mv(chunk, self.q_product[0], self.out[0, :r], self.threads)[None]  # (1, r)
         elif self.out.shape[0] == 1 or r == self.out.shape[1]:  # (B, r) of the buffer is contiguous
             scores = torch.mm(self.q_product, chunk.T, out=self.out[:, :r])
         else:  # the last, shorter chunk: a (B, r) slice of the buffer is not contiguous

@@ -56,29 +56,38 @@ def test_matches_reference_on_irregular_shapes(kc, path, dtype, unit, b, n, d, k
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("mv", [True, False])
-def test_one_query_is_exact_through_either_product(kc, monkeypatch, dtype, mv):
-    # one query scores a chunk by mv or by a one-row mm, whichever this CPU times faster; both must be exact,
-    # the short last chunk (3001 = 5 x 512 + 441) included
+@pytest.mark.parametrize("way", ["mv", "mm", "split"])
+def test_one_query_is_exact_through_each_product(kc, monkeypatch, dtype, way):
+    # one query scores a chunk by mv, mv split over threads, or a one-row mm, whichever this CPU times fastest;
+    # each must be exact, the short last chunk (3001 = 5 x 512 + 441) included
     monkeypatch.setattr(cpu_topk, "SMALL_BANK_ROWS", 0)
-    monkeypatch.setattr(cpu_topk, "one_query_uses_mv", lambda product: mv)
+    monkeypatch.setattr(cpu_topk, "one_query_way", lambda product, threads: way)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # three ranges: unequal parts
     calls = []
     real_mv = torch.mv
-    monkeypatch.setattr(torch, "mv", lambda *a, **kw: calls.append(1) or real_mv(*a, **kw))
+    monkeypatch.setattr(torch, "mv", lambda *a, **kw: calls.append(a[0].shape[0]) or real_mv(*a, **kw))
     for unit in (False, True):
         q, bank = _data(1, 3001, 40, dtype, seed=11, unit=unit)
         values, indices = topk_cpu(q, bank, 6, inv_norms=inverse_norms(bank), chunk_rows=512)
         ref_v, ref_i = cosine_topk_reference(q, bank, 6)
         kc.assert_topk_matches(values, indices, ref_v, ref_i, _all_scores(q, bank))
-    assert bool(calls) == mv
+    assert bool(calls) == (way != "mm")
+    if way == "split":
+        assert {170, 171} <= set(calls) and 147 in calls  # 512 = 170 + 171 + 171; the last chunk 441 = 3 x 147
 
 
-def test_the_one_query_product_is_timed_once_per_dtype():
-    assert isinstance(cpu_topk.one_query_uses_mv(torch.float32), bool)
-    assert cpu_topk.one_query_uses_mv.cache_info().currsize >= 1
-    hits = cpu_topk.one_query_uses_mv.cache_info().hits
-    cpu_topk.one_query_uses_mv(torch.float32)
-    assert cpu_topk.one_query_uses_mv.cache_info().hits == hits + 1
+def test_the_one_query_product_is_timed_once_per_dtype_and_thread_count():
+    assert cpu_topk.one_query_way(torch.float32, 2) in ("mv", "mm", "split")
+    assert cpu_topk.one_query_way(torch.float32, 1) in ("mv", "mm")  # no split on one thread
+    hits = cpu_topk.one_query_way.cache_info().hits
+    cpu_topk.one_query_way(torch.float32, 2)
+    assert cpu_topk.one_query_way.cache_info().hits == hits + 1
+
+
+def test_a_split_product_equals_the_whole():
+    rows, q = torch.randn(1001, 24), torch.randn(24)
+    out = torch.empty(1001)
+    torch.testing.assert_close(cpu_topk.split_mv(rows, q, out, 4), rows @ q)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

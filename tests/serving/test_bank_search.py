@@ -104,7 +104,7 @@ def test_opening_a_bank_runs_the_search_probes_before_the_first_query(tmp_path, 
     build(tmp_path, model, "kern", kind="kernel", vectors="bf16")
     monkeypatch.setattr(cpu_topk, "SMALL_BANK_ROWS", 0)  # a bank this small is otherwise scored in one product
     probed = []
-    monkeypatch.setattr(cpu_topk, "one_query_uses_mv", lambda dtype: probed.append(dtype) or True)
+    monkeypatch.setattr(cpu_topk, "one_query_way", lambda dtype, threads: probed.append(dtype) or "mv")
     bank = MemoryBank.open(tmp_path / "kern")
     assert probed == [cpu_topk.plan_search(bank._vectors, 1, bank._inv_norms).product_dtype]
     bank.search(model.encode_query(["salt3 1203"]), 2)
