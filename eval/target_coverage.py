@@ -15,24 +15,19 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
-from typing import Sequence
 
 from clara.errors import ConfigError
 
 
-def pair_token_ends(tokenizer, target: str, pairs: Sequence) -> list[int]:
-    """For each pair, the number of target tokens up to the end of its answer line (its last occurrence of
-    ``Question: q`` in ``target`` is not searched: a record's pairs are distinct)."""
+def pair_token_end(tokenizer, target: str, pair) -> int:
+    """The number of ``target``'s tokens up to the end of ``pair``'s answer line (a record's pairs are distinct)."""
     from clara.pretrain.scp import qa_target
 
-    ends = []
-    for p in pairs:
-        line = qa_target([p])
-        at = target.find(line)
-        if at < 0:
-            raise ValueError(f"pair {line[:60]!r} is not in its target")
-        ends.append(len(tokenizer(target[: at + len(line)], add_special_tokens=False)["input_ids"]))
-    return ends
+    line = qa_target([pair])
+    at = target.find(line)
+    if at < 0:
+        raise ValueError(f"pair {line[:60]!r} is not in its target")
+    return len(tokenizer(target[: at + len(line)], add_special_tokens=False)["input_ids"])
 
 
 def relation_coverage(tokenizer, docs: int, seed: int = 1, world_ranges: int = 0, max_target_tokens: int = 64,
@@ -59,12 +54,10 @@ def relation_coverage(tokenizer, docs: int, seed: int = 1, world_ranges: int = 0
         by_value = {}
         for p in rec.pairs:
             by_value.setdefault(p.answer, p)  # a fact's own pair: the first whose whole answer is its value
-        facts = [(f["relation"], by_value.get(str(f["value"]))) for f in doc.facts]
-        ends = dict(zip([id(p) for _, p in facts if p is not None],
-                        pair_token_ends(tokenizer, target, [p for _, p in facts if p is not None])))
-        for relation, pair in facts:
-            stated[relation] += 1
-            trained[relation] += pair is not None and ends[id(pair)] <= max_target_tokens
+        for fact in doc.facts:
+            pair = by_value.get(str(fact["value"]))
+            stated[fact["relation"]] += 1
+            trained[fact["relation"]] += pair is not None and pair_token_end(tokenizer, target, pair) <= max_target_tokens
     return {r: {"trained": trained[r], "stated": stated[r]} for r in sorted(stated)}
 
 
