@@ -17,6 +17,7 @@ import logging
 import time
 from pathlib import Path
 
+from clara.cli.args import add_threads_argument, set_threads
 from clara.demo.realtext import add_arguments as add_realtext_arguments
 from clara.demo.stage1 import add_arguments as add_stage1_arguments
 from clara.demo.stage2 import add_arguments as add_stage2_arguments
@@ -44,7 +45,7 @@ def register(subparsers) -> None:
                    help="prompt style (see `clara eval reading --help`); the reading LoRA trains with it too")
     p.add_argument("--reader-steps", type=int, default=16,
                    help="steps of the reading LoRA (DESIGN §11: the base model is a poor reader); 0 skips it")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    add_threads_argument(p)
     add_stage1_arguments(p)
     add_stage2_arguments(p)
     add_realtext_arguments(p)
@@ -137,10 +138,7 @@ def run(args: argparse.Namespace) -> int:
     from clara.fileio import DEMO, atomic_write_json, atomic_write_text, claim_output
     from clara.world import generate_world, write_world
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     out = claim_output(args.out, DEMO)
     timings: dict[str, float] = {}
     start = time.perf_counter()

@@ -18,7 +18,7 @@ import argparse
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
-from clara.cli.args import add_out_file_arguments, claim_out_file
+from clara.cli.args import add_out_file_arguments, add_threads_argument, claim_out_file, set_threads
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ def register_agent(sub) -> None:
     add_prompt_argument(p, "one-shot retrieval")
     p.add_argument("--no-baselines", action="store_true", help="score the agent only")
     p.add_argument("--cache-dir", default="out/memory-cache", help="candidate-memory cache (shared with `clara joint`)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    add_threads_argument(p)
     add_out_file_arguments(p, "write scores and every rollout to this JSON file")
     p.set_defaults(func=run_agent)
 
@@ -175,10 +175,7 @@ def run_agent(args: argparse.Namespace) -> int:
     from clara.model.memory_cache import MemoryCache
     from clara.model.loading import load_trained_model
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     split, types = args.split, args.types
     records = load_eval_records(world=args.world, splits=split, types=types, limit=args.limit or None)  # errors if none
     model = load_trained_model(args.model, args.backbone)

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from clara.cli.args import add_threads_argument, set_threads
+
 log = logging.getLogger(__name__)
 
 
@@ -125,17 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=3, help="passages per answer")
     p.add_argument("--limit", type=int, default=0, help="at most this many questions (0 = all)")
     p.add_argument("--max-new-tokens", type=int, default=16, help="greedy tokens per answer")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    add_threads_argument(p)
     p.add_argument("--out", default=None, help="write scores and every reply to this JSON file")
     args = p.parse_args(argv)
-    import torch
-
     from clara.cli.console import configure_logging
     from clara.serving.server import load_for_serving
 
     configure_logging()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     model, bank = load_for_serving(args.bank, args.model, backbone=args.backbone)
     res = evaluate_bank_answers(model, bank, load_pairs(args.data, args.limit), k=args.k,
                                 max_new_tokens=args.max_new_tokens)  # fmt: skip

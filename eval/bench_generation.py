@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from clara.cli.args import add_threads_argument, set_threads
+
 log = logging.getLogger(__name__)
 
 PROMPT_TEXT = (
@@ -109,17 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per row")
     parser.add_argument("--batch", type=int, default=1, help="rows generated together")
     parser.add_argument("--reps", type=int, default=7, help="timed repetitions of each method (interleaved)")
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch default)")
+    add_threads_argument(parser, help="torch intra-op threads (0: torch default)")
     parser.add_argument("--out", default="", help="also write the results as JSON to this file")
     args = parser.parse_args(argv)
     from clara.cli.console import configure_logging
 
     configure_logging()
-
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     names = ["tiny", "smollm2"] if args.backbone == "both" else [args.backbone]
     results = []
     with tempfile.TemporaryDirectory() as work:

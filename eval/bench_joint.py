@@ -15,7 +15,7 @@ import json
 import statistics
 import time
 
-from clara.cli.args import parse_with_overrides
+from clara.cli.args import add_threads_argument, parse_with_overrides, set_threads
 
 
 def time_steps(objectives: dict, batches, steps: int) -> dict[str, list[float]]:
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="dotted config overrides (before or after the flags)")
     ap.add_argument("--config", default=None, help="YAML preset")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per variant")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    add_threads_argument(ap)
     ap.add_argument("--out", default=None, help="write the figures to this JSON file")
     args = parse_with_overrides(ap, argv, dest="overrides")
 
@@ -57,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from clara.joint.train import build_joint_model
     from clara.world.splits import load_split
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     cfg = load_config(args.config, args.overrides)
     model = build_joint_model(cfg)
     records = load_split(cfg, cfg.joint.train_split, train=True)

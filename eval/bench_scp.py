@@ -22,6 +22,8 @@ import time
 
 import torch
 
+from clara.cli.args import add_threads_argument, set_threads
+
 log = logging.getLogger(__name__)
 
 
@@ -105,11 +107,10 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=4, help="examples per step")
     p.add_argument("--reps", type=int, default=5, help="interleaved repetitions of each step kind")
     p.add_argument("--max-target", type=int, default=96, help="target tokens per example")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    add_threads_argument(p)
     p.add_argument("--switches", type=int, default=200, help="adapter switches timed for switch_ms")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     torch.manual_seed(0)
     r = bench(args.backbone, args.kind, args.cr, args.chunk_len, args.batch_size, args.reps, args.max_target, args.switches)
     print(json.dumps({k: v for k, v in r.items() if k != "times"}, indent=1))

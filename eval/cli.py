@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from clara.cli.args import add_out_file_arguments, add_precision_argument, claim_out_file, csv_list, int_list
+from clara.cli.args import (
+    add_out_file_arguments, add_precision_argument, add_threads_argument, claim_out_file, csv_list, int_list, set_threads,
+)
 
 
 def register(subparsers) -> None:
@@ -30,7 +32,7 @@ def register(subparsers) -> None:
                    "system prompt; + system prompt and one invented demonstration turn")
     p.add_argument("--batch-size", type=int, default=8, help="questions per generate() call (left padded)")
     p.add_argument("--max-new-tokens", type=int, default=16, help="greedy tokens per answer")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    add_threads_argument(p)
     add_out_file_arguments(p, "write full results (scores + every reply) to this JSON file")
     p.set_defaults(func=run_reading)
     from clara.eval.agent import register_agent
@@ -86,7 +88,7 @@ def register_compression(sub) -> None:
     add_answer_options(p)
     p.add_argument("--batch-size", type=int, default=8, help="questions per batch")
     add_precision_argument(p, "the model's forwards")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    add_threads_argument(p)
     add_out_file_arguments(p, "write full results (scores + every reply) to this JSON file")
     p.set_defaults(func=run_compression)
 
@@ -98,10 +100,7 @@ def run_compression(args: argparse.Namespace) -> int:
     from clara.eval.compression import format_table, run_compression_eval
     from clara.fileio import atomic_write_json
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     start = time.perf_counter()
     results = run_compression_eval(
         args.model, args.world, data=args.data or (), crs=args.cr, backbone=args.backbone, splits=args.split,
@@ -127,10 +126,7 @@ def run_reading(args: argparse.Namespace) -> int:
     from clara.eval.reading import format_table, run_reading_eval
     from clara.fileio import atomic_write_json
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     results = run_reading_eval(
         args.backbone, args.world, kind=args.kind, splits=args.split, types=args.types,
         limit=args.limit or None, settings=args.settings, style=args.style,

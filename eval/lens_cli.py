@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from clara.cli.args import add_overwrite_argument, claim_out_file, csv_list, int_list
+from clara.cli.args import add_overwrite_argument, add_threads_argument, claim_out_file, csv_list, int_list, set_threads
 
 FORMATTER = argparse.ArgumentDefaultsHelpFormatter
 
@@ -25,7 +25,7 @@ def _model_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     p.add_argument("--cr", type=int, default=d(16), help="compression rate; m = chunk_len / cr memory slots "
                    "(only with --backbone alone)")  # fmt: skip
     p.add_argument("--top", type=int, default=d(None), help="top tokens per slot (default 5; 10 for compare)")
-    p.add_argument("--threads", type=int, default=d(0), help="torch CPU threads (0 = torch default)")
+    add_threads_argument(p).default = d(0)  # not p.set_defaults: a parent's defaults override the parser's own
     p.add_argument("--out", default=d(None), help="also write the full result to this JSON file")
     p.add_argument("--overwrite", action="store_true", default=d(False),
                    help="replace files already at --out and --png (a directory there is always refused)")
@@ -87,12 +87,9 @@ def register_lens(subparsers) -> None:
 
 def load_lens_model(args: argparse.Namespace):
     """(model, has_adapters): trained adapters from --model, or the bare backbone from --backbone."""
-    import torch
-
     from clara.errors import ConfigError
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     if args.model:
         from clara.model.loading import load_trained_model
 

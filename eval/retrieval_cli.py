@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clara.cli.args import add_out_file_arguments, add_prompt_argument, claim_out_file, csv_list, int_list
+from clara.cli.args import (
+    add_out_file_arguments, add_prompt_argument, add_threads_argument, claim_out_file, csv_list, int_list, set_threads,
+)
 from clara.model.prompts import resolve_prompt
 
 
@@ -42,6 +44,7 @@ def register_retrieval(sub) -> None:
     p.add_argument("--scoring", default="flattened", choices=["flattened", "pooled"], help="query scoring")
     p.add_argument("--cache-dir", default="out/memory-cache", help="candidate-memory cache (shared with `clara joint`)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="greedy tokens per answer")
+    add_threads_argument(p)
     add_out_file_arguments(p, "write all results to this JSON file, and the Recall@k comparison (R@1 and R@2 per "
                            "question type, one bar per retriever) beside it as a PNG of the same name")
     p.set_defaults(func=run_retrieval)
@@ -52,6 +55,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
     from clara.eval.retrieval import format_recall_tables, load_eval_records
     from clara.fileio import FILE, atomic_write_json, claim_output
 
+    set_threads(args.threads)
     retrievers = args.retrievers or (list(RETRIEVERS) if args.model else ["bm25", "minilm"])
     unknown = sorted(set(retrievers) - set(RETRIEVERS))
     if unknown:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from clara.cli.args import csv_list, int_list, split_config_args, subcommands_of
+from clara.cli.args import add_threads_argument, csv_list, int_list, set_threads, split_config_args, subcommands_of
 from clara.eval.cli import add_answer_options
 
 
@@ -62,7 +62,7 @@ def register_sweep(sub) -> None:
     s.add_argument("--eval-batch-size", type=int, default=8, help="questions per evaluation batch (default: %(default)s)")
     s.add_argument("--plot-metric", default="em", choices=["em", "f1", "cover_em"],
                    help="metric on the y axis of OUT/sweep.png (default: %(default)s)")
-    s.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    add_threads_argument(s)
     s.set_defaults(func=run_sweep_command)
 
 
@@ -79,10 +79,7 @@ def run_sweep_command(args) -> int:
         crs = int_list(args.crs)
     except ValueError:
         raise ConfigError(f"--crs {args.crs}: expected integers separated by commas, e.g. 4,16,32,64,128,256") from None
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     claim_output(args.out, SWEEP)
     start = time.perf_counter()
     results = run_sweep(

@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from clara.cli.args import add_threads_argument
 from clara.kernels.dispatch import cosine_scores, cosine_topk, faiss_available
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--batches", default="1,8,64", help="query batch sizes (default %(default)s)")
     r.add_argument("--stored", default="bf16", choices=["fp32", "fp16", "bf16"],
                    help="the bank's stored dtype (index build --vectors), timed beside fp32 (default %(default)s)")
-    r.add_argument("--threads", type=int, default=0, help="torch and faiss threads (default: torch's)")
+    add_threads_argument(r, help="torch and faiss threads (default: torch's)")
     args = p.parse_args(argv)
     if args.cpu_roofline:
         from clara.kernels import roofline

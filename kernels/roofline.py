@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from clara.cli.args import set_threads
 from clara.kernels.cpu_topk import native_product_dtypes, topk_cpu
 from clara.kernels.dispatch import faiss_available, inverse_norms
 
@@ -136,12 +137,11 @@ def print_table(result: dict, flags: dict) -> None:
 
 def run(args) -> int:
     """The --cpu-roofline part of ``python -m clara.kernels.bench``."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-        if faiss_available():
-            import faiss
+    set_threads(args.threads)
+    if args.threads and faiss_available():
+        import faiss
 
-            faiss.omp_set_num_threads(args.threads)
+        faiss.omp_set_num_threads(args.threads)
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
     batches = [int(b) for b in args.batches.split(",")]
     result = roofline(shapes, batches, args.stored, k=args.k, reps=args.reps)

@@ -71,9 +71,12 @@ def claim_out_file(args: argparse.Namespace) -> None:
         claim_output(args.out, FILE, overwrite=args.overwrite)
 
 
-def add_threads_argument(p: argparse.ArgumentParser) -> None:
-    """``--threads N``: torch CPU threads (0 = torch default); applied by :func:`set_threads`."""
-    p.add_argument("--threads", type=non_negative_int, default=0, help="torch CPU threads (0 = torch default)")
+def add_threads_argument(p, help: str = "torch CPU threads (0 = torch default)") -> argparse.Action:
+    """``--threads N``: torch CPU threads (0 = torch default); applied by :func:`set_threads`.
+
+    ``p`` is a parser or an argument group; ``help`` rewords the help where the count means more (faiss too).
+    Returns the action, as ``add_argument`` does."""
+    return p.add_argument("--threads", type=non_negative_int, default=0, help=help)
 
 
 def set_threads(threads: int) -> None:
