@@ -19,7 +19,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-DEFAULT_RELEASE = ASSETS / "scp-smollm2-cr16"
+DEFAULT_RELEASE = ASSETS / "scp-smollm2-cr16-stream"
 EVAL_SPLITS = ("test_unseen",)  # entities no training question ever asked about
 
 
@@ -33,12 +33,14 @@ def add_arguments(p) -> None:
 
 
 def live_config(args, backbone: Path, kind: str, out: Path, release: Path | None):
-    """The release's own training config (when it has one) with this demo's backbone and budget."""
+    """The release's own training config (when it has one) with this demo's backbone and budget, from a fresh
+    LoRA (a release trained further from other adapters records them, and they are not shipped) and at the
+    precision that suits this CPU (a release may record bf16, 27x slower on a CPU without native bf16)."""
     from clara.config import load_config
 
     overrides = [f"model.backbone={backbone}", f"model.kind={kind}", f"train.max_steps={args.scp_steps}",
                  "train.save_every=0", "train.log_every=5", "train.warmup_steps=2", f"out_dir={out}",
-                 "scp.data_types=[qa]"]  # fmt: skip
+                 "scp.data_types=[qa]", "scp.init_adapters=", "train.precision=auto"]  # fmt: skip
     preset = release / "train_config.yaml" if release is not None and (release / "train_config.yaml").is_file() else None
     if preset is None:  # no release recipe (e.g. the tiny backbone): a small CR-16 setting
         overrides += ["model.chunk_len=64", "model.compression_rate=16", "train.batch_size=4",

@@ -74,3 +74,19 @@ def test_demo_with_smollm2(tmp_path):
     rd = res["reader"]["settings"]
     assert rd["open_book"]["em"] >= ob["em"] + 0.25
     assert rd["closed_book"]["em"] <= 0.15
+
+
+def test_live_run_of_a_further_trained_release_starts_fresh_at_this_cpus_precision(tmp_path):
+    """The default release records the adapters it was trained on from, and bf16: the demo's live run must not
+    look for those adapters, nor force bf16 on a CPU that lacks it."""
+    import argparse
+
+    from clara.demo.stage1 import DEFAULT_RELEASE, live_config
+    from clara.modes import Precision
+
+    recorded = live_config(argparse.Namespace(scp_steps=1), tmp_path, "hf", tmp_path / "live", None)
+    assert recorded.scp.init_adapters == ""  # the fallback recipe
+    cfg = live_config(argparse.Namespace(scp_steps=3), tmp_path / "bb", "hf", tmp_path / "live", DEFAULT_RELEASE)
+    assert (DEFAULT_RELEASE / "train_config.yaml").read_text().count("init_adapters: RUN/") == 1  # the case tested
+    assert cfg.scp.init_adapters == "" and cfg.train.precision is Precision.AUTO
+    assert cfg.train.max_steps == 3 and cfg.model.backbone == str(tmp_path / "bb")
