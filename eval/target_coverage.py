@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 from collections import Counter
 
+from clara.cli.args import add_out_file_arguments, claim_out_file, positive_int
 from clara.errors import ConfigError
 
 
@@ -65,13 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m clara.eval.target_coverage", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--tokenizer", required=True, help="backbone directory whose tokenizer SCP uses")
-    p.add_argument("--docs", type=int, default=400, help="documents of the fresh stream")
+    p.add_argument("--docs", type=positive_int, default=400, help="documents of the fresh stream")
     p.add_argument("--seed", type=int, default=1, help="the stream's seed (scp.fresh_seed)")
     p.add_argument("--world-ranges", type=int, default=0, help="scp.fresh_world_ranges")
-    p.add_argument("--max-target-tokens", type=int, default=64, help="scp.max_target_tokens")
+    p.add_argument("--max-target-tokens", type=positive_int, default=64, help="scp.max_target_tokens")
     p.add_argument("--layout", default="lines", choices=["lines", "shuffled"], help="scp.qa_layout")
-    p.add_argument("--out", help="write the table as JSON")
+    add_out_file_arguments(p, "write the table as JSON")
     args = p.parse_args(argv)
+    claim_out_file(args)
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(args.tokenizer)
