@@ -6,7 +6,9 @@ the smaller row (as the Triton kernel does).
 Pass 1 streams the bank in chunks whose [B, C] score block stays in the last-level cache. Each
 chunk is scored by one matrix product: in the bank's own bf16/fp16 where the CPU multiplies it
 natively, else in float32 (a half-precision chunk is copied to float32, never the whole
-bank); rows of unit norm (a bank stored normalised) are not rescaled. ``Plan.error_model``
+bank). One query may instead go through the fused product (``compile_fused``: each row read
+once in its own dtype and widened to float32 in registers) where it was compiled and measured
+faster. Rows of unit norm (a bank stored normalised) are not rescaled. ``Plan.error_model``
 bounds how far a pass-1 score can be from the exact cosine, so ``Plan.bar`` turns the k-th
 best pass-1 score into a score that every row of the exact top-k reaches in pass 1. Each
 chunk keeps its best rows; those at or above the bar are the candidates. Pass 2 rescores
@@ -17,8 +19,11 @@ the Triton kernel packs them. The result is the exact top-k whatever the precisi
 from __future__ import annotations
 
 import functools
+import logging
 import math
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -26,11 +31,16 @@ import torch
 
 from clara.kernels.common import DEFAULT_EPS, pack_keys, unpack_keys
 
+log = logging.getLogger(__name__)
+
 # A chunk's scores [B, C] in float32 take at most this much (the search's working memory). They
 # stay in the last-level cache of a server CPU; smaller chunks, in L2, measured slower: score
 # traffic is only B/D of the bank's, and every chunk pays the calls and thread barriers of a
 # product and a top-k (10-20 ms each on the loaded 2-core machine of docs/RESULTS.md).
 SCORE_BYTES = 64 << 20
+# Several queries whose product runs the chunk's rows against them (``several_query_way``) score a chunk of
+# at most this many rows: on an AMD EPYC that ran 1.0-1.1x faster than the larger chunks SCORE_BYTES allows.
+ROWS_WAY_CHUNK = 1 << 17
 # A half-precision chunk copied to float32 (no native product) takes at most this much.
 CAST_BYTES = 16 << 20
 # Fewer rows than this per chunk and the per-call overhead of the products dominates.
@@ -99,18 +109,8 @@ def split_mv(rows: torch.Tensor, q: torch.Tensor, out: torch.Tensor, parts: int)
     return out
 
 
-@functools.cache
-def one_query_way(dtype: torch.dtype, threads: int) -> str:
-    """How one query scores a chunk fastest on this CPU: ``"mv"``, a one-row ``"mm"``, or ``"split"`` (``split_mv``
-    over ``threads`` row ranges), timed once per dtype and thread count on a bank larger than the caches (best
-    of 3 each, interleaved). All accumulate in float32 (the probe above) and pass 2 rescores each exactly, so
-    only the speed differs: a bf16 mv read 1.4x faster than mm on a Xeon with AMX and 0.6x as fast on an AMD
-    EPYC without it; there an fp32 mv ran on one core (docs/RESULTS.md §7)."""
-    rows = torch.ones(1 << 16, 512, dtype=dtype)
-    q, out = rows[0].clone(), torch.empty(rows.shape[0], dtype=dtype)
-    ways = {"mv": lambda: torch.mv(rows, q, out=out), "mm": lambda: torch.mm(q[None], rows.T, out=out[None])}
-    if threads > 1:
-        ways["split"] = lambda: split_mv(rows, q, out, threads)
+def _fastest(ways: dict[str, Callable[[], object]]) -> str:
+    """The way with the lowest best-of-3 time, timed in turn (interleaved)."""
     best = dict.fromkeys(ways, math.inf)
     for _ in range(3):
         for way, run in ways.items():
@@ -120,22 +120,131 @@ def one_query_way(dtype: torch.dtype, threads: int) -> str:
     return min(best, key=best.get)
 
 
-def warm_up(bank: torch.Tensor, inv_norms: torch.Tensor | None = None) -> None:
-    """Run now the one-time probes that a first one-query search of ``bank`` would run (a server calls
-    this when it opens a bank, so that its first request does not pay for them)."""
+def _probe_rows(dtype: torch.dtype) -> torch.Tensor:
+    """A bank larger than the caches, for the probes below."""
+    return torch.ones(1 << 16, 512, dtype=dtype)
+
+
+@functools.cache
+def one_query_way(dtype: torch.dtype, threads: int) -> str:
+    """How one query scores a chunk fastest on this CPU: ``"mv"``, a one-row ``"mm"``, or ``"split"`` (``split_mv``
+    over ``threads`` row ranges), timed once per dtype and thread count on a bank larger than the caches (best
+    of 3 each, interleaved). All accumulate in float32 (the probe above) and pass 2 rescores each exactly, so
+    only the speed differs: a bf16 mv read 1.4x faster than mm on a Xeon with AMX and 0.6x as fast on an AMD
+    EPYC without it; there an fp32 mv ran on one core (docs/RESULTS.md §7)."""
+    rows = _probe_rows(dtype)
+    q, out = rows[0].clone(), torch.empty(rows.shape[0], dtype=dtype)
+    ways = {"mv": lambda: torch.mv(rows, q, out=out), "mm": lambda: torch.mm(q[None], rows.T, out=out[None])}
+    if threads > 1:
+        ways["split"] = lambda: split_mv(rows, q, out, threads)
+    return _fastest(ways)
+
+
+def _batch_bucket(batch: int) -> int:
+    """The batch size ``several_query_way`` is probed at for ``batch`` queries."""
+    return 8 if batch <= 8 else 64
+
+
+@functools.cache
+def several_query_way(dtype: torch.dtype, threads: int, bucket: int) -> str:
+    """How ``bucket`` queries (8 or 64) score a chunk faster on this CPU: ``"queries"``, the queries against
+    the chunk's rows (``q @ rows.T``, (B, C) at once), or ``"rows"``, the rows against the queries (``rows @
+    q.T``, then transposed to (B, C)). Timed once per dtype, thread count and bucket, as ``one_query_way``. On
+    an AMD EPYC, float32 (MKL) ran "rows" 1.1-2.1x faster and bf16 (oneDNN) mostly "queries"
+    (docs/RESULTS.md §7)."""
+    del threads  # a key only: the products run on torch's threads
+    rows = _probe_rows(dtype)
+    q = rows[:bucket].clone()
+    out, out_t = torch.empty(bucket, rows.shape[0], dtype=dtype), torch.empty(rows.shape[0], bucket, dtype=dtype)
+
+    def by_rows():
+        torch.mm(rows, q.T, out=out_t)
+        out.copy_(out_t.T)
+
+    return _fastest({"queries": lambda: torch.mm(q, rows.T, out=out), "rows": by_rows})
+
+
+# The fused one-query product of each bank dtype, once compiled (compile_fused).
+_FUSED: dict[torch.dtype, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {}
+_FUSED_LOCK = threading.Lock()
+
+
+def _fused_dot(rows: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """rows (r, D) in the bank's dtype, q (D,) float32 -> (r,) float32 dot products. Compiled, it reads each
+    row once and widens it in registers: no float32 copy, and no half-precision product."""
+    return (rows.float() * q).sum(-1)
+
+
+def compile_fused(dtype: torch.dtype) -> bool:
+    """Compile the fused one-query product for banks of ``dtype`` (torch.compile's C++ backend, dynamic
+    shapes: seconds once a process, faster once its disk cache is warm). A one-query search uses it from
+    then on wherever it measures faster than the products above (on an AMD EPYC, a bf16 bank read 1.7x
+    faster). False, with a warning, where it cannot be compiled (no C++ compiler): the products above serve."""
+    with _FUSED_LOCK:
+        if dtype in _FUSED:
+            return True
+        try:
+            fn = torch.compile(_fused_dot, dynamic=True)
+            rows = torch.ones(300, 96, dtype=dtype)
+            rows[7] = 2
+            got = fn(rows, torch.ones(96))
+            want = torch.full((300,), 96.0).index_fill_(0, torch.tensor([7]), 192.0)
+            if not torch.equal(got, want):
+                raise RuntimeError(f"it computed {got[:8].tolist()} for {want[:8].tolist()}")
+        except Exception as e:  # noqa: BLE001 - any failure of the compiler leaves the products above
+            log.warning("the fused one-query search for %s banks is unavailable (%s: %s); using torch's products",
+                        str(dtype).removeprefix("torch."), type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+            return False
+        _FUSED[dtype] = fn
+        return True
+
+
+@functools.cache
+def fused_wins(bank_dtype: torch.dtype, product_dtype: torch.dtype, threads: int, compiled: bool) -> bool:
+    """Whether one query reads a bank of ``bank_dtype`` faster through the compiled fused product than through
+    the fastest way of ``product_dtype`` (timed as ``one_query_way``; the cast a non-native half-precision
+    chunk would also need is not counted against the other way). False until ``compile_fused(bank_dtype)``."""
+    if not compiled:
+        return False
+    fused = _FUSED[bank_dtype]
+    rows, q32 = _probe_rows(bank_dtype), torch.ones(512)
+    other = _probe_rows(product_dtype) if product_dtype != bank_dtype else rows
+    q, out = other[0].clone(), torch.empty(other.shape[0], dtype=product_dtype)
+    way = one_query_way(product_dtype, threads)
+    product = {"mv": lambda: torch.mv(other, q, out=out),
+               "mm": lambda: torch.mm(q[None], other.T, out=out[None]),
+               "split": lambda: split_mv(other, q, out, threads)}[way]
+    return _fastest({"fused": lambda: fused(rows, q32), way: product}) == "fused"
+
+
+def warm_up(bank: torch.Tensor, inv_norms: torch.Tensor | None = None, *, fused: bool = False) -> None:
+    """Run now the one-time probes that a first one-query search of ``bank`` would run (a bank runs this
+    when it opens, so that its first request does not pay for them); with ``fused``, first compile the
+    fused product for its dtype (a server does)."""
     if bank.shape[0] > SMALL_BANK_ROWS:
-        one_query_way(plan_search(bank, 1, inv_norms).product_dtype, torch.get_num_threads())
+        if fused:
+            compile_fused(bank.dtype)
+        threads = torch.get_num_threads()
+        plan = plan_search(bank, 1, inv_norms)
+        if not plan.fused:
+            one_query_way(plan.product_dtype, threads)
+        for batch in (8, 64):  # several_query_way's buckets
+            plan_search(bank, batch, inv_norms)
 
 
 @dataclass(frozen=True)
 class Plan:
-    """How pass 1 scores a bank: the product's dtype, the chunk size, and whether the rows are
-    of unit norm to within ``norm_slack`` (then their scores are not rescaled)."""
+    """How pass 1 scores a bank: the product's dtype, the chunk size, whether the rows are of
+    unit norm to within ``norm_slack`` (then their scores are not rescaled), whether one
+    query goes through the fused product (float32 arithmetic on the rows as stored), and how
+    several queries multiply a chunk (``several_query_way``)."""
 
     product_dtype: torch.dtype
     chunk_rows: int
     unit_rows: bool = False
     norm_slack: float = 0.0
+    fused: bool = False
+    by_rows: bool = False
 
     def error_model(self, bank_dtype: torch.dtype, d: int) -> tuple[float, float]:
         """(c, r) with |pass-1 score - exact cosine s| <= c + r |s|, for a unit query and rows
@@ -167,21 +276,30 @@ class Plan:
 
 
 def plan_search(bank: torch.Tensor, batch: int, inv_norms: torch.Tensor | None = None,
-                chunk_rows: int | None = None) -> Plan:
+                chunk_rows: int | None = None, fused: bool = True) -> Plan:
     """Pick the product dtype (exact float32 unless half precision is native and every row's
-    norm is in range), the chunk size, and whether scores need rescaling by the row norms."""
+    norm is in range; float32 also for the fused product, where one query measured faster
+    through it, unless ``fused`` is False), the chunk size, whether scores need rescaling by
+    the row norms, and, for several queries, the product's orientation (``several_query_way``)."""
     native = native_product_dtypes()
     low, high = (None, None) if inv_norms is None else (float(x) for x in torch.aminmax(inv_norms))
     in_range = low is not None and low >= 1 / NORM_RANGE and high <= NORM_RANGE
     product = bank.dtype if bank.dtype in native and in_range else torch.float32
+    threads = torch.get_num_threads()
+    fused = fused and batch == 1 and fused_wins(bank.dtype, product, threads, bank.dtype in _FUSED)
+    if fused:
+        product = torch.float32
+    by_rows = batch > 1 and several_query_way(product, threads, _batch_bucket(batch)) == "rows"
     if chunk_rows is None:
         rows = SCORE_BYTES // (4 * batch)
-        if product != bank.dtype:
+        if by_rows:
+            rows = min(rows, ROWS_WAY_CHUNK)
+        if product != bank.dtype and not fused:
             rows = min(rows, CAST_BYTES // (bank.shape[1] * product.itemsize))
         chunk_rows = max(MIN_CHUNK_ROWS, rows // GROUP * GROUP)
     slack = 1.0 if low is None else max(1 / low - 1, 1 - 1 / high)  # rows' |norm - 1|
     unit = slack <= MAX_NORM_SLACK
-    return Plan(product, min(chunk_rows, bank.shape[0]), unit, slack if unit else 0.0)
+    return Plan(product, min(chunk_rows, bank.shape[0]), unit, slack if unit else 0.0, fused, by_rows)
 
 
 class _ChunkScorer:
@@ -192,10 +310,14 @@ class _ChunkScorer:
         self.qn = qn  # (B, D) float32, unit rows
         self.q_product = qn.to(plan.product_dtype)  # (B, D)
         rows = plan.chunk_rows
-        self.cast = None if plan.product_dtype == bank.dtype else torch.empty(rows, bank.shape[1], dtype=plan.product_dtype)
+        same = plan.product_dtype == bank.dtype or plan.fused
+        self.cast = None if same else torch.empty(rows, bank.shape[1], dtype=plan.product_dtype)
         self.out = torch.empty(qn.shape[0], rows, dtype=plan.product_dtype)  # (B, C)
+        self.out_t = torch.empty(rows, qn.shape[0], dtype=plan.product_dtype) if plan.by_rows else None  # (C, B)
         self.threads = torch.get_num_threads()
-        self.one_way = one_query_way(plan.product_dtype, self.threads) if qn.shape[0] == 1 else None
+        self.one_way = None
+        if qn.shape[0] == 1:
+            self.one_way = "fused" if plan.fused else one_query_way(plan.product_dtype, self.threads)
 
     def __call__(self, start: int, stop: int) -> torch.Tensor:
         """Scores (B, stop - start) of bank rows start..stop: cosines, or plain dot products
@@ -204,10 +326,16 @@ class _ChunkScorer:
         r = stop - start
         if self.cast is not None:
             chunk = self.cast[:r].copy_(chunk)  # (r, D) in the product dtype, in cache
-        if self.one_way == "mv":  # one query: whichever of mv, a split mv and a one-row mm this CPU runs fastest
+        if self.one_way == "fused":  # one query, the rows as stored, float32 arithmetic
+            fused = _FUSED[self.bank.dtype] if r > 1 else _fused_dot  # one row would compile a specialised graph
+            scores = fused(chunk, self.qn[0])[None]  # (1, r)
+        elif self.one_way == "mv":  # one query: whichever of mv, a split mv and a one-row mm this CPU runs fastest
             scores = torch.mv(chunk, self.q_product[0], out=self.out[0, :r])[None]  # (1, r)
         elif self.one_way == "split":
             scores = split_mv(chunk, self.q_product[0], self.out[0, :r], self.threads)[None]  # (1, r)
+        elif self.plan.by_rows:  # several queries, the rows against them (several_query_way), then (B, r)
+            scores_t = torch.mm(chunk, self.q_product.T, out=self.out_t[:r])  # (r, B)
+            scores = self.out.view(-1)[: self.out.shape[0] * r].view(-1, r).copy_(scores_t.T)  # (B, r), contiguous
         elif self.out.shape[0] == 1 or r == self.out.shape[1]:  # (B, r) of the buffer is contiguous
             scores = torch.mm(self.q_product, chunk.T, out=self.out[:, :r])
         else:  # the last, shorter chunk: a (B, r) slice of the buffer is not contiguous
@@ -336,18 +464,20 @@ def topk_cpu(
     inv_norms: torch.Tensor | None = None,
     eps: float = DEFAULT_EPS,
     chunk_rows: int | None = None,
+    fused: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """q [B, D], bank [N, D] -> (values [B, k] float32, indices [B, k] int64), best first.
 
     Exact: the top-k of the float32 cosine, ties toward the smaller row. ``inv_norms``
-    ([N], ``1 / max(|row|, eps)``) saves the norm of every row on every call.
+    ([N], ``1 / max(|row|, eps)``) saves the norm of every row on every call. ``fused=False``
+    keeps one query off the compiled fused product (the benchmark's baseline).
     """
     qf = q.float()
     qn = qf / qf.norm(dim=1, keepdim=True).clamp_min(eps)  # (B, D)
     inv_norms = None if inv_norms is None else inv_norms.float()
     if bank.shape[0] <= SMALL_BANK_ROWS:  # one exact product: a candidate pass would cost more than it saves
         return _scan_exact(qn, bank, inv_norms, eps, k)
-    plan = plan_search(bank, q.shape[0], inv_norms, chunk_rows)
+    plan = plan_search(bank, q.shape[0], inv_norms, chunk_rows, fused)
     scorer = _ChunkScorer(qn, bank, inv_norms, eps, plan)
     candidates = _pass_one(scorer, bank.shape[0], k)
     if candidates is None:

@@ -4,7 +4,7 @@ The kernels (``clara.kernels``; Triton with plain-torch references):
     dispatch.cosine_scores(q [B, D], docs [B, N, D]) -> s [B, N]               (training, with backward)
     dispatch.cosine_topk(q [B, D], bank [N, D], k) -> (values [B, k], indices [B, k])   (serving)
     dispatch.inverse_norms(bank [N, D]) -> [N]: computed once per bank, saves a pass per search
-    dispatch.warm_up_topk(bank [N, D], inv_norms): the search's one-time probes, run when a bank opens
+    dispatch.warm_up_topk(bank [N, D], inv_norms, fused=): the search's one-time probes, run when a bank opens
     straight_through.straight_through_topk(scores [B, N], k, temperature) -> (Z [B, k, N], indices [B, k])
     straight_through.select_topk(q, docs, k, temperature) -> (Z, indices, scores); StraightThroughTopK
     reference: the plain-torch definitions the kernels are tested against.
@@ -196,13 +196,15 @@ def cosine_topk(
         return topk_triton(contiguous("q", q), contiguous("bank", bank), k, inv_norms=inv_norms, eps=eps)
 
 
-def warm_up_topk(bank: torch.Tensor, inv_norms: torch.Tensor | None = None, *, backend: Backend | str = "auto") -> None:
+def warm_up_topk(bank: torch.Tensor, inv_norms: torch.Tensor | None = None, *, backend: Backend | str = "auto",
+                 fused: bool = False) -> None:
     """Run the one-time probes of the bank search (on CPU: which product one query scores through) now,
-    when a bank is opened, instead of in its first :func:`cosine_topk` call."""
+    when a bank is opened, instead of in its first :func:`cosine_topk` call. ``fused`` first compiles the
+    CPU's fused one-query product (seconds; a server does, see ``cpu_topk.compile_fused``)."""
     if resolve_backend(backend, bank.device, topk=True) is Backend.CPU:
         from clara.kernels.cpu_topk import warm_up
 
-        warm_up(bank, inv_norms)
+        warm_up(bank, inv_norms, fused=fused)
 
 
 def inverse_norms(bank: torch.Tensor, *, eps: float = DEFAULT_EPS) -> torch.Tensor:

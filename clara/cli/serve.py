@@ -59,6 +59,9 @@ def register(subparsers) -> None:
                    help="bank check at start-up and at each reload: every sha256 (default) or file sizes only "
                    "(fast, large banks)")
     p.add_argument("--nprobe", type=positive_int, default=None, help="ivf lists searched per query (default: the bank's)")
+    p.add_argument("--compile-search", action=argparse.BooleanOptionalAction, default=True,
+                   help="compile the CPU bank search's fused one-query product at start (seconds; it reads a bf16 "
+                        "bank up to 1.7x faster; needs a C++ compiler, else the search runs without it). Default on")
     add_threads_argument(p)
     add_precision_argument(p, "the query encoder's and generator's forwards")
     p.set_defaults(func=run)
@@ -89,6 +92,8 @@ def run(args) -> int:
     set_threads(args.threads)
     model, bank = load_for_serving(args.bank, args.model, backbone=args.backbone, verify=args.verify, nprobe=args.nprobe,
                                    precision=args.precision)
+    if args.compile_search:
+        bank.compile_search()
 
     def reopen(directory):
         return MemoryBank.open(directory, verify=args.verify, nprobe=args.nprobe)

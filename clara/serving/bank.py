@@ -343,6 +343,14 @@ class MemoryBank:
     def __len__(self) -> int:
         return self.info.count
 
+    def compile_search(self) -> None:
+        """Compile the CPU search's fused one-query product for this bank's vectors (seconds, once a process;
+        ``clara serve`` does unless ``--no-compile-search``). Nothing to do for a GPU or an approximate index."""
+        if self._vectors is not None:
+            from clara.kernels.dispatch import warm_up_topk
+
+            warm_up_topk(self._vectors, self._inv_norms, fused=True)
+
     def search_vectors(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Normalised query vectors (B, D) -> (scores (B, k') float32, indices (B, k') int64), k' = min(k, count).
 

@@ -62,6 +62,7 @@ def test_one_query_is_exact_through_each_product(kc, monkeypatch, dtype, way):
     # each must be exact, the short last chunk (3001 = 5 x 512 + 441) included
     monkeypatch.setattr(cpu_topk, "SMALL_BANK_ROWS", 0)
     monkeypatch.setattr(cpu_topk, "one_query_way", lambda product, threads: way)
+    monkeypatch.setattr(cpu_topk, "_FUSED", {})  # no fused product compiled
     monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # three ranges: unequal parts
     calls = []
     real_mv = torch.mv
@@ -76,12 +77,102 @@ def test_one_query_is_exact_through_each_product(kc, monkeypatch, dtype, way):
         assert {170, 171} <= set(calls) and 147 in calls  # 512 = 170 + 171 + 171; the last chunk 441 = 3 x 147
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("way", ["queries", "rows"])
+def test_several_queries_are_exact_through_each_orientation(kc, monkeypatch, dtype, way):
+    # several queries multiply a chunk as (B, D) x (D, C) or as (C, D) x (D, B) then transposed, whichever this CPU
+    # times faster; both must be exact, the short last chunk (3001 = 5 x 512 + 441) included
+    monkeypatch.setattr(cpu_topk, "SMALL_BANK_ROWS", 0)
+    monkeypatch.setattr(cpu_topk, "several_query_way", lambda product, threads, bucket: way)
+    for unit in (False, True):
+        q, bank = _data(5, 3001, 40, dtype, seed=17, unit=unit)
+        inv = inverse_norms(bank)
+        assert plan_search(bank, 5, inv, 512).by_rows == (way == "rows")
+        for given in (inv, None):
+            values, indices = topk_cpu(q, bank, 6, inv_norms=given, chunk_rows=512)
+            kc.assert_topk_matches(values, indices, *cosine_topk_reference(q, bank, 6), _all_scores(q, bank))
+    # the rows' orientation takes chunks of at most ROWS_WAY_CHUNK rows; the queries' take the scores' budget
+    big = torch.zeros(300_000, 4)
+    want = cpu_topk.ROWS_WAY_CHUNK if way == "rows" else cpu_topk.SCORE_BYTES // (4 * 64)
+    assert plan_search(big, 64).chunk_rows == want
+
+
+def test_several_queries_are_timed_once_per_dtype_and_bucket():
+    assert cpu_topk.several_query_way(torch.float32, 2, 8) in ("queries", "rows")
+    hits = cpu_topk.several_query_way.cache_info().hits
+    plan_search(torch.zeros(9000, 512), 3)  # 3 queries: the bucket of 8
+    assert cpu_topk.several_query_way.cache_info().hits == hits + 1
+
+
 def test_the_one_query_product_is_timed_once_per_dtype_and_thread_count():
     assert cpu_topk.one_query_way(torch.float32, 2) in ("mv", "mm", "split")
     assert cpu_topk.one_query_way(torch.float32, 1) in ("mv", "mm")  # no split on one thread
     hits = cpu_topk.one_query_way.cache_info().hits
     cpu_topk.one_query_way(torch.float32, 2)
     assert cpu_topk.one_query_way.cache_info().hits == hits + 1
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    """The fused one-query product compiled for each dtype (seconds each, once)."""
+    return {dtype: cpu_topk.compile_fused(dtype) for dtype in DTYPES}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_one_query_is_exact_through_the_fused_product(kc, monkeypatch, compiled, dtype):
+    # compiled by torch.compile's C++ backend, which needs a compiler (this project's machines have one)
+    assert compiled[dtype]
+    monkeypatch.setattr(cpu_topk, "SMALL_BANK_ROWS", 0)
+    monkeypatch.setattr(cpu_topk, "fused_wins", lambda bank_dtype, product, threads, ready: ready)  # as if faster
+    calls, real = [], cpu_topk._FUSED[dtype]
+    monkeypatch.setitem(cpu_topk._FUSED, dtype, lambda rows, q: calls.append((rows.dtype, q.dtype)) or real(rows, q))
+    for unit in (False, True):
+        q, bank = _data(1, 3001, 40, dtype, seed=13, unit=unit)
+        inv = inverse_norms(bank)
+        plan = plan_search(bank, 1, inv, 512)
+        assert plan.fused and plan.product_dtype == torch.float32
+        assert not plan_search(bank, 1, inv, 512, fused=False).fused and not plan_search(bank, 2, inv, 512).fused
+        for given in (inv, None):
+            values, indices = topk_cpu(q, bank, 6, inv_norms=given, chunk_rows=512)
+            ref_v, ref_i = cosine_topk_reference(q, bank, 6)
+            kc.assert_topk_matches(values, indices, ref_v, ref_i, _all_scores(q, bank))
+    assert len(calls) == 2 * 2 * 6 and set(calls) == {(dtype, torch.float32)}  # every chunk, read as stored
+    # a last chunk of one row is scored without the compiled graph (which would compile one for it)
+    calls.clear()
+    q, bank = _data(1, 1025, 40, dtype, seed=14)
+    values, indices = topk_cpu(q, bank, 3, inv_norms=inverse_norms(bank), chunk_rows=512)
+    kc.assert_topk_matches(values, indices, *cosine_topk_reference(q, bank, 3), _all_scores(q, bank))
+    assert len(calls) == 2
+
+
+def test_the_fused_product_is_probed_only_once_compiled(compiled, monkeypatch):
+    assert not cpu_topk.fused_wins(torch.bfloat16, torch.bfloat16, 2, False)
+    assert cpu_topk.fused_wins(torch.float32, torch.float32, 2, True) in (True, False)
+    hits = cpu_topk.fused_wins.cache_info().hits
+    cpu_topk.fused_wins(torch.float32, torch.float32, 2, True)
+    assert cpu_topk.fused_wins.cache_info().hits == hits + 1
+
+
+@pytest.mark.parametrize("failure", ["compiler", "wrong result"])
+def test_a_fused_product_that_fails_leaves_the_products(kc, monkeypatch, caplog, failure):
+    monkeypatch.setattr(cpu_topk, "_FUSED", {})
+
+    def broken_compile(fn, **kw):
+        def run(rows, q):
+            if failure == "compiler":
+                raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\n(details)")
+            return fn(rows, q) + 1
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    assert not cpu_topk.compile_fused(torch.bfloat16)
+    assert "fused one-query search for bfloat16 banks is unavailable" in caplog.text
+    assert ("No working C++ compiler found" in caplog.text) == (failure == "compiler")
+    q, bank = _data(1, 9000, 16, torch.bfloat16, seed=5)
+    inv = inverse_norms(bank)
+    assert not plan_search(bank, 1, inv).fused
+    cpu_topk.warm_up(bank, inv, fused=True)  # a server's warm-up: the same warning, and the search still serves
+    kc.assert_topk_matches(*topk_cpu(q, bank, 4, inv_norms=inv), *cosine_topk_reference(q, bank, 4), _all_scores(q, bank))
 
 
 def test_a_split_product_equals_the_whole():

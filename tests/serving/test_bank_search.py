@@ -105,8 +105,12 @@ def test_opening_a_bank_runs_the_search_probes_before_the_first_query(tmp_path, 
     monkeypatch.setattr(cpu_topk, "SMALL_BANK_ROWS", 0)  # a bank this small is otherwise scored in one product
     probed = []
     monkeypatch.setattr(cpu_topk, "one_query_way", lambda dtype, threads: probed.append(dtype) or "mv")
+    monkeypatch.setattr(cpu_topk, "_FUSED", {})  # no fused product compiled
+    batches = []
+    monkeypatch.setattr(cpu_topk, "several_query_way", lambda dtype, threads, bucket: batches.append(bucket) or "rows")
     bank = MemoryBank.open(tmp_path / "kern")
     assert probed == [cpu_topk.plan_search(bank._vectors, 1, bank._inv_norms).product_dtype]
+    assert batches == [8, 64]  # and several queries' orientation, at both buckets
     bank.search(model.encode_query(["salt3 1203"]), 2)
     assert len(probed) == 2  # the search asks again (a cache hit in the real probe)
 

@@ -250,6 +250,31 @@ def test_bank_of_another_compressor_is_refused(bank_dir):
         args.func(args)  # refused before binding; clara's main prints it and exits 1
 
 
+@pytest.mark.parametrize("flags,compiles", [([], True), (["--no-compile-search"], False)])
+def test_serve_compiles_the_bank_search_unless_told_not_to(bank_dir, monkeypatch, flags, compiles):
+    from clara.cli import serve as serve_cli
+    from clara.serving import server as server_module
+
+    compiled = []
+    monkeypatch.setattr(MemoryBank, "compile_search", lambda self: compiled.append(self.directory))
+
+    class Bound:  # the server as far as binding: run() returns at once
+        started = True
+
+        def __init__(self, app, **kw):
+            pass
+
+        def run(self):
+            pass
+
+    monkeypatch.setattr(server_module, "DrainingServer", Bound)
+    parser = argparse.ArgumentParser()
+    serve_cli.register(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--bank", str(bank_dir), "--model", "hashing:m=4,h=256", "--port", "0", *flags])
+    assert args.func(args) == 0
+    assert compiled == ([bank_dir] if compiles else [])
+
+
 def test_concurrent_requests_are_batched(bank_dir):
     """Requests that arrive while the model is busy share its next calls (at most max_batch each)."""
 
