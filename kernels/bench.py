@@ -2,7 +2,7 @@
 
     python -m clara.kernels.bench                      # CPU: torch reference vs faiss (Triton on CUDA)
     python -m clara.kernels.bench --n 1000000 --d 576 --json out.json
-    python -m clara.kernels.bench --cpu-roofline       # the bank search against faiss, torch and the copy floor
+    python -m clara.kernels.bench --cpu-roofline       # the bank search against faiss, torch, a read and the copy floor
 
 Times are quantiles (median, p20, p80) of repeated calls, as in the Triton tutorials.
 GB/s counts the bytes a kernel must read (bank or docs, once) and write.
@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     r = p.add_argument_group("--cpu-roofline: the bank search (kernels/roofline.py) instead of the rows above")
     r.add_argument("--cpu-roofline", action="store_true",
-                   help="ours, faiss IndexFlatIP, plain torch and the copy floor, in one interleaved run")
+                   help="ours (with and without the fused one-query product), faiss IndexFlatIP, plain torch, a plain "
+                        "read of the bank and the copy floor, in one interleaved run")
     r.add_argument("--shapes", default="200000x1024,1000000x576", help="banks NxD, comma-separated (default %(default)s)")
     r.add_argument("--batches", default="1,8,64", help="query batch sizes (default %(default)s)")
     r.add_argument("--stored", default="bf16", choices=["fp32", "fp16", "bf16"],

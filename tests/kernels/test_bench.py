@@ -15,22 +15,23 @@ def test_cpu_roofline_table_has_every_method_and_its_floor(tmp_path, capsys):
     result = json.loads(out.read_text())
     rows = result["rows"]
     methods = {(r["n"], r["b"], r["method"], r["dtype"]) for r in rows}
-    want = {"ours", "torch"} | ({"faiss"} if faiss_available() else set())
+    per_dtype = {"read", "ours", "ours-torch", "torch"}
+    want = per_dtype | ({"faiss"} if faiss_available() else set())
     for n in (9000, 3000):
         for b in (1, 8):
             assert {(m, dt) for (nn, bb, m, dt) in methods if (nn, bb) == (n, b)} >= (
-                {(m, "fp32") for m in want} | {("ours", "bf16"), ("torch", "bf16")})
+                {(m, "fp32") for m in want} | {(m, "bf16") for m in per_dtype})
     for r in rows:
         nbytes = r["n"] * r["d"] * (4 if r["dtype"] == "fp32" else 2)
         assert r["floor_ms"] == pytest.approx(nbytes / (r["copy_gbps"] * 1e9) * 1e3)
         assert r["x_floor"] == pytest.approx(r["ms"] / r["floor_ms"]) and r["GB/s"] > 0
         if r["method"] == "ours":
-            torch_ms = next(t["ms"] for t in rows if (t["n"], t["b"], t["method"], t["dtype"]) ==
-                            (r["n"], r["b"], "torch", r["dtype"]))
-            assert r["torch_x"] == pytest.approx(torch_ms / r["ms"])
+            same = {t["method"]: t["ms"] for t in rows if (t["n"], t["b"], t["dtype"]) == (r["n"], r["b"], r["dtype"])}
+            assert r["torch_x"] == pytest.approx(same["torch"] / r["ms"])
+            assert r["x_read"] == pytest.approx(r["ms"] / same["read"])
     assert set(result["cpu_flags"]) >= {"avx512f", "avx512_bf16", "amx_bf16", "native_products"}
     printed = capsys.readouterr().out
-    assert "x floor" in printed and "threads" in printed
+    assert "x floor" in printed and "x read" in printed and "threads" in printed
 
 
 def _check_fallback(out, interpreted: bool):
