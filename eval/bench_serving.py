@@ -313,7 +313,7 @@ def run_breakdown(args, work: Path) -> dict:
     from clara.serving.bank_build import build_bank
 
     if args.model:
-        model = load_trained_model(args.model)
+        model = load_trained_model(args.model, args.model_backbone, backbone_key="--model-backbone")
     else:
         model = make_model(args.backbone, args.smollm2_dir, work, args.passage_tokens, args.cr)
     if args.bank:
@@ -347,8 +347,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=32, help="requests per concurrency run (default %(default)s)")
     p.add_argument("--build-docs", type=int, default=32, help="documents per bank build (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, help="compression batch size (default %(default)s)")
-    p.add_argument("--model", default=None, help="breakdown: a trained model (release or adapters directory) "
+    p.add_argument("--model", default=None, help="breakdown, weights: a trained model (release or adapters directory) "
                    "instead of fresh adapters on --backbone")
+    p.add_argument("--model-backbone", default=None, metavar="DIR",
+                   help="the backbone directory of --model, if not the one it records")
     p.add_argument("--bank", default=None, help="breakdown: a bank built by `clara index build` with --model "
                    "(default: a bank of --build-docs filler passages built here)")
     p.add_argument("--questions", default=None, help="breakdown: QA records (pretraining format with doc_id, "
@@ -382,7 +384,8 @@ def main(argv: list[str] | None = None) -> int:
         if "weights" in parts:
             from clara.model.loading import load_trained_model
 
-            model = (load_trained_model(args.model, precision="fp32") if args.model else
+            model = (load_trained_model(args.model, args.model_backbone, precision="fp32", backbone_key="--model-backbone")
+                     if args.model else
                      make_model(args.backbone, args.smollm2_dir, work, args.passage_tokens, args.cr))
             report["weights"] = bench_bf16_weights(model, args.reps)
         if "breakdown" in parts:

@@ -65,13 +65,14 @@ def detect_backbone_kind(backbone: Path) -> str:
 
 
 def model_config_from_adapters(path: str | Path, backbone: str | Path | None = None,
-                               key: str = "--model") -> tuple[Path, ModelConfig]:
-    """(adapters directory, the ModelConfig they were trained with); ``backbone`` replaces the recorded one."""
+                               key: str = "--model", backbone_key: str = "--backbone") -> tuple[Path, ModelConfig]:
+    """(adapters directory, the ModelConfig they were trained with); ``backbone`` replaces the recorded one.
+    ``key`` and ``backbone_key``: the caller's flags for them, named in errors."""
     directory = resolve_adapters_dir(path, key)
     info = read_model_info(directory)
     bb = Path(backbone or info.get("backbone") or "")
     if not str(bb) or not bb.exists():
-        raise CheckpointError(f"{directory / MODEL_INFO}: backbone {str(bb)!r} does not exist here; pass --backbone DIR")
+        raise CheckpointError(f"{directory / MODEL_INFO}: backbone {str(bb)!r} does not exist here; pass {backbone_key} DIR")
     kind = info.get("backbone_kind") if not backbone else None
     cfg = ModelConfig(
         backbone=str(bb), kind=BackboneKind(kind or detect_backbone_kind(bb)), chunk_len=int(info["chunk_len"]),
@@ -89,7 +90,7 @@ def model_config_from_adapters(path: str | Path, backbone: str | Path | None = N
 
 
 def load_trained_model(path: str | Path, backbone: str | Path | None = None, key: str = "--model",
-                       precision: Precision | str = Precision.AUTO):
+                       precision: Precision | str = Precision.AUTO, backbone_key: str = "--backbone"):
     """A ClaraModel rebuilt from an adapters directory's own record, its adapters loaded, in eval mode,
     its forwards in ``precision`` (auto: bf16 where the device runs it natively, :mod:`clara.devices`).
 
@@ -97,9 +98,9 @@ def load_trained_model(path: str | Path, backbone: str | Path | None = None, key
     from clara.devices import resolve_precision
     from clara.model.clara_model import ClaraModel
 
-    directory, cfg = model_config_from_adapters(path, backbone, key)
+    directory, cfg = model_config_from_adapters(path, backbone, key, backbone_key)
     model = ClaraModel.from_config(cfg)
-    model.load_adapters(directory, backbone_key="--backbone DIR")
+    model.load_adapters(directory, backbone_key=f"{backbone_key} DIR")
     model.eval()
     model.set_inference_precision(resolve_precision(precision, model.device))
     log.info("model loaded from %s (backbone %s, m=%d, H=%d)", directory, cfg.backbone, model.num_mem,

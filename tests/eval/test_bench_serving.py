@@ -65,3 +65,26 @@ def test_weights_part_times_the_three_settings_and_leaves_the_model_fp32(tiny_ba
     assert res["autocast_fp32_weights_over_bf16_weights@7"] > 0 and res["bf16_weights_bf16_factors_over_bf16_weights@1"] > 0
     assert model.inference_precision is Precision.FP32
     assert all(m.weight.dtype == torch.float32 for m in model.lm.modules() if isinstance(m, nn.Linear))
+
+
+def test_a_model_whose_backbone_moved_is_timed_with_model_backbone(tiny_backbone, tmp_path, monkeypatch):
+    """--model records its backbone's path; elsewhere, --model-backbone gives it (the error names that flag, since
+    this benchmark's own --backbone picks a stand-in)."""
+    import pytest
+
+    from clara.config import BackboneKind, LoraConfig, ModelConfig
+    from clara.errors import CheckpointError
+    from clara.model.clara_model import ClaraModel
+    from clara.model.release import write_release
+
+    model = ClaraModel.from_config(ModelConfig(backbone=str(tiny_backbone), kind=BackboneKind.TINY, chunk_len=32,
+                                               compression_rate=8, lora=LoraConfig(r=4, alpha=8)))
+    model.save_adapters(tmp_path / "run" / "adapters")
+    release = write_release(tmp_path / "run", tmp_path / "rel", backbone_path="bb/converted")
+    monkeypatch.chdir(tmp_path)  # where bb/converted is not
+    with pytest.raises(CheckpointError, match="backbone 'bb/converted' does not exist here; pass --model-backbone DIR"):
+        main(["--parts", "weights", "--model", str(release), "--reps", "1", "--threads", "1"])
+    out = tmp_path / "w.json"
+    assert main(["--parts", "weights", "--model", str(release), "--model-backbone", str(tiny_backbone), "--reps", "1",
+                 "--threads", "1", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["weights"]["median_ms"]["fp32@1"] > 0
