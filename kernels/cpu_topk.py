@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 # product and a top-k (10-20 ms each on the loaded 2-core machine of docs/RESULTS.md).
 SCORE_BYTES = 64 << 20
 # Several queries whose product runs the chunk's rows against them (``several_query_way``) score a chunk of
-# at most this many rows: on an AMD EPYC that ran 1.0-1.1x faster than the larger chunks SCORE_BYTES allows.
+# at most this many rows (MKL blocks the product itself): in a one-off sweep on an AMD EPYC, chunks of 16k to
+# 131k rows ran within 10% of one another at 8 and 64 queries.
 ROWS_WAY_CHUNK = 1 << 17
 # A half-precision chunk copied to float32 (no native product) takes at most this much.
 CAST_BYTES = 16 << 20
