@@ -19,7 +19,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-DEFAULT_RELEASE = ASSETS / "scp-smollm2-cr16-stream"
+DEFAULT_RELEASE = ASSETS / "scp-smollm2-cr16-shuffled"
 EVAL_SPLITS = ("test_unseen",)  # entities no training question ever asked about
 
 
