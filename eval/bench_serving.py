@@ -306,14 +306,20 @@ def bench_concurrency(model, args, work: Path) -> dict:
             "speedup": round(seq / conc, 2)}
 
 
-def run_breakdown(args, work: Path) -> dict:
+def trained_model(args, **kw):
+    """--model loaded (its backbone from --model-backbone where given; errors name that flag)."""
     from clara.model.loading import load_trained_model
+
+    return load_trained_model(args.model, args.model_backbone, backbone_key="--model-backbone", **kw)
+
+
+def run_breakdown(args, work: Path) -> dict:
     from clara.model.prompts import resolve_prompt
     from clara.serving.bank import MemoryBank
     from clara.serving.bank_build import build_bank
 
     if args.model:
-        model = load_trained_model(args.model, args.model_backbone, backbone_key="--model-backbone")
+        model = trained_model(args)
     else:
         model = make_model(args.backbone, args.smollm2_dir, work, args.passage_tokens, args.cr)
     if args.bank:
@@ -382,10 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         if "build" in parts:
             report["build"] = bench_build(args, work)
         if "weights" in parts:
-            from clara.model.loading import load_trained_model
-
-            model = (load_trained_model(args.model, args.model_backbone, precision="fp32", backbone_key="--model-backbone")
-                     if args.model else
+            model = (trained_model(args, precision="fp32") if args.model else
                      make_model(args.backbone, args.smollm2_dir, work, args.passage_tokens, args.cr))
             report["weights"] = bench_bf16_weights(model, args.reps)
         if "breakdown" in parts:

@@ -134,11 +134,15 @@ def one_query_way(dtype: torch.dtype, threads: int) -> str:
     only the speed differs: a bf16 mv read 1.4x faster than mm on a Xeon with AMX and 0.6x as fast on an AMD
     EPYC without it; there an fp32 mv ran on one core (docs/RESULTS.md §7)."""
     rows = _probe_rows(dtype)
-    q, out = rows[0].clone(), torch.empty(rows.shape[0], dtype=dtype)
+    return _fastest(_one_query_products(rows, rows[0].clone(), torch.empty(rows.shape[0], dtype=dtype), threads))
+
+
+def _one_query_products(rows: torch.Tensor, q: torch.Tensor, out: torch.Tensor, threads: int) -> dict:
+    """``out = rows @ q`` by each way ``one_query_way`` times: mv, a one-row mm, and (threads > 1) split_mv."""
     ways = {"mv": lambda: torch.mv(rows, q, out=out), "mm": lambda: torch.mm(q[None], rows.T, out=out[None])}
     if threads > 1:
         ways["split"] = lambda: split_mv(rows, q, out, threads)
-    return _fastest(ways)
+    return ways
 
 
 def _batch_bucket(batch: int) -> int:
@@ -193,8 +197,9 @@ def compile_fused(dtype: torch.dtype) -> bool:
             if not torch.equal(got, want):
                 raise RuntimeError(f"it computed {got[:8].tolist()} for {want[:8].tolist()}")
         except Exception as e:  # noqa: BLE001 - any failure of the compiler leaves the products above
+            first_line = (str(e).splitlines() or [""])[0][:200]
             log.warning("the fused one-query search for %s banks is unavailable (%s: %s); using torch's products",
-                        str(dtype).removeprefix("torch."), type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+                        str(dtype).removeprefix("torch."), type(e).__name__, first_line)
             return False
         _FUSED[dtype] = fn
         return True
@@ -210,11 +215,8 @@ def fused_wins(bank_dtype: torch.dtype, product_dtype: torch.dtype, threads: int
     fused = _FUSED[bank_dtype]
     rows, q32 = _probe_rows(bank_dtype), torch.ones(512)
     other = _probe_rows(product_dtype) if product_dtype != bank_dtype else rows
-    q, out = other[0].clone(), torch.empty(other.shape[0], dtype=product_dtype)
     way = one_query_way(product_dtype, threads)
-    product = {"mv": lambda: torch.mv(other, q, out=out),
-               "mm": lambda: torch.mm(q[None], other.T, out=out[None]),
-               "split": lambda: split_mv(other, q, out, threads)}[way]
+    product = _one_query_products(other, other[0].clone(), torch.empty(other.shape[0], dtype=product_dtype), threads)[way]
     return _fastest({"fused": lambda: fused(rows, q32), way: product}) == "fused"
 
 
